@@ -1,0 +1,1 @@
+"""The Gradio app: layout (ui.py), pure handlers (callbacks.py), figures (plots.py), overlays."""

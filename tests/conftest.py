@@ -1,0 +1,7 @@
+"""Shared pytest setup: tests run offline and on the CPU, with few threads on the 2-core CI box."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
