@@ -111,7 +111,9 @@ def predict(probs) -> Tensor:
     return p.argmax(dim=1)
 
 
-def format_prompts(class_names: Sequence[str], templates: Sequence[str] | None = None) -> list[list[str]]:
+def format_prompts(
+    class_names: Sequence[str], templates: Sequence[str] | None = None
+) -> list[list[str]]:
     """Fill every template with every class name ("_" becomes a space).
 
     Parameters

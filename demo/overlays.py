@@ -1,0 +1,352 @@
+"""Image overlays for the app: segmentation masks, LaZSL crops, prediction captions.
+
+Pure functions on PIL images, numpy arrays and tensors; no gradio here (STYLE.md rule 9). The
+categorical palette lives here (`class_colors`) and `demo/plots.py` imports it, so a class has the
+same colour in the embedding map, the segmentation overlay and its legend.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import html
+import re
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+# Twenty hand-picked, well-separated hues (strong first, lighter companions second); classes beyond
+# twenty get golden-angle hues. None of them is gray: gray means "unknown / unlabeled" in the app.
+_BASE_COLORS = (
+    "#1f6fb4", "#f07d14", "#2a9c3a", "#d12b2b", "#8a5cc2",
+    "#8c5648", "#db6cbf", "#b7bb1f", "#17b3c7", "#3b3f9e",
+    "#9cc4ea", "#ffbd7a", "#95db89", "#fc9a96", "#c7b2de",
+    "#c99c91", "#f5bad5", "#dede8f", "#9ce0eb", "#6d8c4e",
+)
+UNKNOWN_COLOR = "#9e9e9e"
+_HEX_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+_GOLDEN = 0.618033988749895
+
+
+def class_colors(n: int) -> list[str]:
+    """Return ``n`` distinct, deterministic hex colours; the first ``m`` never depend on ``n``.
+
+    Class ``i`` always gets ``colors[i]`` (``"#rrggbb"``), whatever ``n`` is: the first twenty
+    are a hand-picked categorical palette, the rest walk the hue circle by the golden angle.
+    """
+    if int(n) != n or n < 0:
+        raise ValueError(f"n: expected a non-negative integer, got {n!r}.")
+    n = int(n)
+    colors = list(_BASE_COLORS[:n])
+    rgb = {hex_to_rgb(c) for c in colors}
+    i = 0
+    while len(colors) < n:
+        # Golden-angle hue walk; saturation and value cycle so neighbours in hue still differ.
+        # Up to 64 classes a candidate too close to an earlier colour (RGB distance < 32) is
+        # skipped; beyond that the eye cannot separate them anyway, so only exact repeats are.
+        hue = (0.07 + i * _GOLDEN) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, (0.85, 0.55, 0.7)[i % 3], (0.8, 0.95, 0.6)[i // 3 % 3])
+        cand = (round(r * 255), round(g * 255), round(b * 255))
+        i += 1
+        if cand in rgb or (len(colors) < 64 and i < 10_000 and any(
+                sum((p - q) ** 2 for p, q in zip(cand, o)) < 32**2 for o in rgb)):
+            continue
+        rgb.add(cand)
+        colors.append("#{:02x}{:02x}{:02x}".format(*cand))
+    return colors
+
+
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
+    """``"#rrggbb"`` -> ``(r, g, b)`` integers in [0, 255]."""
+    if not isinstance(color, str) or not _HEX_RE.match(color):
+        raise ValueError(f"color: expected a '#rrggbb' string, got {color!r}.")
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def _as_numpy(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # pragma: no cover - message path
+        raise ValueError(f"{name}: expected an array or tensor, got {type(x).__name__}.") from exc
+
+
+def _check_image(image, name: str = "image") -> Image.Image:
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"{name}: expected a PIL.Image, got {type(image).__name__}.")
+    return image.convert("RGB")
+
+
+def segmentation_overlay(image: Image.Image, label_map, class_names: list[str], *,
+                         alpha: float = 0.5, visible: set[int] | None = None,
+                         colors: list[str] | None = None) -> Image.Image:
+    """Blend a per-pixel class map over an image.
+
+    Parameters
+    ----------
+    image : PIL.Image, any mode (converted to RGB)
+    label_map : array or Tensor, shape (H, W), int
+        Class index per pixel, ``-1`` = unlabeled; resized with NEAREST to the image if needed.
+    class_names : list of str, length K
+    alpha : float in [0, 1], opacity of the class colour
+    visible : set of int, optional
+        Classes to paint; others stay transparent like unlabeled pixels (``None``: all).
+    colors : list of str, optional, hex per class (default ``class_colors(K)``)
+
+    Returns
+    -------
+    overlay : PIL.Image, RGB, same size as ``image``
+    """
+    img = _check_image(image)
+    labels = _as_numpy(label_map, "label_map")
+    if labels.ndim != 2 or labels.size == 0:
+        raise ValueError(f"label_map: expected a non-empty (H, W) array, got shape {labels.shape}.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"label_map: expected integer class indices, got dtype {labels.dtype}.")
+    k = len(class_names)
+    if labels.min() < -1 or labels.max() >= k:
+        raise ValueError(f"label_map: expected values in [-1, {k - 1}] for {k} classes, got "
+                         f"[{labels.min()}, {labels.max()}]; pass the full class list.")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}.")
+    colors = class_colors(k) if colors is None else list(colors)
+    if len(colors) < k:
+        raise ValueError(f"colors: expected {k} colours (one per class), got {len(colors)}.")
+
+    w, h = img.size
+    if labels.shape != (h, w):
+        # Mode "I" keeps -1 and large class ids; NEAREST never invents a class at a boundary.
+        labels = np.asarray(
+            Image.fromarray(labels.astype(np.int32), mode="I").resize((w, h), Image.NEAREST)
+        )
+    labels = labels.astype(np.int64)
+
+    palette = np.array([hex_to_rgb(c) for c in colors[:k]] or [(0, 0, 0)], dtype=np.float32)
+    paint = labels >= 0  # (H, W)
+    if visible is not None:
+        shown = np.zeros(max(k, 1), dtype=bool)
+        ids = [int(c) for c in visible if 0 <= int(c) < k]
+        shown[ids] = True
+        paint &= shown[np.clip(labels, 0, None)]
+
+    out = np.asarray(img, dtype=np.float32).copy()  # (H, W, 3)
+    colour = palette[np.clip(labels, 0, None)]  # (H, W, 3)
+    blended = (1.0 - alpha) * out + alpha * colour
+    out[paint] = blended[paint]
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def legend_html(class_ids_present, class_names: list[str], colors: list[str] | None = None) -> str:
+    """Small coloured chips, one per present class, as an HTML snippet (names are escaped).
+
+    ``class_ids_present``: class indices in display order (duplicates and -1 ignored);
+    ``colors``: hex per class (default ``class_colors(K)``), validated since they go into CSS.
+    """
+    k = len(class_names)
+    colors = class_colors(k) if colors is None else list(colors)
+    chips = []
+    seen: set[int] = set()
+    for raw in class_ids_present:
+        c = int(raw)
+        if c < 0 or c in seen:
+            continue
+        if c >= k or c >= len(colors):
+            raise ValueError(f"class_ids_present: id {c} out of range for {k} classes.")
+        seen.add(c)
+        r, g, b = hex_to_rgb(colors[c])  # validates: a colour is never free text in CSS
+        chips.append(
+            '<span style="display:inline-flex;align-items:center;margin:2px 8px 2px 0;'
+            'font-size:13px;white-space:nowrap">'
+            f'<span style="display:inline-block;width:12px;height:12px;border-radius:3px;'
+            f'margin-right:4px;background:rgb({r},{g},{b})"></span>'
+            f"{html.escape(str(class_names[c]))}</span>"
+        )
+    if not chips:
+        return '<div class="seg-legend"><em>no labelled pixels</em></div>'
+    body = "".join(chips)
+    return f'<div class="seg-legend" style="display:flex;flex-wrap:wrap">{body}</div>'
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def side_by_side(images: list[Image.Image], titles: list[str], *, pad: int = 8) -> Image.Image:
+    """Place images in a row at a common height, each under a short title band.
+
+    Returns one RGB image on a white background; ``titles`` has one string per image.
+    """
+    if not images or len(images) != len(titles):
+        raise ValueError(f"images/titles: expected equal, non-zero lengths, got {len(images)} "
+                         f"and {len(titles)}.")
+    imgs = [_check_image(im, "images[i]") for im in images]
+    height = min(im.height for im in imgs)
+    imgs = [im.resize((max(1, round(im.width * height / im.height)), height)) for im in imgs]
+    font_size = max(12, min(24, height // 20))
+    band = font_size + 2 * pad
+    width = sum(im.width for im in imgs) + pad * (len(imgs) + 1)
+    canvas = Image.new("RGB", (width, height + band + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _font(font_size)
+    x = pad
+    for im, title in zip(imgs, titles):
+        canvas.paste(im, (x, band))
+        draw.text((x, pad), str(title), fill=(30, 30, 30), font=font)
+        x += im.width + pad
+    return canvas
+
+
+def _check_boxes(boxes, size: tuple[int, int]) -> np.ndarray:
+    arr = _as_numpy(boxes, "boxes").astype(np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes: expected shape (M, 4) as (left, top, right, bottom), got "
+                         f"{arr.shape}.")
+    if not np.isfinite(arr).all():
+        raise ValueError("boxes: expected finite pixel coordinates, got NaN/Inf.")
+    w, h = size
+    arr[:, [0, 2]] = np.clip(arr[:, [0, 2]], 0, w)
+    arr[:, [1, 3]] = np.clip(arr[:, [1, 3]], 0, h)
+    return arr
+
+
+def _outline(box: np.ndarray) -> tuple[float, float, float, float]:
+    """Exclusive right/bottom (PIL crop) -> the inclusive corners ImageDraw.rectangle wants."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)
+
+
+def _dashed_rect(draw: ImageDraw.ImageDraw, box, fill, width: int, dash: int) -> None:
+    x0, y0, x1, y1 = box
+    for a, b, horizontal, fixed in ((x0, x1, True, y0), (x0, x1, True, y1),
+                                    (y0, y1, False, x0), (y0, y1, False, x1)):
+        for s in np.arange(a, b, 2 * dash):
+            e = min(s + dash, b)
+            seg = (s, fixed, e, fixed) if horizontal else (fixed, s, fixed, e)
+            draw.line(seg, fill=fill, width=width)
+
+
+def crop_view(image: Image.Image, boxes, *, highlight: list[int] | None = None,
+              labels: list[str] | None = None, kept=None) -> Image.Image:
+    """Draw LaZSL crop boxes on an image.
+
+    Kept crops get a thin light outline, crops dropped by vision selection a faint dashed one, and
+    highlighted crops (those that explain an attribute) a thick coloured box with a short label.
+
+    Parameters
+    ----------
+    boxes : array or Tensor, shape (M, 4)
+        Pixel ``(left, top, right, bottom)``, right/bottom exclusive (PIL's crop convention, as
+        ``core.lazsl.crop_boxes`` returns); clipped to the image.
+    highlight : list of int, optional
+        Crops to emphasise; ``highlight[i]`` gets colour ``class_colors(...)[i]``.
+    labels : list of str, optional, one short text per highlighted crop (cut at 28 chars)
+    kept : array or Tensor, shape (M,), bool, optional, vision-selection mask (None: all kept)
+
+    Returns
+    -------
+    view : PIL.Image, RGB, same size as ``image``
+    """
+    img = _check_image(image)
+    arr = _check_boxes(boxes, img.size)
+    m = arr.shape[0]
+    kept_mask = np.ones(m, dtype=bool) if kept is None else _as_numpy(kept, "kept").astype(bool)
+    if kept_mask.shape != (m,):
+        raise ValueError(f"kept: expected shape ({m},) to match boxes, got {kept_mask.shape}.")
+    highlight = [] if highlight is None else [int(i) for i in highlight]
+    if any(not 0 <= i < m for i in highlight):
+        raise ValueError(f"highlight: expected crop indices in [0, {m - 1}], got {highlight}.")
+    if labels is not None and len(labels) != len(highlight):
+        raise ValueError(f"labels: expected one label per highlighted crop ({len(highlight)}), "
+                         f"got {len(labels)}.")
+
+    base = img.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    unit = max(1, round(min(img.size) / 250))
+    special = set(highlight)
+    for i in np.flatnonzero(~kept_mask):
+        if i not in special:
+            _dashed_rect(draw, _outline(arr[i]), (200, 200, 200, 150), unit, 4 * unit)
+    for i in np.flatnonzero(kept_mask):
+        if i not in special:
+            draw.rectangle(_outline(arr[i]), outline=(255, 255, 255, 170), width=unit)
+    out = Image.alpha_composite(base, layer)
+
+    draw = ImageDraw.Draw(out)
+    font = _font(max(11, min(20, min(img.size) // 22)))
+    for rank, (i, color) in enumerate(zip(highlight, class_colors(len(highlight)))):
+        rgb = hex_to_rgb(color)
+        draw.rectangle(_outline(arr[i]), outline=rgb, width=3 * unit)
+        text = str(labels[rank]) if labels is not None else f"#{i}"
+        text = text if len(text) <= 28 else text[:27] + "..."
+        x0, y0 = float(arr[i][0]) + 3 * unit, float(arr[i][1]) + 3 * unit
+        tb = draw.textbbox((x0, y0), text, font=font)
+        draw.rectangle((tb[0] - 2, tb[1] - 2, tb[2] + 2, tb[3] + 2), fill=rgb)
+        luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+        draw.text((x0, y0), text, font=font, fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
+    return out.convert("RGB")
+
+
+def crop_thumbnails(image: Image.Image, boxes, indices, size: int = 112) -> list[Image.Image]:
+    """Cut crops out of an image for a gallery, each padded to a ``size`` x ``size`` square.
+
+    ``boxes`` (M, 4) as in ``crop_view``; ``indices``: which crops, in order.
+    """
+    img = _check_image(image)
+    arr = _check_boxes(boxes, img.size)
+    if int(size) < 1:
+        raise ValueError(f"size: expected a positive integer, got {size}.")
+    thumbs = []
+    for i in indices:
+        i = int(i)
+        if not 0 <= i < arr.shape[0]:
+            raise ValueError(f"indices: crop {i} out of range for {arr.shape[0]} boxes.")
+        x0, y0, x1, y1 = (int(round(v)) for v in arr[i])
+        crop = img.crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
+        thumbs.append(ImageOps.pad(crop, (int(size), int(size)), Image.BICUBIC, color="white"))
+    return thumbs
+
+
+def topk(probs, class_names: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
+    """Top-``k`` classes per row, best first.
+
+    ``probs`` (N, K) -> N lists of ``min(k, K)`` pairs ``(class_name, probability)``.
+    """
+    p = probs if isinstance(probs, torch.Tensor) else torch.as_tensor(np.asarray(probs))
+    if p.ndim != 2 or p.shape[1] != len(class_names) or p.shape[1] == 0:
+        raise ValueError(f"probs: expected shape (N, {len(class_names)}) to match class_names, "
+                         f"got {tuple(p.shape)}.")
+    if int(k) < 1:
+        raise ValueError(f"k: expected a positive integer, got {k}.")
+    values, idx = torch.topk(p.detach().double().cpu(), min(int(k), p.shape[1]), dim=1)
+    return [
+        [(class_names[j], float(v)) for v, j in zip(vrow, irow)]
+        for vrow, irow in zip(values.tolist(), idx.tolist())
+    ]
+
+
+def mark_changed_caption(name: str, baseline_topk: list[tuple[str, float]],
+                         method_topk: list[tuple[str, float]], label: str | None = None, *,
+                         baseline_name: str = "CLIP", method_name: str = "OTFusion") -> str:
+    """One-line caption comparing the baseline's and the method's top-1 for an image.
+
+    ``"cat.jpg | CLIP: dog 62% -> OTFusion: cat 71% ✓ (changed)"`` when the prediction moved,
+    ``"cat.jpg | CLIP: cat 62% | OTFusion: cat 71% ✓"`` when it did not. The mark (✓ / ✗) appears
+    only with a ground-truth ``label``.
+    """
+    if not baseline_topk or not method_topk:
+        raise ValueError("baseline_topk/method_topk: expected at least one (class, prob) each.")
+    b_cls, b_p = baseline_topk[0]
+    m_cls, m_p = method_topk[0]
+    changed = b_cls != m_cls
+    sep = " -> " if changed else " | "
+    text = f"{name} | {baseline_name}: {b_cls} {b_p:.0%}{sep}{method_name}: {m_cls} {m_p:.0%}"
+    if label is not None:
+        text += " ✓" if m_cls == label else f" ✗ (true: {label})"
+    if changed:
+        text += " (changed)"
+    return text

@@ -1,0 +1,203 @@
+"""Tests for demo/overlays.py: palette, segmentation blend, legend, crop views, captions."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from demo.overlays import (
+    UNKNOWN_COLOR,
+    class_colors,
+    crop_thumbnails,
+    crop_view,
+    hex_to_rgb,
+    legend_html,
+    mark_changed_caption,
+    segmentation_overlay,
+    side_by_side,
+    topk,
+)
+
+GRAY = 128
+
+
+def gray_image(w=8, h=6, value=GRAY):
+    return Image.new("RGB", (w, h), (value, value, value))
+
+
+def expected_blend(color_hex, alpha, base=GRAY):
+    return tuple(int(np.rint((1 - alpha) * base + alpha * c)) for c in hex_to_rgb(color_hex))
+
+
+# ----------------------------------------------------------------------------- palette
+
+
+def test_class_colors_distinct_valid_and_prefix_stable():
+    colors = class_colors(50)
+    assert len(colors) == 50 and len(set(colors)) == 50
+    rgb = np.array([hex_to_rgb(c) for c in colors], dtype=float)  # validates "#rrggbb"
+    dist = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    assert dist.min() > 20.0  # visibly different, not just different strings
+    assert UNKNOWN_COLOR not in colors
+    assert class_colors(50) == colors  # deterministic
+    assert class_colors(1000)[:50] == colors  # a class keeps its colour when more are added
+    assert len(set(class_colors(1000))) == 1000
+    assert class_colors(0) == []
+    with pytest.raises(ValueError, match="non-negative"):
+        class_colors(-1)
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def test_segmentation_overlay_blends_labelled_and_keeps_unlabeled():
+    names = ["sky", "tree", "road"]
+    colors = class_colors(3)
+    labels = np.full((6, 8), -1, dtype=np.int64)
+    labels[0, 0], labels[1, 1], labels[2, 2] = 0, 1, 2
+    out = np.asarray(segmentation_overlay(gray_image(), labels, names, alpha=0.5))
+    assert out.shape == (6, 8, 3)
+    assert tuple(out[0, 0]) == expected_blend(colors[0], 0.5)
+    assert tuple(out[1, 1]) == expected_blend(colors[1], 0.5)
+    assert tuple(out[2, 2]) == expected_blend(colors[2], 0.5)
+    assert tuple(out[5, 7]) == (GRAY, GRAY, GRAY)  # unlabeled
+    assert (out[labels < 0] == GRAY).all()
+
+
+def test_segmentation_overlay_hidden_classes_and_alpha_extremes():
+    names = ["a", "b"]
+    labels = torch.zeros(6, 8, dtype=torch.long)
+    labels[:, 4:] = 1
+    out = np.asarray(segmentation_overlay(gray_image(), labels, names, alpha=1.0, visible={1}))
+    assert (out[:, :4] == GRAY).all()  # class 0 hidden
+    assert tuple(out[0, 5]) == hex_to_rgb(class_colors(2)[1])  # alpha 1 = pure colour
+    out0 = np.asarray(segmentation_overlay(gray_image(), labels, names, alpha=0.0))
+    assert (out0 == GRAY).all()
+
+
+def test_segmentation_overlay_resizes_label_map_nearest():
+    names = ["a", "b", "c", "d"]
+    labels = np.array([[0, 1], [2, -1]], dtype=np.int32)  # quadrants of an 8 x 8 image
+    out = np.asarray(segmentation_overlay(gray_image(8, 8), labels, names, alpha=0.5))
+    colors = class_colors(4)
+    assert tuple(out[1, 1]) == expected_blend(colors[0], 0.5)
+    assert tuple(out[1, 6]) == expected_blend(colors[1], 0.5)
+    assert tuple(out[6, 1]) == expected_blend(colors[2], 0.5)
+    assert tuple(out[6, 6]) == (GRAY, GRAY, GRAY)
+    # NEAREST never mixes classes: every pixel is gray or one of the three blends
+    allowed = {expected_blend(c, 0.5) for c in colors[:3]} | {(GRAY,) * 3}
+    assert {tuple(p) for p in out.reshape(-1, 3)} <= allowed
+
+
+def test_segmentation_overlay_validates():
+    img = gray_image()
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        segmentation_overlay(img, np.full((6, 8), 2), ["a", "b"])
+    with pytest.raises(ValueError, match="integer"):
+        segmentation_overlay(img, np.zeros((6, 8), dtype=float), ["a"])
+    with pytest.raises(ValueError, match="alpha"):
+        segmentation_overlay(img, np.zeros((6, 8), dtype=int), ["a"], alpha=1.5)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        segmentation_overlay(img, np.zeros((6, 8, 1), dtype=int), ["a"])
+
+
+def test_legend_html_escapes_names_and_shows_colours():
+    names = ["cat", "<script>alert(1)</script>", "dog & co"]
+    out = legend_html([1, 1, -1, 2], names, class_colors(3))
+    assert "<script>" not in out
+    assert "&lt;script&gt;" in out and "dog &amp; co" in out
+    assert "cat" not in out  # only the present classes
+    assert out.count("border-radius") == 2  # one chip per class, duplicates dropped
+    r, g, b = hex_to_rgb(class_colors(3)[1])
+    assert f"rgb({r},{g},{b})" in out
+    with pytest.raises(ValueError, match="rrggbb"):
+        legend_html([0], ["a"], ["red;background:url(x)"])
+    with pytest.raises(ValueError, match="out of range"):
+        legend_html([5], ["a"])
+
+
+def test_side_by_side_layout():
+    out = side_by_side([gray_image(20, 10), gray_image(40, 20, 0)], ["left", "right"], pad=4)
+    assert out.mode == "RGB"
+    assert out.width == 20 + 20 + 3 * 4  # second image scaled to the common height 10
+    with pytest.raises(ValueError, match="equal"):
+        side_by_side([gray_image()], ["a", "b"])
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def test_crop_view_draws_boxes_and_keeps_size():
+    img = gray_image(200, 160)
+    boxes = np.array([[10, 10, 90, 90], [100, 60, 190, 150], [20, 100, 60, 140]])
+    kept = np.array([True, False, True])
+    out = crop_view(img, boxes, highlight=[2], labels=["has whiskers"], kept=kept)
+    base, arr = np.asarray(img), np.asarray(out)
+    assert out.size == img.size and out.mode == "RGB"
+    assert not np.array_equal(arr[10, 50], base[10, 50])  # top edge of kept crop 0
+    assert not np.array_equal(arr[60, 150], base[60, 150])  # top edge of dropped crop 1 (dash)
+    assert tuple(arr[139, 40]) == hex_to_rgb(class_colors(1)[0])  # bottom edge (exclusive 140)
+    assert np.array_equal(arr[141, 40], base[141, 40])  # just below the highlighted box
+    assert np.array_equal(arr[50, 50], base[50, 50])  # inside a box, away from edges and text
+    assert np.array_equal(arr[5, 195], base[5, 195])  # outside every box
+    # dropped crops are fainter than kept ones
+    assert abs(int(arr[60, 150, 0]) - GRAY) < abs(int(arr[10, 50, 0]) - GRAY)
+
+
+def test_crop_view_validates():
+    img = gray_image(50, 50)
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0]])
+    with pytest.raises(ValueError, match=r"\(M, 4\)"):
+        crop_view(img, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="highlight"):
+        crop_view(img, boxes, highlight=[3])
+    with pytest.raises(ValueError, match="labels"):
+        crop_view(img, boxes, highlight=[0], labels=["a", "b"])
+    with pytest.raises(ValueError, match="kept"):
+        crop_view(img, boxes, kept=[True, False])
+
+
+def test_crop_thumbnails_cut_the_right_region():
+    img = gray_image(100, 100)
+    img.paste((255, 0, 0), (50, 50, 100, 100))
+    boxes = np.array([[50, 50, 100, 100], [0, 0, 40, 40], [0, 0, 100, 50]])
+    thumbs = crop_thumbnails(img, torch.tensor(boxes), [0, 1, 2], size=32)
+    assert [t.size for t in thumbs] == [(32, 32)] * 3
+    assert (np.asarray(thumbs[0]) == (255, 0, 0)).all()  # right/bottom = width: whole region
+    assert tuple(np.asarray(thumbs[1])[16, 16]) == (GRAY, GRAY, GRAY)
+    assert tuple(np.asarray(thumbs[2])[0, 16]) == (255, 255, 255)  # wide crop padded, not cut
+    with pytest.raises(ValueError, match="out of range"):
+        crop_thumbnails(img, boxes, [3])
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def test_topk_matches_torch_topk():
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(7, 5, generator=gen), dim=1)
+    names = [f"c{i}" for i in range(5)]
+    got = topk(probs, names, k=3)
+    ref_v, ref_i = torch.topk(probs, 3, dim=1)
+    assert len(got) == 7
+    for row, vals, idx in zip(got, ref_v, ref_i):
+        assert [n for n, _ in row] == [names[j] for j in idx.tolist()]
+        got_p = torch.tensor([p for _, p in row], dtype=torch.float64)
+        torch.testing.assert_close(got_p, vals.double())
+    assert len(topk(probs.numpy(), names, k=10)[0]) == 5  # k clipped to K
+    with pytest.raises(ValueError, match="match class_names"):
+        topk(probs, names[:4])
+
+
+def test_mark_changed_caption():
+    base = [("dog", 0.62), ("cat", 0.30)]
+    fused = [("cat", 0.71), ("dog", 0.2)]
+    changed = mark_changed_caption("cat.jpg", base, fused, "cat")
+    assert changed == "cat.jpg | CLIP: dog 62% -> OTFusion: cat 71% ✓ (changed)"
+    same = mark_changed_caption("a.png", fused, fused, "dog", method_name="GPUA")
+    assert same == "a.png | CLIP: cat 71% | GPUA: cat 71% ✗ (true: dog)"
+    unlabeled = mark_changed_caption("x", base, base)
+    assert "✓" not in unlabeled and "✗" not in unlabeled and "changed" not in unlabeled
+    with pytest.raises(ValueError):
+        mark_changed_caption("x", [], fused)
