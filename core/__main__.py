@@ -1,0 +1,231 @@
+"""Command line: ``python -m core run | eval | download | models | bench``.
+
+python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip,otfusion
+python -m core download clip-vit-b16 dinov2-large
+python -m core models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+METHOD_LIST = "clip,otfusion,gpua,lazsl"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vlm", default="clip-vit-b16", help="vision-language model key (see `models`)")
+    p.add_argument(
+        "--vfm",
+        default="dinov2-large",
+        help="vision-only model key, a VLM key (its image tower), or 'none' (VLM features only)",
+    )
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $FUSIONLAB_CACHE_DIR)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+
+
+def _add_solver_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("solvers (paper defaults)")
+    g.add_argument("--lam", type=float, default=0.8, help="OTFusion lambda (weight of CLIP)")
+    g.add_argument("--eps", type=float, default=0.01, help="OTFusion entropic regularisation")
+    g.add_argument("--n-iter", type=int, default=10, help="OTFusion outer iterations")
+    g.add_argument(
+        "--variant",
+        default="joint",
+        choices=["joint", "semantic_only", "concat", "no_joint"],
+        help="OTFusion variant (Table 2 ablations)",
+    )
+    g.add_argument("--gpua-lam", type=float, default=0.9)
+    g.add_argument("--gpua-eps", type=float, default=0.01)
+    g.add_argument("--gpua-targets", default="soft", choices=["soft", "hard"])
+    g.add_argument("--ths-steps", type=int, default=200)
+    g.add_argument("--n-crops", type=int, default=30, help="LaZSL crops per image (paper: 90)")
+    g.add_argument("--theta", type=float, default=0.8, help="LaZSL crop/global mix")
+    g.add_argument("--attributes", default=None, help="LaZSL descriptors, DCLIP JSON file")
+
+
+def _solver_settings(args):
+    from core.methods import SolverSettings
+
+    return SolverSettings(
+        otfusion_lam=args.lam,
+        otfusion_eps=args.eps,
+        otfusion_iter=args.n_iter,
+        otfusion_variant=args.variant,
+        gpua_lam=args.gpua_lam,
+        gpua_eps=args.gpua_eps,
+        gpua_targets=args.gpua_targets,
+        gpua_ths_steps=args.ths_steps,
+        lazsl_theta=args.theta,
+    )
+
+
+def _cache(args):
+    from core.cache import FeatureCache
+
+    return None if args.no_cache else FeatureCache(args.cache_dir)
+
+
+def _methods(text: str) -> list[str]:
+    from core.methods import METHODS
+
+    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
+    return methods
+
+
+def _progress(done: int, total: int, desc: str) -> None:
+    print(f"\r{desc}: {done}/{total}", end="", file=sys.stderr, flush=True)
+    if done >= total:
+        print(file=sys.stderr)
+
+
+def _classes(text: str):
+    from core.data import get_preset, load_classes_file, parse_classes
+
+    if text.startswith("preset:"):
+        preset = get_preset(text.split(":", 1)[1])
+        return list(preset.class_names), (preset.template,)
+    path = Path(text)
+    parsed = load_classes_file(path) if path.is_file() else parse_classes(text)
+    for warning in parsed.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return list(parsed.names), None
+
+
+def cmd_run(args) -> int:
+    from core.data import load_attributes, load_image_set
+    from core.export import write_predictions
+    from core.methods import run_methods
+    from core.pipeline import ExtractSettings, extract
+
+    methods = _methods(args.methods)
+    image_set = load_image_set(args.images, labels_csv=args.labels)
+    for skip in image_set.skipped:
+        print(f"skipped {skip.name}: {skip.reason}", file=sys.stderr)
+    class_names, preset_templates = _classes(args.classes)
+    templates = tuple(args.template) if args.template else (preset_templates or None)
+    attributes = load_attributes(args.attributes) if args.attributes else None
+    settings = ExtractSettings(
+        vlm=args.vlm,
+        vfm=None if args.vfm.lower() == "none" else args.vfm,
+        n_crops=args.n_crops if "lazsl" in methods else 0,
+        attributes=attributes,
+        batch_size=args.batch_size,
+        device=args.device,
+        **({"templates": templates} if templates else {}),
+    )
+    extraction = extract(image_set, class_names, settings, cache=_cache(args), progress=_progress)
+    for warning in extraction.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    results = run_methods(extraction.features, methods, _solver_settings(args))
+    out = Path(args.out)
+    paths = write_predictions(out, extraction, results)
+    for name, res in results.items():
+        acc = "" if res.accuracy is None else f"  accuracy {100 * res.accuracy:.2f}%"
+        print(f"{name:10s} {res.seconds * 1000:8.1f} ms{acc}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_download(args) -> int:
+    from core.encoders import download_models, preload_from_hub_lines
+
+    for line in download_models(args.models):
+        print(line)
+    print("\nFor a Hugging Face Space, add to the README front matter:\npreload_from_hub:")
+    for line in preload_from_hub_lines(args.models):
+        print(f"  - {line}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from core.encoders import list_models
+
+    for spec in list_models():
+        gated = "  (gated: needs a Hub token)" if spec.gated else ""
+        print(f"{spec.kind}  {spec.key:28s} {spec.display_name}{gated}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from core.evaluate import main as eval_main
+
+    return eval_main(args)
+
+
+def cmd_bench(args) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{args.which}.py"
+    if not script.is_file():
+        raise SystemExit(f"bench: no benchmark named '{args.which}' ({script} missing).")
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="VLM x VFM fusion by optimal transport: CLIP zero-shot, OTFusion, GPUA, LaZSL.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="classify an image set with every chosen method")
+    p.add_argument("--images", required=True, help="a folder, a .zip, or an image file")
+    p.add_argument(
+        "--classes",
+        required=True,
+        help="'cat, dog', one per line, a .txt/.json file, or preset:NAME (e.g. preset:dtd)",
+    )
+    p.add_argument("--labels", default=None, help="CSV of filename,label (overrides folder labels)")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
+    p.add_argument("--methods", default="clip,otfusion", help=f"comma list of {METHOD_LIST}")
+    p.add_argument("--out", default="fusionlab-out", help="folder for predictions.csv/json")
+    _add_model_args(p)
+    _add_solver_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("download", help="pre-fetch model weights (on a machine with internet)")
+    p.add_argument("models", nargs="+", help="registry keys, see `models`")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("eval", help="reproduce the papers' tables on benchmark datasets")
+    try:
+        from core.evaluate import add_arguments
+    except ImportError:  # evaluation harness not installed in this build
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(p)
+        _add_model_args(p)
+        _add_solver_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
+    p.add_argument("which", help="solvers, encode or app_latency")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # User mistakes and missing weights: the message says what to do; no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

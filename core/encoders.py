@@ -1,0 +1,417 @@
+"""Model registry and loading: every VLM and VFM the lab can use, as frozen dataclasses.
+
+An entry of `MODELS` fully decides a model (STYLE.md rule 7): its library, weights, preprocessing,
+token layout and output dimension. Nothing is keyed on name strings.
+
+    >>> from core.encoders import load_encoder
+    >>> clip = load_encoder("clip-vit-b16")                     # doctest: +SKIP
+    >>> img = clip.encode_images(images)                        # (N, 512), unit norm
+    >>> txt = clip.encode_text(["cat", "dog"])                  # (2, 512)
+    >>> dino = load_encoder("dinov2-base")                      # doctest: +SKIP
+    >>> patches = dino.encode_patches(images)                   # (N, 16, 16, 768)
+
+Any VLM's image tower is also a VFM: `vfm_choices` lists the VLM keys after the DINO ones, and
+loading a VLM key gives the same encoder, whose `encode_images` (the projected image embedding) is
+then used as the VFM feature ("CLIP-only" rows of OTFusion).
+
+Weights come from the Hugging Face Hub on the user's machine (`core.hub`): when they are not cached
+and the Hub cannot be reached, `load_encoder` raises `WeightsUnavailableError` within seconds, with
+the fix. `download_models` pre-fetches them (``python -m core download KEY ...``). On Hugging Face
+Spaces, list the same files under ``preload_from_hub:`` in the README front matter so they are
+baked into the image at build time (`preload_from_hub_lines` writes those lines).
+
+Tests register tiny random-initialised entries of the same architectures: `core.testing`.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from core.backbones import Encoder, OpenClipEncoder, TransformersEncoder
+from core.hub import (
+    WeightsUnavailableError,
+    ensure_weights,
+    files_needed,
+    hf_cache_dir,
+    unavailable,
+)
+
+__all__ = [
+    "MODELS", "ModelSpec", "Encoder", "WeightsUnavailableError", "register_model", "get_spec",
+    "list_models", "vlm_choices", "vfm_choices", "load_encoder", "download_models",
+    "preload_from_hub_lines", "resolve_device",
+]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP training set statistics
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2 / DINOv3
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+_KINDS = ("vlm", "vfm")
+_LIBRARIES = ("open_clip", "transformers")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model, fully described.
+
+    Preprocessing is ``resize_mode="shortest"``: resize the short side to ``resize_size`` then
+    center-crop ``image_size`` (CLIP: 224 -> 224; DINO's eval transform: 256 -> 224), or
+    ``"squash"``: resize straight to ``image_size`` x ``image_size`` (SigLIP).
+    """
+
+    key: str  # registry key, e.g. "clip-vit-b16"
+    display_name: str  # for the UI, e.g. "CLIP ViT-B/16 (OpenAI)"
+    kind: str  # "vlm" (image + text towers) or "vfm" (image only)
+    library: str  # "open_clip" or "transformers"
+    model_id: str  # open_clip architecture ("ViT-B-16") or transformers repo id
+    pretrained: str | None  # open_clip tag ("openai", "webli"); None for transformers
+    hf_repo: str | None  # Hub repo holding the weights; None only for random-init entries
+    image_size: int  # network input side, pixels
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str  # "bicubic" or "bilinear"
+    resize_size: int  # short side before the center crop ("shortest" mode)
+    patch_size: int | None  # None: no patch grid (ResNet)
+    n_prefix_tokens: int  # tokens before the patches: 1 (CLS), 5 (CLS + 4 registers), 0 (none)
+    output_dim: int  # dimension of encode_images
+    resize_mode: str = "shortest"  # or "squash"
+    quick_gelu: bool = False  # OpenAI CLIP weights were trained with QuickGELU: must match
+    dense: bool = False  # has the MaskCLIP dense path (open_clip ViT with a class token)
+    tokenizer_repo: str | None = None  # Hub repo of a HF tokenizer; None: open_clip's bundled BPE
+    gated: bool = False  # the Hub repo needs an accepted licence and a token
+    hidden: bool = False  # test / benchmark entries the UI must not list
+    random_init: bool = False  # build the architecture with random weights; never touch the Hub
+    # Explicit architecture for random-init entries: open_clip CLIP kwargs (embed_dim, vision_cfg,
+    # text_cfg) or transformers config kwargs including "model_type". Excluded from the hash.
+    arch_config: Mapping | None = field(default=None, hash=False)
+
+    def __post_init__(self):
+        problems = []
+        if self.kind not in _KINDS:
+            problems.append(f"kind must be one of {_KINDS}, got {self.kind!r}")
+        if self.library not in _LIBRARIES:
+            problems.append(f"library must be one of {_LIBRARIES}, got {self.library!r}")
+        if self.library == "open_clip" and self.pretrained is None and not self.random_init:
+            problems.append("open_clip entries need their pretrained tag (e.g. 'openai')")
+        if self.library == "transformers" and self.pretrained is not None:
+            problems.append("pretrained must be None for transformers entries")
+        if self.library == "transformers" and self.kind != "vfm":
+            problems.append("transformers entries are vision-only (kind 'vfm')")
+        if not self.random_init and not self.hf_repo:
+            problems.append("hf_repo is required unless random_init=True")
+        if self.random_init and not self.hidden:
+            problems.append("random_init entries are for tests and must be hidden=True")
+        if self.interpolation not in ("bicubic", "bilinear"):
+            problems.append(
+                f"interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}"
+            )
+        if self.resize_mode not in ("shortest", "squash"):
+            problems.append(f"resize_mode must be 'shortest' or 'squash', got {self.resize_mode!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            problems.append("mean and std need 3 values each, std > 0")
+        if self.image_size < 1 or self.resize_size < self.image_size:
+            problems.append("need 1 <= image_size <= resize_size")
+        if self.patch_size is not None and self.image_size % self.patch_size:
+            problems.append("image_size must be a multiple of patch_size")
+        if self.dense and (self.library != "open_clip" or self.patch_size is None):
+            problems.append("dense=True needs an open_clip ViT (a patch_size)")
+        if self.n_prefix_tokens < 0 or self.output_dim < 1:
+            problems.append("need n_prefix_tokens >= 0 and output_dim >= 1")
+        if problems:
+            raise ValueError(f"ModelSpec '{self.key}': " + "; ".join(problems) + ".")
+
+    @property
+    def grid_size(self) -> tuple[int, int] | None:
+        """(h, w) of the patch grid at ``image_size``, None without patches."""
+        if self.patch_size is None:
+            return None
+        return self.image_size // self.patch_size, self.image_size // self.patch_size
+
+    def identity(self) -> dict:
+        """The fields that decide the features (for cache keys): weights + preprocessing."""
+        out = asdict(self)
+        for name in ("key", "display_name", "kind", "gated", "hidden"):
+            out.pop(name)
+        out["arch_config"] = copy.deepcopy(dict(self.arch_config)) if self.arch_config else None
+        return out
+
+
+def _clip(key, name, arch, repo, *, size, patch, dim, dense=True):
+    return ModelSpec(
+        key=key, display_name=name, kind="vlm", library="open_clip", model_id=arch,
+        pretrained="openai", hf_repo=repo, image_size=size, mean=CLIP_MEAN, std=CLIP_STD,
+        interpolation="bicubic", resize_size=size, patch_size=patch,
+        n_prefix_tokens=1 if patch else 0, output_dim=dim, quick_gelu=True, dense=dense,
+    )
+
+
+def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False):
+    return ModelSpec(
+        key=key, display_name=name, kind="vfm", library="transformers", model_id=repo,
+        pretrained=None, hf_repo=repo, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        interpolation="bicubic", resize_size=256, patch_size=patch, n_prefix_tokens=n_prefix,
+        output_dim=dim, gated=gated,
+    )
+
+
+_BUILTIN = [
+    _clip("clip-vit-b32", "CLIP ViT-B/32 (OpenAI)", "ViT-B-32",
+          "timm/vit_base_patch32_clip_224.openai", size=224, patch=32, dim=512),
+    _clip("clip-vit-b16", "CLIP ViT-B/16 (OpenAI)", "ViT-B-16",
+          "timm/vit_base_patch16_clip_224.openai", size=224, patch=16, dim=512),
+    _clip("clip-vit-l14", "CLIP ViT-L/14 (OpenAI)", "ViT-L-14",
+          "timm/vit_large_patch14_clip_224.openai", size=224, patch=14, dim=768),
+    _clip("clip-rn50", "CLIP ResNet-50 (OpenAI)", "RN50", "timm/resnet50_clip.openai",
+          size=224, patch=None, dim=1024, dense=False),
+    ModelSpec(
+        key="siglip-vit-b16", display_name="SigLIP ViT-B/16 (WebLI)", kind="vlm",
+        library="open_clip", model_id="ViT-B-16-SigLIP", pretrained="webli",
+        hf_repo="timm/ViT-B-16-SigLIP", image_size=224, mean=SIGLIP_MEAN, std=SIGLIP_STD,
+        interpolation="bicubic", resize_size=224, resize_mode="squash", patch_size=16,
+        n_prefix_tokens=0, output_dim=768, tokenizer_repo="timm/ViT-B-16-SigLIP",
+    ),
+    _dino("dinov2-small", "DINOv2 ViT-S/14", "facebook/dinov2-small",
+          patch=14, dim=384, n_prefix=1),
+    _dino("dinov2-base", "DINOv2 ViT-B/14", "facebook/dinov2-base",
+          patch=14, dim=768, n_prefix=1),
+    _dino("dinov2-large", "DINOv2 ViT-L/14", "facebook/dinov2-large",
+          patch=14, dim=1024, n_prefix=1),
+    _dino("dinov2-giant", "DINOv2 ViT-g/14", "facebook/dinov2-giant",
+          patch=14, dim=1536, n_prefix=1),
+    _dino("dinov2-reg-small", "DINOv2 ViT-S/14 + registers",
+          "facebook/dinov2-with-registers-small", patch=14, dim=384, n_prefix=5),
+    _dino("dinov2-reg-base", "DINOv2 ViT-B/14 + registers",
+          "facebook/dinov2-with-registers-base", patch=14, dim=768, n_prefix=5),
+    _dino("dinov2-reg-large", "DINOv2 ViT-L/14 + registers",
+          "facebook/dinov2-with-registers-large", patch=14, dim=1024, n_prefix=5),
+    _dino("dinov2-reg-giant", "DINOv2 ViT-g/14 + registers",
+          "facebook/dinov2-with-registers-giant", patch=14, dim=1536, n_prefix=5),
+    _dino("dinov3-vits16", "DINOv3 ViT-S/16 (gated)", "facebook/dinov3-vits16-pretrain-lvd1689m",
+          patch=16, dim=384, n_prefix=5, gated=True),
+    _dino("dinov3-vitb16", "DINOv3 ViT-B/16 (gated)", "facebook/dinov3-vitb16-pretrain-lvd1689m",
+          patch=16, dim=768, n_prefix=5, gated=True),
+]
+
+MODELS: dict[str, ModelSpec] = {spec.key: spec for spec in _BUILTIN}
+
+_LOADED: dict[tuple[ModelSpec, str], Encoder] = {}  # shared read-only models, never user data
+_LOAD_LOCK = threading.Lock()
+
+
+def register_model(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
+    """Add ``spec`` to `MODELS` (idempotent for an identical spec). Returns it."""
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(f"spec: expected a ModelSpec, got {type(spec).__name__}.")
+    existing = MODELS.get(spec.key)
+    if existing is not None and existing != spec and not overwrite:
+        raise ValueError(
+            f"register_model: key '{spec.key}' is already registered with a different spec; "
+            "pick another key or pass overwrite=True."
+        )
+    MODELS[spec.key] = spec
+    return spec
+
+
+def get_spec(key: str) -> ModelSpec:
+    """The registry entry for ``key``; ValueError listing the valid keys otherwise."""
+    if isinstance(key, ModelSpec):
+        return key
+    spec = MODELS.get(key)
+    if spec is None:
+        valid = ", ".join(s.key for s in MODELS.values() if not s.hidden)
+        raise ValueError(f"unknown model {key!r}; valid keys: {valid}.")
+    return spec
+
+
+def list_models(kind: str | None = None, *, include_hidden: bool = False) -> list[ModelSpec]:
+    """Registry entries of ``kind`` ("vlm", "vfm" or None for all), in registry order."""
+    if kind is not None and kind not in _KINDS:
+        raise ValueError(f"kind: expected one of {_KINDS} or None, got {kind!r}.")
+    return [
+        s for s in MODELS.values()
+        if (kind is None or s.kind == kind) and (include_hidden or not s.hidden)
+    ]
+
+
+def vlm_choices(*, include_hidden: bool = False) -> list[tuple[str, str]]:
+    """(label, key) pairs of the VLMs, for a dropdown."""
+    return [(s.display_name, s.key) for s in list_models("vlm", include_hidden=include_hidden)]
+
+
+def vfm_choices(*, include_hidden: bool = False) -> list[tuple[str, str]]:
+    """(label, key) pairs usable as a VFM: the vision-only models, then every VLM's image tower."""
+    vfms = [(s.display_name, s.key) for s in list_models("vfm", include_hidden=include_hidden)]
+    towers = [
+        (f"{s.display_name} - image tower", s.key)
+        for s in list_models("vlm", include_hidden=include_hidden)
+    ]
+    return vfms + towers
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given, else cuda, then mps, then cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_encoder(key: str, *, device: str | torch.device | None = None) -> Encoder:
+    """Load (once per process and device) the encoder of registry entry ``key``.
+
+    Raises
+    ------
+    ValueError
+        Unknown key (the message lists the valid ones).
+    WeightsUnavailableError
+        Weights not cached and not downloadable now; raised within seconds, never replaced by
+        random weights.
+    """
+    spec = get_spec(key)
+    dev = resolve_device(device)
+    with _LOAD_LOCK:
+        encoder = _LOADED.get((spec, str(dev)))
+        if encoder is None:
+            encoder = _build(spec, dev)
+            _LOADED[(spec, str(dev))] = encoder
+    return encoder
+
+
+def download_models(keys: list[str]) -> list[str]:
+    """Pre-fetch the weights of ``keys`` into the Hugging Face cache (``python -m core download``).
+
+    Returns the local paths of the fetched files, in order. Raises `WeightsUnavailableError`
+    (fast) when the Hub is unreachable or a gated repo refuses access. For a Space, prefer
+    ``preload_from_hub`` in the README front matter (see `preload_from_hub_lines`).
+    """
+    specs = [get_spec(k) for k in keys]  # validate every key before downloading anything
+    paths: list[str] = []
+    for spec in specs:
+        if spec.random_init:
+            continue
+        _, found = ensure_weights(spec)
+        paths.extend(found.values())
+    return paths
+
+
+def preload_from_hub_lines(keys: list[str]) -> list[str]:
+    """``preload_from_hub`` entries for a Space README (``repo file`` or ``repo`` per line)."""
+    lines: list[str] = []
+    for spec in (get_spec(k) for k in keys):
+        for need in files_needed(spec):
+            whole_repo = spec.library == "transformers" or need.repo == spec.tokenizer_repo
+            line = need.repo if whole_repo else f"{need.repo} {need.alternatives[0]}"
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
+# ----------------------------------------------------------------------------------- building
+def _build(spec: ModelSpec, device: torch.device) -> Encoder:
+    cache_dir = None
+    paths: dict[str, str] = {}
+    if not spec.random_init:
+        cache_dir, paths = ensure_weights(spec)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random-init entries are reproducible
+            if spec.library == "open_clip":
+                model, tokenizer_factory = _build_open_clip(spec, cache_dir, paths)
+            else:
+                model = _build_transformers(spec, cache_dir)
+    except OSError as exc:  # files in the cache but incomplete (e.g. a missing shard)
+        if spec.random_init:
+            raise
+        raise unavailable(spec, cache_dir, f"the cached files are incomplete ({exc})") from exc
+    model = model.to(device).eval().requires_grad_(False)
+    if spec.library == "open_clip":
+        return OpenClipEncoder(spec, model, device, tokenizer_factory)
+    return TransformersEncoder(spec, model, device)
+
+
+def _build_open_clip(spec: ModelSpec, cache_dir: str | None, paths: dict[str, str]):
+    import open_clip
+
+    arch = spec.arch_config if spec.arch_config is not None else (
+        open_clip.get_model_config(spec.model_id) or {})
+    if arch.get("embed_dim", spec.output_dim) != spec.output_dim:
+        raise ValueError(
+            f"registry entry '{spec.key}' disagrees with its model (output_dim: spec "
+            f"{spec.output_dim} vs model {arch['embed_dim']})."
+        )
+    weights = next(iter(paths.values()), None)  # the first need is the checkpoint
+    if spec.arch_config is not None:
+        cfg = copy.deepcopy(dict(spec.arch_config))
+        model_cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
+        model = model_cls(**cfg, quick_gelu=spec.quick_gelu)
+        if weights is not None:
+            open_clip.load_checkpoint(model, weights)
+        context_length = cfg.get("text_cfg", {}).get("context_length", 77)
+    else:
+        model = open_clip.create_model(
+            spec.model_id, pretrained=weights, force_quick_gelu=spec.quick_gelu
+        )
+        context_length = None
+
+    def tokenizer_factory():
+        if spec.tokenizer_repo:
+            from open_clip.tokenizer import HFTokenizer
+
+            cfg = open_clip.get_model_config(spec.model_id) or {}
+            text_cfg = cfg.get("text_cfg", {})
+            folder = cache_dir or hf_cache_dir()
+            try:
+                return HFTokenizer(
+                    spec.tokenizer_repo, cache_dir=folder, local_files_only=True,
+                    context_length=context_length or text_cfg["context_length"],
+                    **text_cfg.get("tokenizer_kwargs", {}),
+                )
+            except OSError as exc:  # only random-init twins get here without a checked cache
+                raise unavailable(
+                    spec, folder, f"its tokenizer ({spec.tokenizer_repo}) is not cached"
+                ) from exc
+        if context_length is not None:
+            return open_clip.SimpleTokenizer(context_length=context_length)
+        return open_clip.get_tokenizer(spec.model_id)
+
+    return model, tokenizer_factory
+
+
+def _build_transformers(spec: ModelSpec, cache_dir: str | None):
+    from transformers import AutoConfig, AutoModel
+
+    if spec.random_init:
+        if spec.arch_config is None:
+            raise ValueError(
+                f"'{spec.key}': a random-init transformers entry needs arch_config (the config "
+                "kwargs with 'model_type'), since the config itself lives on the Hub."
+            )
+        model = AutoModel.from_config(AutoConfig.for_model(**dict(spec.arch_config)))
+    else:
+        model = AutoModel.from_pretrained(
+            spec.hf_repo, cache_dir=cache_dir, local_files_only=True, dtype=torch.float32
+        )
+    config = model.config
+    n_registers = int(getattr(config, "num_register_tokens", 0))
+    expected = {
+        "n_prefix_tokens": (spec.n_prefix_tokens, 1 + n_registers),
+        "patch_size": (spec.patch_size, config.patch_size),
+        "output_dim": (spec.output_dim, config.hidden_size),
+    }
+    wrong = {k: v for k, v in expected.items() if v[0] != v[1]}
+    if wrong:
+        listing = ", ".join(f"{k}: spec {a} vs model {b}" for k, (a, b) in wrong.items())
+        raise ValueError(f"registry entry '{spec.key}' disagrees with its model ({listing}).")
+    return model

@@ -1,0 +1,488 @@
+"""Encoders: registry validity, tiny random-init models of the real architectures, offline errors.
+
+Nothing here downloads: real registry entries are only used to check their fields against
+open_clip's own pretrained configs and to prove that missing weights fail fast with a clear message.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from dataclasses import replace
+
+import huggingface_hub.constants
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from core import encoders
+from core.backbones import Encoder
+from core.checks import l2_normalize
+from core.encoders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODELS,
+    ModelSpec,
+    WeightsUnavailableError,
+    download_models,
+    get_spec,
+    list_models,
+    load_encoder,
+    preload_from_hub_lines,
+    register_model,
+    vfm_choices,
+    vlm_choices,
+)
+from core.testing import tiny_test_models
+
+ATOL = 1e-5  # float32 features of the same inputs in different batch compositions
+FAIL_FAST_S = 5.0
+
+TINY = tiny_test_models()
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    """Seven small images of varied sizes and modes (RGB, L, RGBA, P)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (w, h) in enumerate([(90, 70), (64, 64), (50, 120), (128, 96), (77, 77), (200, 60),
+                                (65, 90)]):
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image = Image.fromarray(arr)
+        out.append(image.convert(["RGB", "L", "RGBA", "P"][i % 4]))
+    return out
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """An empty Hugging Face cache in tmp_path and no offline flag yet.
+
+    tests/conftest.py sets HF_HUB_OFFLINE=1 before huggingface_hub is imported, which freezes
+    ``huggingface_hub.constants.HF_HUB_OFFLINE``; undo both to simulate a machine without the flag.
+    """
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return tmp_path / "hf" / "hub"
+
+
+# ------------------------------------------------------------------------------------ registry
+PUBLIC = list_models(include_hidden=False)
+
+
+def test_registry_has_the_design_models():
+    keys = {s.key for s in PUBLIC}
+    expected = {"clip-vit-b32", "clip-vit-b16", "clip-vit-l14", "clip-rn50", "siglip-vit-b16",
+                "dinov2-small", "dinov2-base", "dinov2-large", "dinov2-giant", "dinov2-reg-small",
+                "dinov2-reg-base", "dinov2-reg-large", "dinov2-reg-giant", "dinov3-vits16",
+                "dinov3-vitb16"}
+    assert expected <= keys
+    assert all(not s.hidden and not s.random_init for s in PUBLIC)
+    assert all(s.hidden for s in MODELS.values() if s.key in TINY.values())
+
+
+@pytest.mark.parametrize("spec", PUBLIC, ids=lambda s: s.key)
+def test_entry_fully_specified(spec: ModelSpec):
+    assert spec.key and spec.display_name and spec.model_id and spec.hf_repo
+    assert spec.image_size > 0 and spec.resize_size >= spec.image_size and spec.output_dim > 0
+    if spec.library == "transformers":
+        # DINO preprocessing: ImageNet statistics, 256 -> 224 bicubic; never CLIP's mean/std.
+        assert spec.kind == "vfm" and spec.pretrained is None and spec.hf_repo == spec.model_id
+        assert spec.mean == IMAGENET_MEAN and spec.std == IMAGENET_STD
+        assert (spec.resize_size, spec.image_size, spec.interpolation) == (256, 224, "bicubic")
+        assert spec.n_prefix_tokens in (1, 5) and not spec.dense
+        assert spec.gated == (spec.patch_size == 16)  # DINOv3 (patch 16) is gated, DINOv2 not
+
+
+@pytest.mark.parametrize("spec", [s for s in PUBLIC if s.library == "open_clip"],
+                         ids=lambda s: s.key)
+def test_open_clip_entry_matches_open_clip(spec: ModelSpec):
+    """Weights repo, activation and preprocessing agree with open_clip's own tables."""
+    assert spec.model_id in open_clip.list_models()
+    pcfg = open_clip.get_pretrained_cfg(spec.model_id, spec.pretrained)
+    assert pcfg, f"{spec.model_id}:{spec.pretrained} is not an open_clip pretrained tag"
+    assert spec.hf_repo == pcfg["hf_hub"].rstrip("/")
+    assert spec.quick_gelu == pcfg.get("quick_gelu", False)
+    assert spec.mean == tuple(pcfg["mean"]) and spec.std == tuple(pcfg["std"])
+    assert spec.interpolation == pcfg["interpolation"]
+    assert spec.resize_mode == pcfg["resize_mode"]
+    cfg = open_clip.get_model_config(spec.model_id)
+    assert spec.output_dim == cfg["embed_dim"]
+    assert spec.tokenizer_repo == cfg["text_cfg"].get("hf_tokenizer_name")
+    vision = cfg["vision_cfg"]
+    assert spec.image_size == vision["image_size"]
+    is_plain_vit = "timm_model_name" not in vision and isinstance(vision["layers"], int)
+    assert spec.dense == is_plain_vit
+    if is_plain_vit:
+        assert spec.patch_size == vision["patch_size"] and spec.n_prefix_tokens == 1
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown model 'clip-vit-b99'") as info:
+        get_spec("clip-vit-b99")
+    assert "clip-vit-b16" in str(info.value) and "dinov2-base" in str(info.value)
+    with pytest.raises(ValueError, match="valid keys"):
+        load_encoder("nope")
+
+
+def test_choices_and_listing():
+    vfm_keys = [key for _, key in vfm_choices()]
+    vlm_keys = [key for _, key in vlm_choices()]
+    assert "dinov2-base" in vfm_keys and set(vlm_keys) <= set(vfm_keys)  # VLM image towers too
+    assert not set(TINY.values()) & set(vfm_keys)
+    assert set(TINY.values()) <= {s.key for s in list_models(include_hidden=True)}
+    with pytest.raises(ValueError, match="kind"):
+        list_models("clip")
+
+
+def test_spec_validation_and_registration():
+    base = get_spec(TINY["clip_vit"])
+    with pytest.raises(ValueError, match="hidden"):
+        replace(base, key="x", hidden=False)
+    with pytest.raises(ValueError, match="interpolation"):
+        replace(base, key="x", interpolation="nearest")
+    with pytest.raises(ValueError, match="hf_repo"):
+        replace(get_spec("dinov2-base"), hf_repo=None)
+    register_model(base)  # identical: no-op
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(replace(base, output_dim=64))
+
+
+def test_preload_lines():
+    lines = preload_from_hub_lines(["clip-vit-b16", "dinov2-base", "siglip-vit-b16"])
+    assert "timm/vit_base_patch16_clip_224.openai open_clip_model.safetensors" in lines
+    assert "facebook/dinov2-base" in lines and "timm/ViT-B-16-SigLIP" in lines
+
+
+# ------------------------------------------------------------------------------- preprocessing
+def test_preprocess_matches_open_clip_transform(images):
+    spec = get_spec("clip-vit-b16")
+    encoder = Encoder(spec, torch.nn.Identity(), torch.device("cpu"))  # no weights needed
+    reference = open_clip.image_transform(224, is_train=False, mean=spec.mean, std=spec.std,
+                                          resize_mode="shortest", interpolation="bicubic")
+    # We convert to RGB first (open_clip converts after resizing, which resizes palette images
+    # with nearest neighbour); on RGB input the two are bit-identical.
+    for image in images:
+        rgb = image.convert("RGB")
+        torch.testing.assert_close(encoder.preprocess(image), reference(rgb), atol=0, rtol=0)
+
+
+def test_preprocess_matches_dino_eval_transform(images):
+    spec = get_spec("dinov2-base")
+    encoder = Encoder(spec, torch.nn.Identity(), torch.device("cpu"))
+    reference = T.Compose([
+        T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+        T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    for image in images:
+        got = encoder.preprocess(image)
+        assert got.shape == (3, 224, 224)
+        torch.testing.assert_close(got, reference(image.convert("RGB")), atol=0, rtol=0)
+
+
+def test_preprocess_squash_for_siglip(images):
+    spec = get_spec("siglip-vit-b16")
+    encoder = Encoder(spec, torch.nn.Identity(), torch.device("cpu"))
+    reference = open_clip.image_transform(224, is_train=False, mean=spec.mean, std=spec.std,
+                                          resize_mode="squash", interpolation="bicubic")
+    for image in images[:4]:
+        rgb = image.convert("RGB")
+        torch.testing.assert_close(encoder.preprocess(image), reference(rgb), atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------------- tiny models
+@pytest.mark.parametrize("role", ["clip_vit", "clip_rn", "dinov2", "dinov2_reg", "dinov3"])
+def test_tiny_encode_images(role, images):
+    encoder = load_encoder(TINY[role], device="cpu")
+    assert load_encoder(TINY[role], device="cpu") is encoder  # loaded once
+    assert not encoder.model.training
+    assert not any(p.requires_grad for p in encoder.model.parameters())
+    feats = encoder.encode_images(images, batch_size=3)
+    assert feats.shape == (len(images), encoder.spec.output_dim) and feats.dtype == torch.float32
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(len(images)))
+    assert not feats.is_inference()  # usable later in autograd (GPUA refinement)
+    again = encoder.encode_images(images, batch_size=len(images))
+    torch.testing.assert_close(again, feats, atol=ATOL, rtol=0)
+    pixels = torch.stack([encoder.preprocess(im) for im in images])
+    from_pixels = encoder.encode_pixels(pixels, batch_size=4)
+    torch.testing.assert_close(from_pixels, feats, atol=ATOL, rtol=0)
+
+
+def test_random_init_is_reproducible():
+    spec = get_spec(TINY["dinov2"])
+    a = encoders._build(spec, torch.device("cpu")).model
+    b = encoders._build(spec, torch.device("cpu")).model
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("role", ["dinov2", "dinov2_reg", "dinov3"])
+def test_dino_global_and_patches_match_the_model(role, images):
+    """Global = CLS after the final norm; patches = tokens after CLS and registers, on the grid."""
+    encoder = load_encoder(TINY[role], device="cpu")
+    spec = encoder.spec
+    pixels = torch.stack([encoder.preprocess(im) for im in images])
+    with torch.no_grad():
+        hidden = encoder.model(pixel_values=pixels).last_hidden_state  # (N, prefix + h*w, d)
+    h, w = spec.grid_size
+    assert hidden.shape[1] == spec.n_prefix_tokens + h * w
+    torch.testing.assert_close(encoder.encode_images(images), l2_normalize(hidden[:, 0]),
+                               atol=ATOL, rtol=0)
+    patches = encoder.encode_patches(images, batch_size=2)
+    assert patches.shape == (len(images), h, w, spec.output_dim)
+    expected = l2_normalize(hidden[:, spec.n_prefix_tokens:]).reshape(len(images), h, w, -1)
+    torch.testing.assert_close(patches, expected, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="dense"):
+        encoder.encode_dense(images)
+    with pytest.raises(ValueError, match="vision-only"):
+        encoder.encode_text(["cat", "dog"])
+
+
+def test_encode_text_template_ensemble_equals_manual_average():
+    encoder = load_encoder(TINY["clip_vit"], device="cpu")
+    names = ["golden_retriever", "cat", "tabby cat"]
+    templates = ["a photo of a {}.", "a drawing of a {}.", "{}"]
+    got = encoder.encode_text(names, templates=templates, batch_size=4)
+    assert got.shape == (3, 32)
+    for k, name in enumerate(names):
+        prompts = [t.replace("{}", name.replace("_", " ")) for t in templates]
+        tokens = encoder._text_tokenizer()(prompts)
+        with torch.no_grad():
+            each = encoder.model.encode_text(tokens)  # (T, d)
+        manual = l2_normalize(l2_normalize(each).mean(dim=0))
+        torch.testing.assert_close(got[k], manual, atol=ATOL, rtol=0)
+    single = encoder.encode_text(["golden_retriever"])
+    sentence = encoder.encode_sentences(["a photo of a golden retriever."])
+    torch.testing.assert_close(single, sentence)
+    with pytest.raises(ValueError, match="placeholder"):
+        encoder.encode_text(["cat"], templates=["a photo"])
+    with pytest.raises(ValueError, match="list of strings"):
+        encoder.encode_sentences("one string")
+
+
+def test_dense_features_grid_norm_and_reference(images):
+    """MaskCLIP = last block with each token attending only to itself, minus residual and MLP."""
+    encoder = load_encoder(TINY["clip_vit"], device="cpu")
+    dense = encoder.encode_dense(images, batch_size=3)
+    h, w = encoder.spec.grid_size
+    assert dense.shape == (len(images), h, w, 32)
+    torch.testing.assert_close(dense.norm(dim=-1), torch.ones(len(images), h, w))
+    torch.testing.assert_close(encoder.encode_patches(images), dense, atol=ATOL, rtol=0)
+
+    visual = encoder.model.visual
+    pixels = torch.stack([encoder.preprocess(im) for im in images])
+    with torch.no_grad():
+        x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.expand(len(x), 1, -1)
+        x = visual.ln_pre(torch.cat([cls, x], dim=1) + visual.positional_embedding)
+        for block in visual.transformer.resblocks[:-1]:
+            x = block(x)
+        last = visual.transformer.resblocks[-1]
+        y = last.ln_1(x)
+        n = y.shape[1]
+        self_only = torch.full((n, n), float("-inf")).fill_diagonal_(0.0)
+        attn = last.attn(y, y, y, need_weights=False, attn_mask=self_only)[0]
+        ref = visual.ln_post(attn[:, 1:]) @ visual.proj
+    torch.testing.assert_close(dense, l2_normalize(ref).reshape(dense.shape), atol=ATOL, rtol=0)
+
+
+def test_resnet_has_no_dense_path(images):
+    encoder = load_encoder(TINY["clip_rn"], device="cpu")
+    with pytest.raises(ValueError, match="no dense CLIP path"):
+        encoder.encode_dense(images)
+    with pytest.raises(ValueError, match="no patch features"):
+        encoder.encode_patches(images)
+    assert encoder.encode_text(["cat"]).shape == (1, 32)  # the text tower still works
+
+
+@pytest.mark.parametrize("role", ["clip_vit", "dinov2_reg"])
+def test_crops_shape_view0_and_crop_content(role, images):
+    encoder = load_encoder(TINY[role], device="cpu")
+    side = encoder.spec.image_size
+    n_crops = 3
+    boxes = torch.tensor([[[0, 0, 40, 40], [10, 5, 50, 45], [20, 20, 60, 60]]] * len(images),
+                         dtype=torch.float32)
+    crops = encoder.encode_crops(images, boxes, batch_size=5)
+    assert crops.shape == (len(images), 1 + n_crops, encoder.spec.output_dim)
+    torch.testing.assert_close(crops[:, 0], encoder.encode_images(images), atol=ATOL, rtol=0)
+    torch.testing.assert_close(crops.norm(dim=-1), torch.ones(len(images), 1 + n_crops))
+    # A crop view is the box resized to the input size, encoded like any image of that size.
+    image = images[3].convert("RGB")
+    patch = image.resize((side, side), Image.Resampling.BICUBIC, box=(10, 5, 50, 45))
+    if encoder.spec.resize_size == side:
+        alone = encoder.encode_images([patch])[0]
+        torch.testing.assert_close(crops[3, 2], alone, atol=ATOL, rtol=0)
+    by_callable = encoder.encode_crops(images, lambda im: boxes[0], batch_size=8)
+    torch.testing.assert_close(by_callable, crops, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="expected shape"):
+        encoder.encode_crops(images, boxes[:2])
+    with pytest.raises(ValueError, match="empty"):
+        encoder.encode_crops(images[:1], torch.tensor([[[30.0, 30, 20, 40]]]))
+
+
+class _Lazy:
+    """A lazy image sequence (decodes on read) with one unreadable item."""
+
+    def __init__(self, images, broken: int):
+        self.images, self.broken = images, broken
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        if i == self.broken:
+            raise OSError(f"cannot decode item {i}")
+        return self.images[i]
+
+
+def test_lazy_sequences_and_errors_from_workers(images):
+    encoder = load_encoder(TINY["dinov2"], device="cpu")
+    lazy = _Lazy(images, broken=-1)
+    torch.testing.assert_close(encoder.encode_images(lazy, batch_size=2),
+                               encoder.encode_images(images, batch_size=2), atol=ATOL, rtol=0)
+    with pytest.raises(OSError, match="cannot decode item 5"):
+        encoder.encode_images(_Lazy(images, broken=5), batch_size=2)
+    # The encoder still works after an aborted run (no stuck threads or queues).
+    assert encoder.encode_images(images[:2]).shape == (2, 32)
+
+
+def test_progress_callback_and_input_errors(images):
+    encoder = load_encoder(TINY["dinov2"], device="cpu")
+    calls = []
+    encoder.encode_images(images, batch_size=3, progress=lambda d, t, s: calls.append((d, t)))
+    assert calls == [(3, 7), (6, 7), (7, 7)]
+    with pytest.raises(ValueError, match="at least one"):
+        encoder.encode_images([])
+    with pytest.raises(TypeError, match="PIL"):
+        encoder.encode_images([np.zeros((8, 8, 3))])
+    with pytest.raises(ValueError, match="batch_size"):
+        encoder.encode_images(images, batch_size=0)
+
+
+# ----------------------------------------------------------------------- weights and offline
+def _fake_hub_snapshot(cache_dir, repo: str, files: dict) -> None:
+    """Lay out ``files`` like a Hugging Face cache snapshot of ``repo`` (refs/main -> commit)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = cache_dir / f"models--{repo.replace('/', '--')}"
+    (base / "refs").mkdir(parents=True, exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
+    snapshot = base / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, write in files.items():
+        write(snapshot / name)
+
+
+@pytest.mark.parametrize("key", ["clip-vit-b16", "dinov2-base", "siglip-vit-b16"])
+def test_offline_flag_fails_fast_with_fix(key, no_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = get_spec(key)
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder(key)
+    assert time.perf_counter() - start < FAIL_FAST_S
+    message = str(info.value)
+    assert spec.display_name in message and spec.hf_repo in message
+    assert str(no_hub) in message and f"python -m core download {key}" in message
+    assert "HF_HUB_OFFLINE=1" in message
+    assert info.value.key == key and info.value.cache_dir == str(no_hub)
+
+
+def test_gated_model_message_explains_the_token(no_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder("dinov3-vitb16")
+    message = str(info.value)
+    assert "gated" in message and "licence" in message
+    assert "HF_TOKEN" in message and "hf auth login" in message
+
+
+@pytest.mark.parametrize("key", ["clip-vit-b32", "dinov2-small"])
+def test_unreachable_endpoint_fails_fast_without_offline_flag(key, no_hub, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="unreachable") as info:
+        load_encoder(key)
+    assert time.perf_counter() - start < FAIL_FAST_S
+    assert "127.0.0.1:9" in str(info.value) and "python -m core download" in str(info.value)
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError):
+        download_models([key])
+    assert time.perf_counter() - start < FAIL_FAST_S
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A Hub that answers 401 'GatedRepo' to everything."""
+
+    def _refuse(self):
+        self.send_response(401)
+        self.send_header("X-Error-Code", "GatedRepo")
+        self.send_header("X-Error-Message", "Access to this model is restricted.")
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(b'{"error": "Access to this model is restricted."}')
+
+    do_GET = do_HEAD = _refuse
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+def test_gated_refusal_becomes_a_clear_error(no_hub, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        start = time.perf_counter()
+        with pytest.raises(WeightsUnavailableError, match="gated") as info:
+            load_encoder("dinov3-vits16")
+        assert time.perf_counter() - start < FAIL_FAST_S
+        assert "HF_TOKEN" in str(info.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cached_weights_load_offline(no_hub, monkeypatch, images):
+    """The real loading path (cache lookup, from_pretrained / checkpoint) with a local snapshot."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dino = load_encoder(TINY["dinov2_reg"], device="cpu")
+    clip = load_encoder(TINY["clip_vit"], device="cpu")
+    from safetensors.torch import save_file
+
+    def save_dino(folder):
+        dino.model.save_pretrained(folder)
+
+    dino_repo, clip_repo = "fusionlab-test/tiny-dinov2-reg", "fusionlab-test/tiny-clip-vit"
+    _fake_hub_snapshot(no_hub, dino_repo, {".": save_dino})
+    state = {k: v.contiguous() for k, v in clip.model.state_dict().items()}
+    _fake_hub_snapshot(no_hub, clip_repo, {
+        "open_clip_model.safetensors": lambda path: save_file(state, str(path))})
+
+    for source, repo in ((dino, dino_repo), (clip, clip_repo)):
+        tag = "test" if source.spec.library == "open_clip" else None
+        cached = replace(source.spec, key=f"{source.spec.key}-cached", random_init=False,
+                         hf_repo=repo, pretrained=tag)
+        spec = register_model(cached, overwrite=True)
+        loaded = load_encoder(spec.key, device="cpu")
+        torch.testing.assert_close(loaded.encode_images(images), source.encode_images(images),
+                                   atol=ATOL, rtol=0)
+
+
+def test_incomplete_cache_is_reported(no_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = "fusionlab-test/config-only"
+    config = '{"model_type": "dinov2"}'
+    _fake_hub_snapshot(no_hub, repo, {"config.json": lambda p: p.write_text(config)})
+    spec = register_model(replace(get_spec("dinov2-small"), key="test-config-only", hf_repo=repo,
+                                  model_id=repo, hidden=True), overwrite=True)
+    with pytest.raises(WeightsUnavailableError, match="model.safetensors"):
+        load_encoder(spec.key)
+

@@ -1,0 +1,167 @@
+"""End-to-end pipeline with tiny random-initialised models: extraction, cache, methods, CLI, export."""
+
+import csv
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.__main__ import main as cli_main
+from core.cache import FeatureCache
+from core.data import load_image_set
+from core.methods import SolverSettings, run_methods, sensitivity_sweep
+from core.pipeline import ExtractSettings, extract, resolve_labels, segment
+from core.testing import tiny_test_models
+
+COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
+FAST = SolverSettings(gpua_ths_steps=5)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return tiny_test_models()
+
+
+def _png(color, seed, size=(64, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color)[None, None, :] + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def image_zip(tmp_path):
+    path = tmp_path / "set.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for c, (name, color) in enumerate(COLORS.items()):
+            for i in range(4):
+                zf.writestr(f"set/{name}/{i}.png", _png(color, 10 * c + i))
+        zf.writestr("set/red/broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    return path
+
+
+@pytest.fixture()
+def settings(keys):
+    return ExtractSettings(vlm=keys["clip_vit"], vfm=keys["dinov2"], n_crops=3, batch_size=8)
+
+
+def test_extract_then_cached_rerun_runs_zero_forward_passes(image_zip, settings, tmp_path):
+    image_set = load_image_set(image_zip)
+    cache = FeatureCache(tmp_path / "cache")
+    first = extract(image_set, list(COLORS), settings, cache=cache)
+    assert first.stats["encoded"] == 12 and first.stats["forward_passes"] > 0
+    assert [s.name for s in first.skipped] == ["set/red/broken.png"]
+    feats = first.features
+    assert feats.vlm_image.shape == (12, 32) and feats.vfm_image.shape == (12, 32)
+    assert feats.crops.shape == (12, 4, 32) and feats.text.shape == (3, 32)
+    assert feats.attributes.shape[0] == 3 and feats.attribute_mask.any(dim=1).all()
+    torch.testing.assert_close(feats.vlm_image.norm(dim=1), torch.ones(12))
+    # Labels follow the folders, mapped onto the class list order.
+    names = list(COLORS)
+    assert [names[i] for i in feats.labels] == [it.label for it in first.items]
+
+    second = extract(image_set, list(COLORS), settings, cache=cache)
+    assert second.stats["forward_passes"] == 0 and second.stats["cache_hits"] == 12
+    torch.testing.assert_close(second.features.vlm_image, feats.vlm_image)
+    torch.testing.assert_close(second.features.crops, feats.crops)
+    torch.testing.assert_close(second.features.text, feats.text)
+
+
+def test_crop_features_view0_equals_global_features(image_zip, settings):
+    ex = extract(load_image_set(image_zip), list(COLORS), settings, cache=None)
+    torch.testing.assert_close(ex.features.crops[:, 0], ex.features.vlm_image, atol=1e-5, rtol=1e-4)
+    assert ex.crop_boxes.shape == (12, 3, 4)
+
+
+def test_methods_on_extracted_features_and_sweep(image_zip, settings):
+    ex = extract(load_image_set(image_zip), list(COLORS), settings, cache=None)
+    results = run_methods(ex.features, ("clip", "otfusion", "gpua", "lazsl"), FAST)
+    assert list(results) == ["clip", "otfusion", "gpua", "lazsl"]
+    for res in results.values():
+        assert res.probs.shape == (12, 3)
+        torch.testing.assert_close(res.probs.sum(1), torch.ones(12), atol=1e-4, rtol=0)
+        assert res.accuracy is not None and 0.0 <= res.accuracy <= 1.0
+    rows = sensitivity_sweep(ex.features, lams=(0.0, 1.0), epss=(0.05,), settings=FAST)
+    assert [(r["lam"], r["eps"]) for r in rows] == [(0.0, 0.05), (1.0, 0.05)]
+
+
+def test_vlm_image_tower_as_vfm_and_no_vfm(image_zip, keys):
+    image_set = load_image_set(image_zip)
+    same = extract(
+        image_set, list(COLORS), ExtractSettings(vlm=keys["clip_vit"], vfm=keys["clip_vit"])
+    )
+    torch.testing.assert_close(same.features.vfm_image, same.features.vlm_image)
+    none = extract(image_set, list(COLORS), ExtractSettings(vlm=keys["clip_vit"], vfm=None))
+    assert none.features.vfm_image is None
+    assert run_methods(none.features, ("otfusion",), FAST)["otfusion"].probs.shape == (12, 3)
+
+
+def test_segmentation_gives_label_maps_at_image_size(image_zip, settings, tmp_path):
+    ex = extract(load_image_set(image_zip), list(COLORS), settings, cache=None)
+    seg = segment(ex, [0, 5], cache=FeatureCache(tmp_path / "c"), per_class=16, ths_steps=3)
+    assert len(seg.clip_labels) == 2
+    for labels, probs, image in zip(seg.gpua_labels, seg.gpua_probs, seg.images):
+        assert labels.shape == (image.height, image.width)
+        assert probs.shape == (3, image.height, image.width)
+        assert int(labels.min()) >= 0 and int(labels.max()) < 3
+
+
+def test_bad_settings_and_classes_raise_clear_errors(image_zip, keys):
+    image_set = load_image_set(image_zip)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        extract(image_set, ["red"], ExtractSettings(vlm=keys["clip_vit"], vfm=None))
+    with pytest.raises(ValueError, match="vision-only"):
+        extract(image_set, list(COLORS), ExtractSettings(vlm=keys["dinov2"], vfm=None))
+    with pytest.raises(ValueError, match="clip-vit-b16"):  # unknown key lists the valid ones
+        extract(image_set, list(COLORS), ExtractSettings(vlm="clip-vit-b17", vfm=None))
+
+
+def test_resolve_labels_ignores_case_and_underscores_and_warns_on_unknown():
+    labels, warnings = resolve_labels(
+        ["Golden_Retriever", "cat", None, "zebra"], ["cat", "golden retriever"]
+    )
+    assert labels.tolist() == [1, 0, -1, -1]
+    assert len(warnings) == 1 and "zebra" in warnings[0]
+
+
+def test_cli_run_writes_predictions(image_zip, keys, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli_main(
+        [
+            "run",
+            "--images",
+            str(image_zip),
+            "--classes",
+            "red, blue, green",
+            "--vlm",
+            keys["clip_vit"],
+            "--vfm",
+            keys["dinov2"],
+            "--methods",
+            "clip,otfusion",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert code == 0
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 12 and {"clip_pred", "otfusion_pred"} <= set(rows[0])
+    doc = json.loads((out / "predictions.json").read_text())
+    assert (
+        set(doc["methods"]) == {"clip", "otfusion"}
+        and doc["skipped"][0]["file"] == "set/red/broken.png"
+    )
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
+    code = cli_main(["run", "--images", str(tmp_path / "missing"), "--classes", "a, b"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err
