@@ -27,8 +27,11 @@ Deviations from the paper, and why
   shrink W and add drift from orthogonality (the paper does not give a value).
 - ``reorthogonalize`` (not in the paper, which only states W^T W = I for W0) re-projects after
   each step with one Newton-Schulz polar iteration, and exactly (SVD) at the end.
-- For large pools (patch segmentation) THS runs on minibatches (``ths_batch_size``, default 4096;
-  smaller pools are full batch). The paper gives no batch size.
+- THS steps run on minibatches of ``ths_batch_size`` samples (default 256; the paper gives no
+  batch size, only "a few gradient steps"). Full batches cost 2 n d_v d_t multiply-adds per step,
+  about 4 s for 200 steps at n = 1000, d_v = 768 on a 2-core CPU; minibatches of 256 keep a fit at
+  that size under 2 s with the same accuracy on our synthetic checks. ``ths_batch_size=None``
+  restores full batches.
 
 The public code differs from the paper (eps 0.05 on distances / 0.1, hard targets, top-3 including
 the positive, no orthogonality after refinement, W shrunk toward identity); ``eps``, ``targets``
@@ -264,7 +267,7 @@ def fit_gpua(
     ths_margin_scale: float = 2.0,
     ths_lr: float = 5e-4,
     ths_weight_decay: float = 0.0,
-    ths_batch_size: int | None = 4096,
+    ths_batch_size: int | None = 256,
     reorthogonalize: bool = True,
     hubness_penalty: bool = True,
     temperature: float = 100.0,
@@ -299,8 +302,8 @@ def fit_gpua(
     ths_lr : float > 0, default 5e-4
         Initial AdamW learning rate, cosine-decayed to 0 over ``ths_steps``.
     ths_weight_decay : float >= 0, default 0.0
-    ths_batch_size : int or None, default 4096
-        Samples per THS step; pools up to this size use full batches (as the paper).
+    ths_batch_size : int or None, default 256
+        Samples per THS step, drawn with ``generator``; None (or >= n) uses full batches.
     reorthogonalize : bool, default True
         Project W back onto (semi-)orthogonal matrices after each step and at the end.
     hubness_penalty : bool, default True
