@@ -22,11 +22,12 @@ softmax). Only ``no_joint``, plain EM, estimates pi (core.gmm.fit_shared_diag_gm
 Speed (DESIGN.md "Performance"): per iteration the unavoidable work is two GEMMs per VFM; the
 rest is kept to a few passes over (N, K) buffers allocated once (a fresh 40 MB tensor costs a
 page-faulting pass of its own). Exponentials use ``exp2`` with log2(e) folded into the operands
-(torch's CPU ``exp`` is ~4x slower than ``exp2`` here). The Sinkhorn (``_sinkhorn_fused``) runs on
-a stabilised kernel with scaling vectors, two matrix-vector products per iteration instead of two
-logsumexp passes, performs the same iterations as ``core.sinkhorn.sinkhorn(-S, eps=eps,
-max_iter=sinkhorn_iter, tol=0)`` (tested) and falls back to it when a scaling leaves the float
-range. Measured on 2 cores: one outer iteration is 1.2x its own GEMMs at (N, K, d) = (1k, 100,
+(torch's CPU ``exp`` is ~4x slower than ``exp2`` here). The Sinkhorn (``_sinkhorn_into``) is
+the shared scaling-form solver of ``core.sinkhorn`` run on the log2-kernel S log2(e)/eps with the
+(N, K) buffer as its kernel: two matrix-vector products per iteration instead of two logsumexp
+passes, the same iterations as ``core.sinkhorn.sinkhorn(-S, eps=eps, max_iter=sinkhorn_iter,
+tol=0)`` (tested), absorption and a log-domain fallback when a scaling leaves the float range.
+Measured on 2 cores: one outer iteration is 1.2x its own GEMMs at (N, K, d) = (1k, 100,
 768), (10k, 1000, 768) and (50k, 1000, 1024).
 """
 
@@ -47,7 +48,7 @@ from core.checks import (
     l2_normalize,
 )
 from core.gmm import _centre, _means, _shared_var, fit_shared_diag_gmm
-from core.sinkhorn import sinkhorn
+from core.sinkhorn import _solve_scaling
 
 __all__ = ["VARIANTS", "OTFusionResult", "OTFusionStep", "otfusion"]
 
@@ -90,7 +91,8 @@ class OTFusionResult:
     marginal_error : float
         L1 column-marginal error of the final Q (rows are exact).
     sinkhorn_fallbacks : int
-        Fused Sinkhorn calls that had to be redone by the log-domain ``core.sinkhorn``.
+        Sinkhorn calls whose scalings left the float range, so that the shared solver finished
+        them in the log domain (``SinkhornResult.method != "scaling"``).
     """
 
     probs: Tensor
@@ -108,38 +110,22 @@ class OTFusionResult:
 # ----------------------------------------------------------------------------- fused solver pieces
 
 
-def _sinkhorn_fused(m2: Tensor, out: Tensor, *, eps: float, n_iter: int):
-    """Sinkhorn maximising <Q, S> + eps H(Q), uniform marginals, columns first, rows last.
+def _sinkhorn_into(m2: Tensor, out: Tensor, *, n_iter: int):
+    """Sinkhorn maximising <Q, S> + eps H(Q), uniform marginals, ``n_iter`` iterations.
 
-    ``m2`` (N, K) holds S * log2(e) / eps and is left intact; the plan (mass 1) is written into
-    ``out`` (N, K). Returns (log_u, log_v, fell_back) with Q = exp(S/eps + log_u_i + log_v_j),
-    the potentials of ``core.sinkhorn``.
-
-    Scaling form on the stabilised kernel Z = exp2(m2 - beta_j - alpha_i), beta = column max of
-    m2, alpha = row max of m2 - beta: every entry is <= 1 and every row and column holds a 1, so
-    no row or column underflows and the scalings u, v stay in range; each iteration is then two
-    matrix-vector products instead of two logsumexp passes. The first column step weights row i by
-    2^alpha_i, i.e. starts from core.sinkhorn's log_u = 0, so the iterates are the same. A scaling
-    that still leaves the float range (tiny eps, many iterations) triggers the log-domain solver.
+    ``m2`` (N, K) holds S * log2(e) / eps, the log2-kernel, and is left intact; the plan (mass 1,
+    rows exactly 1/N) is written into ``out`` (N, K). The shared scaling-form solver of
+    ``core.sinkhorn`` runs on it with ``out`` as its kernel buffer: the same iterates as
+    ``sinkhorn(-S, eps=eps, max_iter=n_iter, tol=0)`` (tested), two matrix-vector products per
+    iteration, and its own log-domain fallback. Returns (log_u, log_v, fell_back) with
+    Q = exp(S/eps + log_u_i + log_v_j), the potentials of ``core.sinkhorn``.
     """
     n, k = m2.shape
-    a, b = 1.0 / n, 1.0 / k
-    beta = m2.amax(0)  # (K,)
-    torch.sub(m2, beta, out=out)  # log2 of the column-stabilised kernel, <= 0
-    alpha = out.amax(1)  # (N,), <= 0
-    out.sub_(alpha[:, None]).exp2_()  # Z, (N, K)
-    v = b / (torch.exp2(alpha) @ out)  # first column step, from u = 1 in core.sinkhorn's units
-    u = a / (out @ v)
-    for _ in range(n_iter - 1):
-        v = b / (u @ out)
-        u = a / (out @ v)
-    log_u, log_v = torch.log(u), torch.log(v)
-    if not bool(torch.isfinite(log_u.sum() + log_v.sum())):  # a scaling hit 0, inf or NaN
-        res = sinkhorn(m2 * (-eps * math.log(2.0)), eps=eps, max_iter=n_iter, tol=0)
-        out.copy_(res.plan)
-        return res.log_u, res.log_v, True
-    out.mul_(v).mul_(u[:, None])  # Q = diag(u) Z diag(v)
-    return log_u - alpha * math.log(2.0), log_v - beta * math.log(2.0), False
+    res = _solve_scaling(
+        m2.unsqueeze(0), 1.0, m2.new_full((1, n), 1.0 / n), m2.new_full((1, k), 1.0 / k),
+        mask=None, max_iter=n_iter, tol=0.0, out=out.unsqueeze(0),
+    )
+    return res.log_u[0], res.log_v[0], res.method != "scaling"
 
 
 def _e_step_into(xc: Tensor, means: Tensor, var: Tensor, out: Tensor) -> Tensor:
@@ -351,7 +337,7 @@ def otfusion(
             means = tuple(f.means + mu for f, (_, mu) in zip(fits, centred))
             var = tuple(f.var for f in fits)
             converged = all(f.converged for f in fits)
-        log_u, log_v, fell = _sinkhorn_fused(m2, buf, eps=eps, n_iter=sinkhorn_iter)
+        log_u, log_v, fell = _sinkhorn_into(m2, buf, n_iter=sinkhorn_iter)
         history = (record(1, log_u, log_v, buf.sum(0)),)
         return _result(buf, n, history, 1, converged, means, var, variant, int(fell))
 
@@ -368,7 +354,7 @@ def otfusion(
                 torch.addcmul(m2, buf, coef, out=fused)
             else:
                 fused.addcmul_(buf, coef)
-        log_u, log_v, fell = _sinkhorn_fused(fused, buf, eps=eps, n_iter=sinkhorn_iter)
+        log_u, log_v, fell = _sinkhorn_into(fused, buf, n_iter=sinkhorn_iter)
         fallbacks += int(fell)
         updates = [_m_step(xc, sq, buf, reg_covar) for (xc, _), sq in zip(centred, sq_means)]
         params = [(mu, var) for mu, var, _ in updates]
