@@ -187,6 +187,33 @@ def _text_hash(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def _cached_rows(
+    cache: FeatureCache | None,
+    model: _LazyEncoder,
+    kind: str,
+    hashes: list[str],
+    compute: Callable[[list[int]], Tensor],
+) -> Tensor:
+    """Features for ``hashes`` (one row each), reading the cache and computing only the misses.
+
+    ``compute(rows)`` gets the positions (first occurrence) of the missing hashes and returns their
+    features in that order; they are written back to the cache.
+    """
+    mkey, kkey = model_key(model.spec), kind_key(kind)
+    shape = feature_shape(model.spec, kind) or (model.spec.output_dim,)
+    found, missing = (
+        cache.get_many(mkey, kkey, hashes, expected_shape=shape) if cache else ({}, hashes)
+    )
+    missing = list(dict.fromkeys(missing))
+    if missing:
+        first = {h: i for i, h in reversed(list(enumerate(hashes)))}
+        new = dict(zip(missing, compute([first[h] for h in missing])))
+        if cache is not None:
+            cache.put_many(mkey, kkey, new)
+        found.update(new)
+    return torch.stack([found[h] for h in hashes]).to(torch.float32)
+
+
 def _encode_texts(
     model: _LazyEncoder,
     cache: FeatureCache | None,
@@ -195,20 +222,7 @@ def _encode_texts(
     compute: Callable[[list[int]], Tensor],
 ) -> Tensor:
     """Text features cached like image features, keyed by the hash of what was encoded."""
-    hashes = [_text_hash(kind, key) for key in keys]
-    mkey, kkey = model_key(model.spec), kind_key(kind)
-    shape = (model.spec.output_dim,)
-    found, missing = (
-        cache.get_many(mkey, kkey, hashes, expected_shape=shape) if cache else ({}, hashes)
-    )
-    if missing:
-        first = {h: i for i, h in reversed(list(enumerate(hashes)))}
-        rows = [first[h] for h in missing]
-        new = dict(zip(missing, compute(rows)))
-        if cache is not None:
-            cache.put_many(mkey, kkey, new)
-        found.update(new)
-    return torch.stack([found[h] for h in hashes]).to(torch.float32)
+    return _cached_rows(cache, model, kind, [_text_hash(kind, key) for key in keys], compute)
 
 
 def extract(
@@ -485,20 +499,10 @@ def segment(
     by_pos = dict(zip(pool, images))
 
     def patches(model: _LazyEncoder, kind: str, compute) -> Tensor:
-        mkey, kkey = model_key(model.spec), kind_key(kind)
-        shape = feature_shape(model.spec, kind)
         hashes = [it.sha256 for it in items]
-        found, miss = (
-            cache.get_many(mkey, kkey, hashes, expected_shape=shape) if cache else ({}, hashes)
+        return _cached_rows(
+            cache, model, kind, hashes, lambda rows: compute([images[r] for r in rows])
         )
-        if miss:
-            todo = [i for i, it in enumerate(items) if it.sha256 in set(miss)]
-            feats = compute([images[i] for i in todo])
-            new = {items[i].sha256: feats[j] for j, i in enumerate(todo)}
-            if cache is not None:
-                cache.put_many(mkey, kkey, new)
-            found.update(new)
-        return torch.stack([found[h] for h in hashes]).to(torch.float32)
 
     report(1, 3, "dense CLIP and VFM patch features")
     bs = settings.batch_size
