@@ -1,15 +1,361 @@
-"""Gradio layout and wiring (placeholder until the app issue lands: the playground comes first)."""
+"""Gradio layout and wiring: inputs on the left, one tab per view on the right.
+
+Handlers live in ``demo.callbacks`` (plain functions); this module only places components and
+connects them. Components are kept in a dict keyed by the field names of the handlers' output
+tuples, so each event's outputs are ``[c[f] for f in Outputs._fields]``.
+
+Environment switches (all off by default):
+
+- ``FUSIONLAB_TEST_MODELS=1``: register the tiny random-initialised test models
+  (``core.testing``) and list them first in the model pickers (tests, offline demos of the
+  wiring; their predictions are meaningless). ``build_app(extra_models=[key, ...])`` does the same
+  for chosen keys.
+- ``FUSIONLAB_DEV_API=1``: add the undocumented ``/load_synthetic`` endpoint that fills the
+  session with synthetic features (``benchmarks/app_latency.py``).
+- ``FUSIONLAB_CACHE_DIR`` / ``FUSIONLAB_FEATURE_CACHE=0``: where the feature cache lives / off.
+- ``FUSIONLAB_MAX_FILE_SIZE``: upload limit (default 200mb).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 import gradio as gr
 
+from core.data import PRESETS
+from core.encoders import get_spec
+from demo import callbacks as cb
+from demo import views
+from demo.examples import EXAMPLES_DIR, example_rows
+from demo.session import DEFAULT_VFM, DEFAULT_VLM, delete_session, model_choices, weights_banner
 
-def build_app() -> gr.Blocks:
-    with gr.Blocks(title="VLM x VFM Fusion Lab") as demo:
-        gr.Markdown("# VLM x VFM Fusion Lab\nThe app is being built; the solvers live in `core/`.")
+TITLE = "VLM x VFM Fusion Lab"
+INTRO = (
+    "# VLM x VFM Fusion Lab\n"
+    "Fuse a vision-language model (CLIP) with a vision-only foundation model (DINOv2) by optimal "
+    "transport, training-free: **OTFusion** (transductive GMM + OT), **GPUA** (an orthogonal map "
+    "from DINO into CLIP's text space) and **LaZSL** (crops matched to attribute descriptions), "
+    "always against the **CLIP zero-shot** baseline. Upload images and a class list, press "
+    "**Run**, then move λ / ε: predictions re-solve instantly from the cached features."
+)
+CSS = """
+.notes-panel {border-left: 4px solid #f0ad4e; padding: 4px 12px; background: #fffaf0;}
+.banner-panel {border-left: 4px solid #d12b2b; padding: 4px 12px; background: #fff5f5;}
+.run-button {margin-top: 8px;}
+#fusion-gallery .caption-label {font-size: 11px;}
+"""
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def _test_models() -> list[str]:
+    from core.testing import tiny_test_models
+
+    keys = tiny_test_models()
+    return [keys["clip_vit"], keys["dinov2"], keys["dinov3"], keys["clip_rn"]]
+
+
+def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None = None
+              ) -> gr.Blocks:
+    """The whole app. ``extra_models``: hidden registry keys to list (and preselect) too."""
+    extra = list(extra_models or [])
+    if _env_flag("FUSIONLAB_TEST_MODELS"):
+        extra += [k for k in _test_models() if k not in extra]
+    dev_api = _env_flag("FUSIONLAB_DEV_API") if dev_api is None else dev_api
+    vlm_default = next((k for k in extra if get_spec(k).kind == "vlm"), DEFAULT_VLM)
+    vfm_default = next((k for k in extra if get_spec(k).kind == "vfm"), DEFAULT_VFM)
+    banner = weights_banner([vlm_default, vfm_default])
+    c: dict[str, gr.components.Component] = {}
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 7200)) as demo:
+        c["session"] = gr.State(None, delete_callback=delete_session)
+        c["shown"] = gr.State([])  # image index of each gallery position on the current page
+        c["selected"] = gr.State(None)  # image picked in the gallery
+        gr.Markdown(INTRO)
+        gr.Markdown(banner, visible=bool(banner), elem_classes="banner-panel")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=340):
+                _inputs(c, vlm_default, vfm_default, extra)
+            with gr.Column(scale=3, min_width=600):
+                c["status"] = gr.Markdown(
+                    "The image tabs need the model weights named above; the **Playground** works "
+                    "now." if banner else "Upload images (or pick an example), then press **Run**.")
+                c["notes"] = gr.Markdown(visible=False, elem_classes="notes-panel")
+                with gr.Tabs(selected="playground" if banner else "predictions"):
+                    _tabs(c)
+        if dev_api:
+            with gr.Row(visible=False):
+                c["syn_n"] = gr.Number(1000, precision=0)
+                c["syn_k"] = gr.Number(100, precision=0)
+                c["syn_seed"] = gr.Number(0, precision=0)
+                c["syn_button"] = gr.Button("load synthetic")
+        _wire(demo, c, dev_api)
+    demo.queue(default_concurrency_limit=2)
     return demo
 
 
-def launch(demo: gr.Blocks) -> None:
-    demo.queue(default_concurrency_limit=1).launch(max_file_size="200mb", enable_monitoring=False)
+def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
+    gr.Markdown("### 1 · Images")
+    c["files"] = gr.File(label="Images, or a .zip (a folder per class gives labels)",
+                         file_count="multiple", file_types=["image", ".zip"], height=150,
+                         elem_id="images-upload")
+    gr.Markdown("### 2 · Classes")
+    presets = [("(type your own)", "")] + [
+        (f"{p.display_name} ({p.n_classes} classes)", p.key) for p in PRESETS.values()]
+    c["preset"] = gr.Dropdown(presets, value="", label="Dataset preset")
+    c["classes_text"] = gr.Textbox(
+        label="Class names (one per line or comma-separated)", lines=4, max_lines=12,
+        placeholder="cat\ndog\nbird   (empty: use the zip's folder names)")
+    c["class_upload"] = gr.UploadButton("Load a class file (.txt / .json)", size="sm",
+                                        file_types=[".txt", ".json"])
+    c["templates_text"] = gr.Textbox("a photo of a {}.", label="Prompt template(s), one per line",
+                                     lines=1, max_lines=6)
+    rows = example_rows()
+    if rows:
+        gr.Examples(rows, inputs=[c["files"], c["classes_text"]],
+                    label="Examples (drawn by the project)",
+                    example_labels=[Path(r[0][0]).stem for r in rows])
+    gr.Markdown("### 3 · Models")
+    c["vlm"] = gr.Dropdown(model_choices("vlm", extra), value=vlm_default,
+                           label="Vision-language model (VLM)")
+    c["vfm"] = gr.Dropdown(model_choices("vfm", extra), value=vfm_default,
+                           label="Vision foundation model (VFM)")
+    gr.Markdown("### 4 · Methods")
+    c["methods"] = gr.CheckboxGroup([("OTFusion", "otfusion"), ("GPUA", "gpua"),
+                                     ("LaZSL", "lazsl")], value=["otfusion", "gpua"],
+                                    label="Methods", info="CLIP zero-shot always runs as the "
+                                    "baseline.")
+    c["run_button"] = gr.Button("Run", variant="primary", size="lg", elem_classes="run-button",
+                                elem_id="run-button")
+    gr.Markdown("### 5 · Live settings\nThese re-solve from the cached features, no new Run.")
+    c["lam"] = gr.Slider(0.0, 2.0, 0.8, step=0.05, label="λ (OTFusion: weight of CLIP)",
+                         elem_id="lam-slider")
+    c["eps"] = gr.Slider(0.002, 0.2, 0.01, step=0.001, label="ε (OTFusion: entropic smoothing)")
+    c["n_iter"] = gr.Slider(1, 30, 10, step=1, label="OTFusion iterations")
+    with gr.Accordion("Advanced (GPUA, LaZSL, labels)", open=False):
+        gr.Markdown("**GPUA** (moving these re-fits GPUA on the cached features)")
+        c["gpua_lam"] = gr.Slider(0.0, 1.0, 0.9, step=0.05, label="GPUA λ (weight of CLIP)")
+        c["gpua_eps"] = gr.Slider(0.002, 0.2, 0.01, step=0.001, label="GPUA ε")
+        c["gpua_targets"] = gr.Radio(["soft", "hard"], value="soft",
+                                     label="Procrustes targets (paper: soft; public code: hard)")
+        c["gpua_ths_steps"] = gr.Slider(0, 500, 200, step=10, label="THS refinement steps")
+        gr.Markdown("**LaZSL** (crops need a new Run; θ re-scores instantly)")
+        c["n_crops"] = gr.Slider(1, 90, 16, step=1, label="LaZSL crops per image (paper: 90)")
+        c["lazsl_theta"] = gr.Slider(0.0, 1.0, 0.8, step=0.05, label="LaZSL θ (crop vs global)")
+        c["attributes_file"] = gr.File(label="Attribute JSON {class: [descriptor, ...]}",
+                                       file_types=[".json"], height=90)
+        gr.Markdown("**Labels** (optional, overrides folder names)")
+        c["labels_csv"] = gr.File(label="Labels CSV (filename,label)", file_types=[".csv", ".txt"],
+                                  height=90)
+
+
+def _tabs(c) -> None:
+    with gr.Tab("Predictions", id="predictions"):
+        c["summary"] = gr.Markdown(elem_id="summary")
+        with gr.Row():
+            c["compare"] = gr.Dropdown([("OTFusion", "otfusion")], value="otfusion",
+                                       label="Compare with CLIP", scale=1)
+            c["filter_mode"] = gr.Radio(list(views.FILTERS), value="all", label="Show", scale=2)
+            c["page"] = gr.Slider(1, 2, 1, step=1, label="Page", visible=False, scale=1)
+        c["gallery_info"] = gr.Markdown()
+        c["gallery"] = gr.Gallery(label="Predictions", columns=5, height=600, object_fit="contain",
+                                  allow_preview=True, elem_id="fusion-gallery")
+        c["details"] = gr.Markdown()
+        c["downloads"] = gr.File(label="Download predictions (CSV, JSON)", file_count="multiple",
+                                 interactive=False)
+    with gr.Tab("Metrics", id="metrics"):
+        c["metrics_note"] = gr.Markdown("Run on labelled images to see accuracy here.")
+        with gr.Row():
+            c["accuracy_plot"] = gr.Plot(label="Accuracy")
+            c["per_class_plot"] = gr.Plot(label="Per-class accuracy")
+        c["confusion_plot"] = gr.Plot(label="Confusion matrix")
+        gr.Markdown("#### Most confident mistakes")
+        c["mistakes"] = gr.Gallery(label="Most confident mistakes", columns=5, height=400,
+                                   object_fit="contain")
+    with gr.Tab("Embedding", id="embedding"):
+        with gr.Row():
+            c["projection"] = gr.Radio(views.PROJECTIONS, value="pca", label="Projection",
+                                       info=views.PROJECTION_INFO, scale=2)
+            c["color_by"] = gr.Dropdown([("predicted by CLIP zero-shot", "clip")], value="clip",
+                                        label="Colour images by", scale=1)
+            c["draw_button"] = gr.Button("Draw maps", variant="primary", scale=0)
+        with gr.Row():
+            c["embed_before"] = gr.Plot(label="Before")
+            c["embed_after"] = gr.Plot(label="After")
+        c["gap_plot"] = gr.Plot(label="Modality gap")
+        c["embed_note"] = gr.Markdown("Press **Draw maps** after a Run. Hover a point for its file "
+                                      "and top-3; the image clicked in the gallery is ringed.")
+    with gr.Tab("Dynamics", id="dynamics"):
+        c["dynamics_note"] = gr.Markdown("Run with OTFusion ticked to see its convergence.",
+                                         elem_id="dynamics-note")
+        c["convergence_plot"] = gr.Plot(label="Convergence")
+        c["sweep_button"] = gr.Button("Run the λ / ε sensitivity sweep (cached features)")
+        with gr.Row():
+            c["sweep_lam"] = gr.Plot(label="Sensitivity to λ")
+            c["sweep_eps"] = gr.Plot(label="Sensitivity to ε")
+    with gr.Tab("Segmentation", id="segmentation"):
+        gr.Markdown("Dense CLIP alone (MaskCLIP) vs VFM patches mapped into CLIP's text space by "
+                    "GPUA (fitted on a patch pool of this run's images). Needs a ViT CLIP and a "
+                    "patch VFM; runs the models once per image.")
+        with gr.Row():
+            c["seg_pick"] = gr.Dropdown([], label="Image", scale=3)
+            c["seg_button"] = gr.Button("Segment", variant="primary", scale=1)
+        with gr.Row():
+            c["seg_threshold"] = gr.Slider(0.0, 1.0, 0.0, step=0.05,
+                                           label="Unlabeled below this confidence")
+            c["seg_alpha"] = gr.Slider(0.1, 0.9, 0.5, step=0.05, label="Overlay opacity")
+        c["seg_classes"] = gr.CheckboxGroup([], label="Classes shown")
+        c["seg_image"] = gr.Image(label="Segmentation", type="pil", interactive=False,
+                                  format="png", elem_id="seg-image", show_label=False)
+        c["seg_legend"] = gr.HTML()
+    with gr.Tab("LaZSL", id="lazsl"):
+        gr.Markdown("LaZSL transports random crops of an image onto attribute descriptions of each "
+                    "class. Thick boxes are the crops carrying the most mass, labelled with the "
+                    "attribute they matched; dashed boxes were dropped by vision selection.")
+        with gr.Row():
+            c["lazsl_pick"] = gr.Dropdown([], label="Image", scale=3)
+            c["lazsl_class"] = gr.Dropdown(["(LaZSL prediction)"], value="(LaZSL prediction)",
+                                           label="Explain class", scale=2)
+            c["lazsl_button"] = gr.Button("Explain", scale=1)
+        with gr.Row():
+            c["crop_image"] = gr.Image(label="Crops", type="pil", interactive=False, scale=2,
+                                       format="png", show_label=False, elem_id="crop-image")
+            c["class_scores"] = gr.Label(label="LaZSL class scores", num_top_classes=5, scale=1)
+        c["crop_gallery"] = gr.Gallery(label="Top crops and their attributes", columns=6,
+                                       height=220, object_fit="contain")
+        c["lazsl_table"] = gr.Markdown()
+    with gr.Tab("Playground", id="playground"):
+        gr.Markdown("Synthetic CLIP-like and DINO-like features with a modality gap: no model "
+                    "weights needed, works offline. Move a slider to re-generate.")
+        with gr.Row():
+            c["play_classes"] = gr.Slider(2, 30, 10, step=1, label="Classes")
+            c["play_samples"] = gr.Slider(50, 3000, 500, step=50, label="Samples")
+            c["play_seed"] = gr.Slider(0, 99, 0, step=1, label="Seed")
+        with gr.Row():
+            c["play_gap"] = gr.Slider(0.0, 2.0, 0.8, step=0.05, label="Modality gap")
+            c["play_vlm_noise"] = gr.Slider(0.0, 5.0, 2.95, step=0.05, label="CLIP image noise")
+            c["play_vfm_noise"] = gr.Slider(0.0, 4.0, 2.0, step=0.05, label="DINO noise")
+        with gr.Row():
+            c["play_projection"] = gr.Radio(views.PROJECTIONS[:1] + views.PROJECTIONS[2:],
+                                            value="pca", label="Projection", scale=2)
+            c["play_lam"] = gr.Slider(0.0, 2.0, 0.8, step=0.05, label="OTFusion λ", scale=1)
+            c["play_button"] = gr.Button("Generate", variant="primary", scale=0)
+        c["play_note"] = gr.Markdown()
+        with gr.Row():
+            c["play_accuracy"] = gr.Plot(label="Accuracy")
+            c["play_gap_plot"] = gr.Plot(label="Modality gap")
+        with gr.Row():
+            c["play_before"] = gr.Plot(label="Before")
+            c["play_after"] = gr.Plot(label="After")
+
+
+def _out(c, fields) -> list:
+    return [c[f] for f in fields]
+
+
+def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
+    view = [c["compare"], c["filter_mode"], c["page"]]
+
+    def run(files, classes_text, templates_text, vlm, vfm, methods, lam, eps, n_iter, gpua_lam,
+            gpua_eps, gpua_targets, gpua_ths_steps, n_crops, lazsl_theta, attributes_file,
+            labels_csv, compare, filter_mode, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
+        return cb.run(files, classes_text, templates_text, vlm, vfm, methods, lam, eps, n_iter,
+                      gpua_lam, gpua_eps, gpua_targets, gpua_ths_steps, n_crops, lazsl_theta,
+                      attributes_file, labels_csv, compare, filter_mode, progress=progress)
+
+    run_inputs = ["files", "classes_text", "templates_text", "vlm", "vfm", "methods", "lam", "eps",
+                  "n_iter", "gpua_lam", "gpua_eps", "gpua_targets", "gpua_ths_steps", "n_crops",
+                  "lazsl_theta", "attributes_file", "labels_csv", "compare", "filter_mode"]
+    c["run_button"].click(run, [c[k] for k in run_inputs], _out(c, cb.RunOutputs._fields),
+                          api_name="run", concurrency_id="models", concurrency_limit=1)
+    solve_out = _out(c, cb.SolveOutputs._fields)
+    gr.on([c["lam"].release, c["eps"].release, c["n_iter"].release], cb.resolve_otfusion,
+          [c["session"], c["lam"], c["eps"], c["n_iter"], *view], solve_out, api_name="resolve",
+          concurrency_id="solve", concurrency_limit=4, trigger_mode="always_last",
+          show_progress="minimal")
+    gr.on([c["gpua_lam"].release, c["gpua_eps"].release, c["gpua_targets"].input,
+           c["gpua_ths_steps"].release], cb.resolve_gpua,
+          [c["session"], c["gpua_lam"], c["gpua_eps"], c["gpua_targets"], c["gpua_ths_steps"],
+           *view], solve_out, api_name="resolve_gpua", concurrency_id="solve",
+          trigger_mode="always_last")
+    c["lazsl_theta"].release(cb.resolve_lazsl, [c["session"], c["lazsl_theta"], *view], solve_out,
+                             api_name="resolve_lazsl", concurrency_id="solve",
+                             trigger_mode="always_last")
+    c["compare"].input(cb.refresh_views, [c["session"], *view], solve_out, api_name="refresh",
+                       concurrency_id="solve")
+
+    def first_page(session, compare, filter_mode):
+        return cb.show_page(session, compare, filter_mode, 1)
+
+    page_out = _out(c, cb.PageOutputs._fields)
+    c["filter_mode"].input(first_page, [c["session"], c["compare"], c["filter_mode"]], page_out,
+                           api_name="filter", concurrency_id="solve")
+    c["page"].release(cb.show_page, [c["session"], *view], page_out, api_name="page",
+                      concurrency_id="solve")
+
+    def select(session, shown, evt: gr.SelectData):
+        return cb.select_image(session, shown, evt.index)
+
+    embed_in = [c["session"], c["projection"], c["color_by"], c["selected"]]
+    embed_out = _out(c, cb.EmbeddingOutputs._fields)
+    c["gallery"].select(select, [c["session"], c["shown"]], _out(c, cb.SelectOutputs._fields),
+                        api_visibility="private").then(
+        cb.embedding_highlight, embed_in, embed_out, api_visibility="private")
+    gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input], cb.embedding,
+          embed_in, embed_out, api_name="embedding", concurrency_id="heavy",
+          concurrency_limit=2)
+    c["sweep_button"].click(cb.sweep, [c["session"]], _out(c, cb.SweepOutputs._fields),
+                            api_name="sweep", concurrency_id="heavy")
+
+    def seg(session, index, visible, threshold, alpha, progress=gr.Progress()):  # noqa: B008
+        return cb.segment_image(session, index, visible, threshold, alpha, progress=progress)
+
+    seg_in = [c["session"], c["seg_pick"], c["seg_classes"], c["seg_threshold"], c["seg_alpha"]]
+    seg_out = _out(c, cb.SegmentOutputs._fields)
+    c["seg_button"].click(seg, seg_in, seg_out, api_name="segment", concurrency_id="models")
+    gr.on([c["seg_pick"].change, c["seg_classes"].input, c["seg_threshold"].release,
+           c["seg_alpha"].release], cb.redraw_segmentation, seg_in, seg_out,
+          api_name="redraw_segmentation", concurrency_id="solve", trigger_mode="always_last")
+    gr.on([c["lazsl_button"].click, c["lazsl_pick"].change, c["lazsl_class"].input],
+          cb.lazsl_explain, [c["session"], c["lazsl_pick"], c["lazsl_class"]],
+          _out(c, cb.LazslOutputs._fields), api_name="explain", concurrency_id="solve",
+          trigger_mode="always_last")
+
+    play_in = [c[k] for k in ("play_classes", "play_samples", "play_gap", "play_vlm_noise",
+                              "play_vfm_noise", "play_seed", "play_projection", "play_lam")]
+    play_triggers = [c["play_button"].click, demo.load, c["play_projection"].input] + [
+        c[k].release for k in ("play_classes", "play_samples", "play_gap", "play_vlm_noise",
+                               "play_vfm_noise", "play_seed", "play_lam")]
+    gr.on(play_triggers, cb.playground, play_in, _out(c, cb.PlaygroundOutputs._fields),
+          api_name="playground", concurrency_id="heavy", trigger_mode="always_last")
+
+    c["preset"].input(cb.preset_selected, [c["preset"]],
+                      [c["classes_text"], c["templates_text"]], api_visibility="private")
+    c["class_upload"].upload(cb.classes_file_selected, [c["class_upload"]], [c["classes_text"]],
+                             api_visibility="private")
+    if dev_api:
+        c["syn_button"].click(cb.load_synthetic,
+                              [c["syn_n"], c["syn_k"], c["syn_seed"], c["compare"],
+                               c["filter_mode"]], _out(c, cb.RunOutputs._fields),
+                              api_name="load_synthetic", api_visibility="undocumented",
+                              concurrency_id="models")
+
+
+def launch(demo: gr.Blocks, **overrides):
+    """Launch with the production settings; ``overrides`` for tests (port, thread lock...)."""
+    options = dict(
+        max_file_size=os.environ.get("FUSIONLAB_MAX_FILE_SIZE", "200mb"),
+        enable_monitoring=False,
+        allowed_paths=[str(EXAMPLES_DIR)],
+        show_error=False,
+        ssr_mode=False,
+        theme=gr.themes.Soft(primary_hue="blue", secondary_hue="orange"),
+        css=CSS,
+    )
+    options.update(overrides)
+    return demo.launch(**options)

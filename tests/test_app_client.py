@@ -1,0 +1,122 @@
+"""The launched app through gradio_client: upload, run, re-solve, errors (tiny test models)."""
+
+import csv
+import io
+import socket
+import zipfile
+
+import pytest
+from PIL import Image
+
+from core.encoders import load_encoder
+from core.testing import tiny_test_models
+from demo import ui
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+CLASSES = {"sky": (70, 130, 230), "grass": (40, 160, 60), "sand": (230, 200, 120)}
+STATES = ("session", "shown")  # gr.State outputs stay on the server, per session
+RUN_FIELDS = [f for f in ui.cb.RunOutputs._fields if f not in STATES]
+SOLVE_FIELDS = [f for f in ui.cb.SolveOutputs._fields if f not in STATES]
+# Gradio's queue statistics use pandas options that pandas 3 deprecates (not our code).
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    keys = tiny_test_models()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path_factory.mktemp("features")))
+        demo = ui.build_app(extra_models=[keys["clip_vit"], keys["dinov2"]])
+        port = _free_port()
+        ui.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port,
+                  quiet=True)
+        try:
+            yield f"http://127.0.0.1:{port}/", keys
+        finally:
+            demo.close()
+
+
+@pytest.fixture(scope="module")
+def upload(tmp_path_factory):
+    path = tmp_path_factory.mktemp("client") / "terrain.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, color in CLASSES.items():
+            for i in range(3):
+                buf = io.BytesIO()
+                Image.new("RGB", (60 + 10 * i, 50), tuple(max(0, v - 25 * i) for v in color)
+                          ).save(buf, format="PNG")
+                zf.writestr(f"{name}/{name}{i}.png", buf.getvalue())
+    return path
+
+
+def _named(values, fields) -> dict:
+    assert len(values) == len(fields)
+    return dict(zip(fields, values))
+
+
+def _csv_rows(downloads) -> list[dict]:
+    path = next(d for d in downloads if str(d).endswith(".csv"))
+    with open(path, encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _run(client, files, **options):
+    args = dict(classes_text="", attributes_file=None, labels_csv=None,
+                methods=["otfusion", "gpua"], gpua_ths_steps=20)
+    args.update(options)
+    return client.predict(files=files, api_name="/run", **args)
+
+
+def test_upload_run_and_resolve_without_reencoding(app, upload):
+    url, keys = app
+    client = Client(url, verbose=False)
+    out = _named(_run(client, [handle_file(str(upload))]), RUN_FIELDS)
+    rows = _csv_rows(out["downloads"])
+    assert len(rows) == 9 and {r["true_class"] for r in rows} == set(CLASSES)
+    clip_acc = sum(r["clip_pred"] == r["true_class"] for r in rows) / len(rows)
+    assert f"| CLIP zero-shot | {clip_acc:.1%} |" in out["summary"]
+    assert "OTFusion" in out["summary"] and len(out["gallery"]) == 9
+
+    encoders = [load_encoder(keys["clip_vit"]), load_encoder(keys["dinov2"])]
+    forwards = [e.n_forward for e in encoders]
+    new = _named(client.predict(lam=0.0, eps=0.2, n_iter=2, api_name="/resolve"), SOLVE_FIELDS)
+    assert [e.n_forward for e in encoders] == forwards  # re-solved from cached features
+    new_rows = _csv_rows(new["downloads"])
+    assert [r["clip_confidence"] for r in new_rows] == [r["clip_confidence"] for r in rows]
+    assert [r["otfusion_confidence"] for r in new_rows] != [r["otfusion_confidence"] for r in rows]
+    assert new["summary"] != out["summary"]
+
+
+def test_bad_uploads_return_readable_errors(app, tmp_path):
+    url, _ = app
+    client = Client(url, verbose=False)
+    broken = tmp_path / "holiday.png"
+    broken.write_bytes(b"this is not a picture")
+    with pytest.raises(AppError) as excinfo:
+        _run(client, [handle_file(str(broken))])
+    assert "no usable images" in str(excinfo.value) and "holiday.png" in str(excinfo.value)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(AppError, match="Invalid file type"):
+        _run(client, [handle_file(str(text))])
+    with pytest.raises(AppError, match="No images"):
+        _run(client, [])
+
+
+def test_playground_endpoint_and_hidden_dev_api(app):
+    url, _ = app
+    client = Client(url, verbose=False)
+    note = client.predict(n_classes=4, n_samples=120, gap=0.8, vlm_noise=2.95, vfm_noise=2.0,
+                          seed=0, projection="pca", lam=0.8, api_name="/playground")[-1]
+    assert "OTFusion" in note and "gap" in note
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/load_synthetic" not in endpoints  # only with FUSIONLAB_DEV_API=1

@@ -1,0 +1,256 @@
+"""The app's handlers called directly, on small generated images, with the tiny test models."""
+
+import csv
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import plotly.graph_objects as go
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from core.encoders import load_encoder
+from core.testing import tiny_test_models
+from demo import callbacks as cb
+from demo import views
+from demo.examples import ATTRIBUTES, example_paths, example_zip
+
+# Handlers toast notes with gr.Warning, which outside a request is a plain UserWarning.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
+
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220)}
+PER_CLASS = 4
+
+
+def _png(color, i: int) -> bytes:
+    im = Image.new("RGB", (72 + 8 * i, 64), color)
+    ImageDraw.Draw(im).ellipse((6 * i, 8, 30 + 6 * i, 40), fill=(250, 250, 250))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return tiny_test_models()
+
+
+@pytest.fixture(scope="module")
+def labelled_zip(tmp_path_factory) -> Path:
+    """12 images in one folder per class, plus a broken file that must be skipped by name."""
+    path = tmp_path_factory.mktemp("upload") / "colours.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, color in COLORS.items():
+            for i in range(PER_CLASS):
+                zf.writestr(f"{name}/{name}_{i}.png", _png(color, i))
+        zf.writestr("red/broken.png", b"\x89PNG\r\n\x1a\n not really a png")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("features"))
+
+
+def _run(keys, files, cache_dir, **options):
+    args = dict(vlm=keys["clip_vit"], vfm=keys["dinov2"], methods=["otfusion", "gpua", "lazsl"],
+                n_crops=4, gpua_ths_steps=20, cache_dir=cache_dir)
+    args.update(options)
+    return cb.run(files=[str(f) for f in files], **args)
+
+
+@pytest.fixture(scope="module")
+def ran(keys, labelled_zip, cache_dir):
+    return _run(keys, [labelled_zip], cache_dir)
+
+
+def _error(excinfo) -> str:
+    return str(excinfo.value.message)
+
+
+def test_run_fills_every_view(ran):
+    s = ran.session
+    n = len(COLORS) * PER_CLASS
+    assert s.methods == ("clip", "otfusion", "gpua", "lazsl")
+    assert len(ran.gallery) == n and all(Path(p).is_file() for p, _ in ran.gallery)
+    assert all("CLIP zero-shot:" in cap and "OTFusion:" in cap for _, cap in ran.gallery)
+    assert all(("✓" in cap) or ("✗" in cap) for _, cap in ran.gallery)  # labels from folders
+    # The broken file is listed by name in the notes panel, and folder names became the classes.
+    assert ran.notes["visible"] and "broken.png" in ran.notes["value"]
+    assert "folder names" in ran.notes["value"]
+    assert sorted(s.class_names) == sorted(COLORS)
+    for fig in (ran.accuracy_plot, ran.per_class_plot, ran.confusion_plot, ran.convergence_plot):
+        assert isinstance(fig, go.Figure)
+    assert "OTFusion" in ran.summary and "%" in ran.summary
+    csv_path = next(p for p in ran.downloads if p.endswith(".csv"))
+    rows = list(csv.DictReader(open(csv_path, encoding="utf-8")))
+    assert len(rows) == n and {"clip_pred", "otfusion_pred", "gpua_pred"} <= set(rows[0])
+    assert len(ran.seg_pick["choices"]) == n and ran.seg_classes["value"] == s.class_names
+    assert ran.color_by["value"] == views.TRUE_CLASS
+
+
+def test_resolve_reruns_otfusion_only_and_never_encodes(ran, keys):
+    s = ran.session
+    encoders = [load_encoder(keys["clip_vit"]), load_encoder(keys["dinov2"])]
+    forwards = [e.n_forward for e in encoders]
+    out = cb.resolve_otfusion(s, lam=0.0, eps=0.1, n_iter=3)
+    new = out.session
+    assert [e.n_forward for e in encoders] == forwards  # no forward pass at all
+    assert new.settings.otfusion_lam == 0.0 and new.settings.otfusion_iter == 3
+    assert not torch.allclose(new.results["otfusion"].probs, s.results["otfusion"].probs)
+    for m in ("clip", "gpua", "lazsl"):  # untouched methods are the very same objects
+        assert new.results[m] is s.results[m]
+    assert s.settings.otfusion_lam == 0.8  # the old session is not mutated
+    captions = [cap for _, cap in out.gallery]
+    assert captions == views.captions(new)
+    # GPUA and LaZSL controls re-solve their own method only.
+    g = cb.resolve_gpua(new, gpua_lam=0.5, gpua_eps=0.05, gpua_targets="hard", gpua_ths_steps=0)
+    assert g.session.results["otfusion"] is new.results["otfusion"]
+    assert g.session.results["gpua"] is not new.results["gpua"]
+    z = cb.resolve_lazsl(new, lazsl_theta=0.2)
+    assert z.session.results["lazsl"] is not new.results["lazsl"]
+    assert [e.n_forward for e in encoders] == forwards
+
+
+def test_resolve_before_any_run_is_a_quiet_no_op():
+    out = cb.resolve_otfusion(None, 0.5, 0.01, 10)
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in out)
+
+
+def test_second_run_reads_the_feature_cache(keys, labelled_zip, cache_dir, ran):
+    out = _run(keys, [labelled_zip], cache_dir, methods=["otfusion"])
+    assert "0 encoded" in out.status and "forward passes" in out.status
+
+
+def test_filters_pages_and_selection(ran):
+    s = ran.session
+    changed = views.filter_indices(s, "otfusion", "changed")
+    base, fused = s.results["clip"].pred, s.results["otfusion"].pred
+    assert changed == torch.nonzero(base != fused).flatten().tolist()
+    wrong = cb.show_page(s, "otfusion", "wrong", 1)
+    assert len(wrong.gallery) == int((fused != s.labels).sum())
+    sel = cb.select_image(s, wrong.shown or [0], 0)
+    assert sel.selected == (wrong.shown or [0])[0]
+    assert "| rank |" in sel.details and "GPUA" in sel.details
+
+
+def test_views_after_a_run(ran):
+    s = ran.session
+    emb = cb.embedding(s, "pca", views.TRUE_CLASS, 2)
+    assert isinstance(emb.embed_before, go.Figure) and isinstance(emb.embed_after, go.Figure)
+    assert any(t.name == "selected" for t in emb.embed_after.data)
+    assert "gap" in emb.embed_after.layout.title.text
+    again = cb.embedding_highlight(s, "pca", "gpua", 3)  # projection memoised: recolour only
+    assert isinstance(again.embed_before, go.Figure)
+    sw = cb.sweep(s)
+    assert isinstance(sw.sweep_lam, go.Figure) and isinstance(sw.sweep_eps, go.Figure)
+    lz = cb.lazsl_explain(s, 1, None)
+    assert lz.crop_image.size[0] >= views.MIN_VIEW_SIDE and lz.crop_gallery
+    assert abs(sum(lz.class_scores.values()) - 1) < 1e-4 and "attribute" in lz.lazsl_table
+    seg = cb.segment_image(s, 0, s.class_names[:2], 0.0, 0.5)
+    assert isinstance(seg.seg_image, Image.Image) and "seg-legend" in seg.seg_legend
+    hidden = cb.redraw_segmentation(s, 0, [], 0.0, 0.5)  # all classes toggled off: no model
+    assert "no labelled pixels" in hidden.seg_legend
+    assert cb.redraw_segmentation(s, 5, None, 0.0, 0.5).seg_image is None  # not segmented yet
+
+
+def test_unlabelled_images_explain_how_to_get_metrics(keys, tmp_path, cache_dir):
+    files = []
+    for i, color in enumerate(COLORS.values()):
+        path = tmp_path / f"photo {i}.png"
+        path.write_bytes(_png(color, i))
+        files.append(path)
+    out = _run(keys, files, cache_dir, classes_text="red, green, blue", methods=["otfusion"])
+    assert "No labels" in out.metrics_note and out.accuracy_plot is None
+    assert "✓" not in out.gallery[0][1]
+    assert "needs labels" in cb.show_page(out.session, "otfusion", "wrong", 1).gallery_info
+
+
+@pytest.mark.parametrize(
+    ("files", "options", "expected"),
+    [
+        ([], {}, "No images"),
+        ("bad_only", {}, "no usable images"),
+        ("zip", {"classes_text": "red"}, "at least 2 classes"),
+        ("zip", {"classes_text": "\n".join(f"c{i}" for i in range(20))}, "transductive"),
+        ("zip", {"n_crops": 0}, "LaZSL needs crops"),
+        ("zip", {"templates_text": "a photo"}, "needs exactly one {}"),
+        ("zip", {"gpua_targets": "medium"}, "GPUA targets"),
+    ],
+)
+def test_user_mistakes_raise_readable_errors(keys, labelled_zip, tmp_path, cache_dir, files,
+                                             options, expected):
+    if files == "zip":
+        files = [labelled_zip]
+    elif files == "bad_only":
+        bad = tmp_path / "<notes>.txt"
+        bad.write_text("not an image")
+        files = [bad]
+    with pytest.raises(gr.Error) as excinfo:
+        _run(keys, files, cache_dir, **options)
+    message = _error(excinfo)
+    assert expected in message and "Traceback" not in message
+    assert "<notes>" not in message  # file names are escaped (gr.Error renders HTML)
+
+
+def test_missing_weights_fail_fast_with_the_fix(labelled_zip, tmp_path, monkeypatch, cache_dir):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    start = time.perf_counter()
+    with pytest.raises(gr.Error) as excinfo:
+        cb.run(files=[str(labelled_zip)], vlm="clip-vit-b16", vfm="dinov2-base",
+               methods=["otfusion"], cache_dir=str(tmp_path / "fresh-cache"))
+    assert time.perf_counter() - start < 10
+    message = _error(excinfo)
+    assert "CLIP ViT-B/16" in message and "python -m core download" in message
+    assert excinfo.value.title == "Model weights are not available"
+
+
+def test_unexpected_failures_are_logged_not_shown(ran, monkeypatch, caplog):
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(views, "summary_markdown", boom)
+    with pytest.raises(gr.Error) as excinfo:
+        cb.refresh_views(ran.session, "otfusion", "all", 1)
+    assert "secret" not in _error(excinfo) and "RuntimeError" in _error(excinfo)
+    assert "secret internal detail" in caplog.text
+
+
+def test_playground_closes_the_gap_offline():
+    out = cb.playground(n_classes=6, n_samples=300, gap=0.8, vlm_noise=2.95, vfm_noise=2.0,
+                        seed=1, projection="pca")
+    bars = out.play_accuracy.data[0]
+    acc = dict(zip(bars.x, bars.y))
+    assert acc["OTFusion"] > acc["CLIP zero-shot"]
+    gaps = dict(zip(out.play_gap_plot.data[0].y, out.play_gap_plot.data[0].x))
+    assert gaps["GPUA-mapped VFM vs text"] < gaps["CLIP image vs text"]
+    assert isinstance(out.play_before, go.Figure) and "gap" in out.play_note
+    with pytest.raises(gr.Error):
+        cb.playground(n_classes=20, n_samples=10)
+
+
+def test_presets_class_files_and_synthetic_sessions(tmp_path):
+    out = cb.preset_selected("oxford_pets")
+    assert len(out.classes_text.splitlines()) == 37 and "{}" in out.templates_text
+    path = tmp_path / "classes.txt"
+    path.write_text("cat\ndog\ncat\n")
+    assert cb.classes_file_selected(str(path)) == "cat\ndog"
+    syn = cb.load_synthetic(60, 6, 0, d_vlm=16, d_vfm=24)
+    assert len(syn.session.names) == 60 and syn.session.has_labels
+    re = cb.resolve_otfusion(syn.session, 0.2, 0.02, 5)
+    assert re.session.results["otfusion"].accuracy is not None
+
+
+def test_example_assets_are_small_reproducible_and_described():
+    paths = example_paths()
+    total = sum(p.stat().st_size for p in paths.values())
+    assert total < 1_000_000
+    assert paths["shapes"].read_bytes() == example_zip("shapes")
+    assert paths["scenes"].read_bytes() == example_zip("scenes")
+    with zipfile.ZipFile(paths["shapes"]) as zf:
+        folders = {n.split("/")[1] for n in zf.namelist()}
+    assert folders <= set(ATTRIBUTES)
