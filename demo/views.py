@@ -171,17 +171,32 @@ def details_markdown(session: Session, index: int | None) -> str:
     return head + "\n\n" + "\n".join(rows)
 
 
+def settings_text(method: str, s) -> str:
+    """The hyper-parameters that produced one method's column, so a summary says what it shows."""
+    if method == "otfusion":
+        return (f"λ {s.otfusion_lam:g}, ε {s.otfusion_eps:g}, {s.otfusion_iter} iter, "
+                f"{s.otfusion_variant}")
+    if method == "gpua":
+        return (f"λ {s.gpua_lam:g}, ε {s.gpua_eps:g}, {s.gpua_targets} targets, "
+                f"THS {s.gpua_ths_steps} steps")
+    if method == "lazsl":
+        return f"θ {s.lazsl_theta:g}, ε {s.lazsl_eps:g}"
+    return f"τ {s.temperature:g}"
+
+
 def summary_markdown(session: Session) -> str:
     """Accuracy, changes vs CLIP and solve time per method."""
     ex = session.extraction
     base = session.results["clip"].pred
     known = int((session.labels >= 0).sum()) if session.labels is not None else 0
-    rows = ["| method | accuracy | changed vs CLIP | solve time |", "|---|---|---|---|"]
+    rows = ["| method | accuracy | changed vs CLIP | settings | solve time |",
+            "|---|---|---|---|---|"]
     for m in session.methods:
         r = session.results[m]
         acc = "-" if r.accuracy is None else f"{r.accuracy:.1%}"
         changed = "-" if m == "clip" else f"{int((r.pred != base).sum())}"
-        rows.append(f"| {session.title(m)} | {acc} | {changed} | {r.seconds * 1000:.0f} ms |")
+        rows.append(f"| {session.title(m)} | {acc} | {changed} | "
+                    f"{settings_text(m, session.settings)} | {r.seconds * 1000:.0f} ms |")
     vfm = ex.settings.vfm or ex.settings.vlm
     label_note = (f"{known} labelled" if known else "no labels (accuracy needs folder names or a "
                   "labels CSV)")
