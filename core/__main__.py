@@ -123,9 +123,10 @@ def cmd_run(args) -> int:
     extraction = extract(image_set, class_names, settings, cache=_cache(args), progress=_progress)
     for warning in extraction.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    results = run_methods(extraction.features, methods, _solver_settings(args))
+    solver = _solver_settings(args)
+    results = run_methods(extraction.features, methods, solver)
     out = Path(args.out)
-    paths = write_predictions(out, extraction, results)
+    paths = write_predictions(out, extraction, results, solver)
     for name, res in results.items():
         acc = "" if res.accuracy is None else f"  accuracy {100 * res.accuracy:.2f}%"
         print(f"{name:10s} {res.seconds * 1000:8.1f} ms{acc}")

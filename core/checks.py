@@ -24,7 +24,8 @@ def as_float_tensor(x, name: str) -> Tensor:
 
 
 def check_matrix(x, name: str, *, ndim: int = 2, min_rows: int = 1) -> Tensor:
-    """Validate a float tensor of ``ndim`` dimensions, non-empty and finite; returns it as a tensor."""
+    """Validate a float tensor of ``ndim`` dimensions, non-empty and finite; returns it as a
+    tensor."""
     x = as_float_tensor(x, name)
     if x.ndim != ndim:
         raise ValueError(
@@ -32,7 +33,9 @@ def check_matrix(x, name: str, *, ndim: int = 2, min_rows: int = 1) -> Tensor:
             f"reshape it to {ndim} dimensions."
         )
     if x.numel() == 0 or x.shape[0] < min_rows:
-        raise ValueError(f"{name}: expected at least {min_rows} row(s), got shape {tuple(x.shape)}.")
+        raise ValueError(
+            f"{name}: expected at least {min_rows} row(s), got shape {tuple(x.shape)}."
+        )
     check_finite(x, name)
     return x
 

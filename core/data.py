@@ -1,24 +1,14 @@
 """Image sets from files, folders and zips, validated cheaply and decoded lazily.
 
-Loading reads raw bytes and only the image header (Pillow ``Image.open`` is lazy): format
-allowlist, pixel count, size. Full decoding (``decode_image``) happens later and only for images
-whose features are not cached yet, so a cached rerun never pays for it. A bad file is reported by
-name (``SkippedFile``) and skipped; the rest is processed.
+Loading reads raw bytes and only the image header: format allowlist, pixel count, size. Full
+decoding (``decode_image``) happens later and only for images whose features are not cached yet,
+so a cached rerun never pays for it. A bad file is reported by name (``SkippedFile``) and skipped;
+the rest is processed.
 
-Safety (DESIGN.md "Input safety"): nothing is ever written to disk; zips are read in memory with
-caps on entries, total and per-file uncompressed size and compression ratio; member names are
-display strings only, never paths; nested archives and encrypted members are skipped.
-
-Limits (keyword options of ``load_image_set``):
-
-- ``max_pixels`` 89,478,485 (Pillow's default ``MAX_IMAGE_PIXELS``, ~89 M, e.g. 9459 x 9459).
-  Pillow itself refuses images over twice its global limit before we see their size.
-- ``max_entries`` 20,000 entries per zip or files per folder; a zip with more is skipped whole
-  (checked on the end-of-archive record before its directory is parsed).
-- ``max_total_bytes`` 2 GiB of raw image bytes per call; ``max_file_bytes`` 512 MiB per file.
-- ``max_ratio`` 100:1 per zip member, checked for members over 1 MiB uncompressed: a small, flat
-  image may legitimately compress better, and the byte caps bound the memory anyway. Reads are
-  bounded by the declared size, so a lying header cannot make a member grow past the caps.
+This module reads files and folders, applies CSV labels and builds the ``ImageSet``; decoding is
+in ``core.image_decode``, zip reading and the size limits (DESIGN.md "Input safety") in
+``core.archives``, presets and class lists in ``core.presets``. It re-exports their public names:
+``core.data`` is the documented entry point.
 
 Duplicates (same bytes twice) are kept: a data set may hold the same picture under two names. They
 share a sha256, hence one cached feature.
@@ -30,19 +20,37 @@ import csv
 import hashlib
 import io
 import os
-import re
-import struct
-import warnings
-import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from core.archives import (  # noqa: F401  (re-exported: core.data is the documented entry point)
+    ARCHIVE_SUFFIXES,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_RATIO,
+    DEFAULT_MAX_TOTAL_BYTES,
+    RATIO_MIN_BYTES,
+    _Budget,
+    _ignored,
+    _Limits,
+    _mib,
+    _with_folder_labels,
+    _zip_entries,
+)
 from core.checks import check_int, check_positive
+from core.image_decode import (  # noqa: F401  (re-exported, as above)
+    ALLOWED_FORMATS,
+    DEFAULT_MAX_PIXELS,
+    BadImageError,
+    DecodeResult,
+    SkippedFile,
+    _open_image,
+    decode_image,
+    decode_many,
+)
 from core.presets import (  # noqa: F401  (re-exported: core.data is the documented entry point)
     PRESETS,
     ClassList,
@@ -53,27 +61,7 @@ from core.presets import (  # noqa: F401  (re-exported: core.data is the documen
     parse_classes,
 )
 
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
-DEFAULT_MAX_PIXELS = 89_478_485
-DEFAULT_MAX_ENTRIES = 20_000
-DEFAULT_MAX_TOTAL_BYTES = 2 * 1024**3
-DEFAULT_MAX_FILE_BYTES = 512 * 1024**2
-DEFAULT_MAX_RATIO = 100.0
-RATIO_MIN_BYTES = 1024**2
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz")
-_IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP")
-)
 _HEADER_KEYS = {"filename", "file_name", "file", "name", "path", "image", "image_path", "img"}
-
-
-class BadImageError(ValueError):
-    """An image that cannot be used; ``name`` is the file's display name, ``reason`` says why."""
-
-    def __init__(self, name: str, reason: str):
-        super().__init__(f"{name}: {reason}")
-        self.name, self.reason = name, reason
 
 
 class NoImagesError(ValueError):
@@ -82,16 +70,6 @@ class NoImagesError(ValueError):
     def __init__(self, message: str, skipped: Sequence[SkippedFile] = ()):
         super().__init__(message)
         self.skipped = tuple(skipped)
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file left out, by display name, with a human reason; ``index`` is its input position
-    when ``decode_many`` reports it."""
-
-    name: str
-    reason: str
-    index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,148 +132,7 @@ class ImageSet:
         return sorted({it.label for it in self.items if it.label is not None})
 
 
-class DecodeResult(NamedTuple):
-    """``images`` (RGB) of the items that decoded, in input order; ``failures`` for the rest."""
-
-    images: list[Image.Image]
-    failures: list[SkippedFile]
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-def _open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Header-only open with the format allowlist and our pixel limit, as ``BadImageError``."""
-    if not data:
-        raise BadImageError(name, "empty file")
-    # Pillow warns between 1x and 2x its global limit; we enforce our own limit instead. (Before
-    # Python 3.14, catch_warnings is not thread-safe: a race could at worst keep this one filter.)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
-        except Image.DecompressionBombError as exc:
-            found = re.search(r"\((\d+) pixels\)", str(exc))
-            got = f"{int(found.group(1)):,} pixels" if found else "the image"
-            raise BadImageError(name, f"decompression bomb: {got} exceeds the "
-                                      f"{_count(max_pixels)} pixel limit") from None
-        except UnidentifiedImageError:
-            raise BadImageError(name, _identify(data)) from None
-        except Exception as exc:  # malformed headers raise many types; report, never crash
-            raise BadImageError(name, f"unreadable image header ({exc})") from None
-    width, height = im.size
-    if width * height > max_pixels:
-        im.close()
-        raise BadImageError(name, f"decompression bomb: {width}x{height} pixels exceeds the "
-                                  f"{_count(max_pixels)} pixel limit")
-    if width == 0 or height == 0:
-        im.close()
-        raise BadImageError(name, f"empty image ({width}x{height})")
-    return im
-
-
-def _identify(data: bytes) -> str:
-    """Why an allowlisted open failed: a disallowed format, a corrupt header, or not an image."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return f"format {im.format} not allowed (allowed: {', '.join(ALLOWED_FORMATS)})"
-        except Exception:
-            pass
-    for magic, fmt in _MAGIC:
-        if data.startswith(magic):
-            return f"truncated or corrupt {fmt} header"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "truncated or corrupt WEBP header"
-    return "not an image"
-
-
-def decode_image(item: ImageItem, *, max_side: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Fully decode an item to an RGB ``PIL.Image``.
-
-    EXIF orientation applied; GIF/WEBP first frame; CMYK, palette, 1-bit and grey converted;
-    alpha (including palette transparency) composited on white; 16-bit scaled to 8 bits.
-    ``max_side`` shrinks (never enlarges) so the longer side is at most that, using JPEG's
-    DCT-domain reduction first (much faster than decoding full size). Raises ``BadImageError``.
-    """
-    im = _open_image(item.data, item.name, max_pixels)  # in memory: nothing to close
-    try:
-        if max_side is not None and im.format in ("JPEG", "MPO"):
-            scale = max_side / max(im.size)
-            if scale < 1:  # draft keeps both sides >= the request; thumbnail finishes the job
-                im.draft(None, (max(1, int(im.width * scale)), max(1, int(im.height * scale))))
-        im.load()
-        ImageOps.exif_transpose(im, in_place=True)
-        out = _to_rgb(im)
-    except BadImageError:
-        raise
-    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, struct.error...
-        raise BadImageError(item.name, _decode_reason(exc)) from None
-    if max_side is not None and max(out.size) > max_side:
-        out.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    return out
-
-
-def decode_many(items: Iterable[ImageItem], *, max_side: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodeResult:
-    """Decode every item, skipping bad ones; each failure keeps its input ``index``."""
-    images, failures = [], []
-    for index, item in enumerate(items):
-        try:
-            images.append(decode_image(item, max_side=max_side, max_pixels=max_pixels))
-        except BadImageError as exc:
-            failures.append(SkippedFile(item.name, exc.reason, index))
-    return DecodeResult(images, failures)
-
-
-def _decode_reason(exc: Exception) -> str:
-    text = str(exc)
-    if "truncated" in text.lower() or "broken data stream" in text or isinstance(exc, EOFError):
-        return "truncated file"
-    return f"cannot decode ({type(exc).__name__}: {text})"
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return _wide_to_rgb(im)
-    if im.has_transparency_data:  # RGBA, LA, PA, P with transparency, RGB/L with a tRNS key
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def _wide_to_rgb(im: Image.Image) -> Image.Image:
-    """16-bit (or 32-bit) grey to 8 bits by scaling the full range, never by clipping."""
-    a = np.asarray(im)
-    if im.mode.startswith("I;16") or (a.size and a.min() >= 0 and a.max() <= 65535):
-        grey = (a.astype(np.uint32) * 255 + 32767) // 65535  # rounded: 65535 -> 255, 32768 -> 128
-    else:  # signed or float data: stretch its own range
-        a = a.astype(np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        grey = np.round((a - lo) * (255.0 / (hi - lo))) if hi > lo else np.zeros_like(a)
-    return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
-
-
 # ----------------------------------------------------------------------------- loading
-
-
-@dataclass(frozen=True)
-class _Limits:
-    max_pixels: int
-    max_entries: int
-    max_total_bytes: int
-    max_file_bytes: int
-    max_ratio: float
-
-
-class _Budget:
-    """Raw bytes still allowed in this call (shared by every source)."""
-
-    def __init__(self, total: int):
-        self.left = total
 
 
 def load_image_set(
@@ -377,14 +214,6 @@ def load_image_set(
     return ImageSet(items=tuple(items), skipped=tuple(skipped), warnings=notes)
 
 
-def _with_folder_labels(entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes, str | None]]:
-    """Label = the folder directly holding the image, unless all images share one folder."""
-    parents = [PurePosixPath(name).parent for name, _ in entries]
-    if len(set(parents)) < 2:
-        return [(name, data, None) for name, data in entries]
-    return [(name, data, parent.name or None) for (name, data), parent in zip(entries, parents)]
-
-
 def _folder_entries(root: Path, limits: _Limits, budget: _Budget,
                     skipped: list[SkippedFile]) -> list[tuple[str, bytes, str | None]]:
     paths: list[Path] = []
@@ -435,103 +264,6 @@ def _read_file(path: Path, name: str, limits: _Limits, budget: _Budget,
         return None
     budget.left -= len(data)
     return data
-
-
-def _zip_entries(src: Path | bytes, zip_name: str, limits: _Limits, budget: _Budget,
-                 skipped: list[SkippedFile]) -> list[tuple[str, bytes, str | None]]:
-    """Image candidates of one zip, read in memory; every refusal goes to ``skipped``."""
-    try:
-        with (open(src, "rb") if isinstance(src, Path) else io.BytesIO(src)) as fh:
-            declared = _declared_entries(fh)
-            if declared is not None and declared > limits.max_entries:
-                skipped.append(SkippedFile(zip_name, f"too many entries ({declared:,} > "
-                                                     f"{limits.max_entries:,} limit)"))
-                return []
-            with zipfile.ZipFile(fh) as zf:
-                infos = zf.infolist()
-                if len(infos) > limits.max_entries:
-                    skipped.append(SkippedFile(zip_name, f"too many entries ({len(infos):,} > "
-                                                         f"{limits.max_entries:,} limit)"))
-                    return []
-                entries = []
-                for info in sorted(infos, key=lambda i: i.filename):
-                    member = _read_member(zf, info, limits, budget, skipped)
-                    if member is not None:
-                        entries.append(member)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        skipped.append(SkippedFile(zip_name, f"not a readable zip archive ({exc})"))
-        return []
-    return _with_folder_labels(entries)
-
-
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: _Limits, budget: _Budget,
-                 skipped: list[SkippedFile]) -> tuple[str, bytes] | None:
-    if info.is_dir():
-        return None
-    name = _clean_member_name(info.filename)
-    if name is None:
-        return None
-    size, packed = info.file_size, max(info.compress_size, 1)
-    reason = None
-    if name.lower().endswith(ARCHIVE_SUFFIXES):
-        reason = "nested archive skipped"
-    elif info.flag_bits & 0x1:
-        reason = "encrypted member skipped"
-    elif size > limits.max_file_bytes:
-        reason = f"file too large ({_mib(size)} > {_mib(limits.max_file_bytes)} limit)"
-    elif size > RATIO_MIN_BYTES and size > limits.max_ratio * packed:
-        reason = (f"compression ratio {size / packed:,.0f}:1 exceeds the "
-                  f"{limits.max_ratio:,.0f}:1 limit (possible zip bomb)")
-    elif size > budget.left:
-        reason = f"total size limit reached ({_mib(limits.max_total_bytes)})"
-    if reason is None:
-        try:
-            with zf.open(info) as member:  # yields at most the declared size, CRC-checked
-                data = member.read(size)
-        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
-                ValueError) as exc:
-            reason = f"corrupt or unsupported zip member ({exc})"
-        else:
-            budget.left -= len(data)
-            return name, data
-    skipped.append(SkippedFile(name, reason))
-    return None
-
-
-def _clean_member_name(raw: str) -> str | None:
-    """A zip member name as a safe display string, or None for junk (``__MACOSX``, dotfiles)."""
-    raw = "".join(c if c.isprintable() else "?" for c in raw)
-    parts = [p for p in raw.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    if parts and re.fullmatch(r"[A-Za-z]:", parts[0]):  # "C:\\images\\x.png"
-        parts = parts[1:]
-    if not parts or any(_ignored(p) for p in parts):
-        return None
-    return "/".join(parts)
-
-
-def _ignored(part: str) -> bool:
-    return part.startswith(".") or part.lower() in _IGNORED_NAMES
-
-
-def _declared_entries(fh) -> int | None:
-    """Entry count from the end-of-central-directory record, before zipfile parses every entry."""
-    fh.seek(0, os.SEEK_END)
-    size = fh.tell()
-    fh.seek(max(0, size - 65_557))  # the record is 22 bytes plus a comment of at most 64 KiB
-    tail = fh.read()
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or at + 22 > len(tail):
-        return None
-    (count,) = struct.unpack("<H", tail[at + 10:at + 12])
-    return None if count == 0xFFFF else count  # zip64: zipfile reads the real count
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e6:.0f} M" if n >= 10**6 else f"{n:,}"
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 # ----------------------------------------------------------------------------- CSV labels

@@ -25,8 +25,13 @@ Deviations from the paper, and why
 - ``P0`` uses temperature ``tau`` (100, CLIP's); Algorithm 1 writes ``Softmax(X Y^T)``.
 - AdamW weight decay defaults to 0: the loss only sees normalised features, so decay would only
   shrink W and add drift from orthogonality (the paper does not give a value).
-- ``reorthogonalize`` (not in the paper, which only states W^T W = I for W0) re-projects after
-  each step with one Newton-Schulz polar iteration, and exactly (SVD) at the end.
+- ``reorthogonalize`` (not in the paper, which only states W^T W = I for W0) re-projects every
+  ``ths_reproject_every`` (3) steps with one Newton-Schulz polar iteration, and exactly (SVD) at
+  the end. Not after every step: the projection (2 d_v d_t^2 multiply-adds) costs about twice a
+  256-sample THS step. On the synthetic benchmark (1k, 100) every 3 steps fits in 1.1 s instead
+  of 1.9 s (Z = [VFM, VLM]: 1.8 s instead of 2.9 s) with the same accuracy over 3 seeds, and
+  ``||W^T W - I||_F`` reaches at most 0.93 between projections, well inside the Newton-Schulz
+  basin (1.5; beyond it the exact SVD takes over).
 - THS steps run on minibatches of ``ths_batch_size`` samples (default 256; the paper gives no
   batch size, only "a few gradient steps"). Full batches cost 2 n d_v d_t multiply-adds per step,
   about 4 s for 200 steps at n = 1000, d_v = 768 on a 2-core CPU; minibatches of 256 keep a fit at
@@ -269,6 +274,7 @@ def fit_gpua(
     ths_weight_decay: float = 0.0,
     ths_batch_size: int | None = 256,
     reorthogonalize: bool = True,
+    ths_reproject_every: int = 3,
     hubness_penalty: bool = True,
     temperature: float = 100.0,
     sinkhorn_max_iter: int = 1000,
@@ -305,7 +311,10 @@ def fit_gpua(
     ths_batch_size : int or None, default 256
         Samples per THS step, drawn with ``generator``; None (or >= n) uses full batches.
     reorthogonalize : bool, default True
-        Project W back onto (semi-)orthogonal matrices after each step and at the end.
+        Project W back onto (semi-)orthogonal matrices during THS (one Newton-Schulz step every
+        ``ths_reproject_every`` steps) and exactly at the end.
+    ths_reproject_every : int >= 1, default 3
+        THS steps between those projections (1 = after every step).
     hubness_penalty : bool, default True
         Add the hubness term h_c (Eq. 16) inside the THS hinge.
     temperature : float > 0, default 100.0
@@ -345,6 +354,7 @@ def fit_gpua(
     ths_weight_decay = check_range(ths_weight_decay, "ths_weight_decay", 0.0, float("inf"))
     if ths_batch_size is not None:
         ths_batch_size = check_int(ths_batch_size, "ths_batch_size", 1)
+    ths_reproject_every = check_int(ths_reproject_every, "ths_reproject_every", 1)
     temperature = check_positive(temperature, "temperature")
     sinkhorn_max_iter = check_int(sinkhorn_max_iter, "sinkhorn_max_iter", 1)
     sinkhorn_tol = check_range(sinkhorn_tol, "sinkhorn_tol", 0.0, float("inf"))
@@ -352,8 +362,9 @@ def fit_gpua(
         lam=lam, eps=eps, n_ucm_iter=n_ucm_iter, targets=targets, ths_steps=ths_steps,
         ths_k=ths_k, ths_margin_scale=ths_margin_scale, ths_lr=ths_lr,
         ths_weight_decay=ths_weight_decay, ths_batch_size=ths_batch_size,
-        reorthogonalize=bool(reorthogonalize), hubness_penalty=bool(hubness_penalty),
-        temperature=temperature, sinkhorn_max_iter=sinkhorn_max_iter, sinkhorn_tol=sinkhorn_tol,
+        reorthogonalize=bool(reorthogonalize), ths_reproject_every=ths_reproject_every,
+        hubness_penalty=bool(hubness_penalty), temperature=temperature,
+        sinkhorn_max_iter=sinkhorn_max_iter, sinkhorn_tol=sinkhorn_tol,
     )
 
     dtype = _common_dtype(z, x, y)
@@ -379,7 +390,8 @@ def fit_gpua(
     ths = refine_ths(
         z, y, labels, w0, n_steps=ths_steps, k=ths_k, margin_scale=ths_margin_scale, lr=ths_lr,
         weight_decay=ths_weight_decay, hubness_penalty=hubness_penalty,
-        reorthogonalize=reorthogonalize, batch_size=ths_batch_size, generator=generator,
+        reorthogonalize=reorthogonalize, reproject_every=ths_reproject_every,
+        batch_size=ths_batch_size, generator=generator,
     )
     return Alignment(
         W=ths.W,

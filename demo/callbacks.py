@@ -116,7 +116,8 @@ def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1) ->
     filter_mode = filter_mode if filter_mode in views.FILTERS else "all"
     items, info, pages, page, shown = views.gallery_page(session, compare, filter_mode, page)
     export = Path(session.workdir) / "export"
-    downloads = [str(p) for p in write_predictions(export, session.extraction, session.results)]
+    downloads = [str(p) for p in write_predictions(export, session.extraction, session.results,
+                                                   session.settings)]
     note, acc, per_class, conf, mistakes = views.metrics_views(session, compare)
     conv, conv_note = views.convergence_view(session)
     return SolveOutputs(

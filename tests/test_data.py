@@ -598,7 +598,7 @@ def test_duplicates_by_content_are_kept(tmp_path):
 
 
 def test_wide_integer_data_is_stretched_not_clipped():
-    from core.data import _wide_to_rgb
+    from core.image_decode import _wide_to_rgb
 
     im = _wide_to_rgb(Image.fromarray(np.array([[-5, 0, 5]], dtype=np.int32)))
     assert np.asarray(im)[0, :, 0].tolist() == [0, 128, 255]

@@ -169,6 +169,32 @@ def test_ths_decreases_its_loss_and_keeps_orthogonality_when_reprojecting():
     assert orthogonality_error(drift.W) == drift.orthogonality_error
 
 
+def test_reprojecting_every_few_steps_projects_that_often_and_fits_the_same_map(monkeypatch):
+    import core.ths as ths
+
+    ds = make_synthetic(400, 10, seed=0, difficulty="hard")
+    z, x, y = ds.vfm_image, ds.vlm_image, ds.vlm_text
+    calls, drifts = [], []
+    real = ths._reproject
+
+    def counting(w):
+        calls.append(1)
+        drifts.append(orthogonality_error(w))  # how far W strayed since the last projection
+        return real(w)
+
+    monkeypatch.setattr(ths, "_reproject", counting)
+    every = {r: fit_gpua(z, x, y, ths_steps=60, ths_lr=2e-3, ths_reproject_every=r,
+                         generator=torch.Generator().manual_seed(0)) for r in (1, 3)}
+    assert len(calls) == 60 + 60 // 3
+    assert max(drifts[60:]) < 1.5  # inside the Newton-Schulz basin: no SVD fallback needed
+    for align in every.values():
+        assert align.orthogonality_error < ATOL_ORTHO_F32
+    agree = (every[1].predict(z, y) == every[3].predict(z, y)).float().mean()
+    assert float(agree) > 0.95
+    with pytest.raises(ValueError, match="ths_reproject_every"):
+        fit_gpua(z, x, y, ths_reproject_every=0)
+
+
 def test_large_learning_rate_still_returns_an_orthogonal_finite_w():
     # Steps far off the manifold take the exact-SVD fallback instead of a diverging iteration.
     z, x, y, _ = _toy()

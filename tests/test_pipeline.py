@@ -1,4 +1,5 @@
-"""End-to-end pipeline with tiny random-initialised models: extraction, cache, methods, CLI, export."""
+"""End-to-end pipeline with tiny random-initialised models: extraction, cache, methods, CLI,
+export."""
 
 import csv
 import io
@@ -148,6 +149,8 @@ def test_cli_run_writes_predictions(image_zip, keys, tmp_path, capsys):
             str(out),
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--lam",
+            "0.5",
         ]
     )
     assert code == 0
@@ -159,6 +162,10 @@ def test_cli_run_writes_predictions(image_zip, keys, tmp_path, capsys):
         and doc["skipped"][0]["file"] == "set/red/broken.png"
     )
     assert "accuracy" in capsys.readouterr().out
+    assert doc["solver_settings"]["otfusion_lam"] == 0.5  # the export says what produced it
+    for row, img in zip(rows, doc["images"]):  # CSV and JSON describe the same predictions
+        assert row["otfusion_pred"] == img["otfusion_pred"] == img["otfusion_topk"][0][0]
+        assert float(row["otfusion_confidence"]) == img["otfusion_topk"][0][1]
 
 
 def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):

@@ -65,6 +65,26 @@ def test_project_2d_shape_and_determinism(method):
     assert (labels[dist.argmin(axis=1)] == labels).mean() > 0.9
 
 
+def test_tsne_above_the_exact_limit_uses_barnes_hut_and_keeps_blobs_apart(monkeypatch):
+    from sklearn import manifold
+
+    used = []
+    real = manifold.TSNE
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["method"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(manifold, "TSNE", spy)
+    x, labels = blobs(n=300)
+    xy = project_2d(x, method="tsne", seed=0)
+    project_2d(x[:60], method="tsne", seed=0)
+    assert used == ["barnes_hut", "exact"]
+    dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    assert (labels[dist.argmin(axis=1)] == labels).mean() > 0.9
+
+
 @pytest.mark.parametrize("method", ["pca", "tsne"])
 def test_project_2d_tiny_inputs(method):
     x, _ = blobs(n=5, d=4)
