@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 import warnings
 from dataclasses import dataclass, replace
 
@@ -190,8 +189,9 @@ def test_default_root_follows_env(monkeypatch, tmp_path):
     assert str(default_cache_dir()).endswith("fusionlab/features")
 
 
-def test_thousand_cached_entries_load_fast(tmp_path, encoder):
-    """The DESIGN target is a cached rerun of 1,000 images under 2 s; reading is far below."""
+def test_thousand_cached_entries_load_without_decoding_or_forward(tmp_path, encoder):
+    """A cached rerun of 1,000 images reads features only (no decode, no forward). Its speed
+    (DESIGN target < 2 s; 0.06 s measured) is measured by benchmarks/encode.py, not here."""
     cache = FeatureCache(tmp_path)
     hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1000)]
     generator = torch.Generator().manual_seed(0)
@@ -199,9 +199,6 @@ def test_thousand_cached_entries_load_fast(tmp_path, encoder):
     cache.put_many(model_key(encoder.spec), "global", dict(zip(hashes, feats)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        start = time.perf_counter()
         res = cached_encode(encoder, "global", hashes, _images(encoder), cache)
-        elapsed = time.perf_counter() - start
     assert res.n_hits == 1000 and res.n_forward == 0
     torch.testing.assert_close(res.features, feats, atol=0, rtol=0)
-    assert elapsed < 2.0
