@@ -30,7 +30,8 @@ from core.methods import (
     run_methods,
 )
 from core.metrics import modality_gap
-from core.pipeline import Extraction, ExtractSettings, extract, segment
+from core.pipeline import Extraction, ExtractSettings, extract
+from core.segmentation import segment
 from core.synthetic import make_synthetic
 from demo import plots, views
 from demo.session import (

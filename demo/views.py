@@ -38,7 +38,8 @@ FILTER_HELP = {
 }
 MISTAKES_SHOWN = 24
 PROJECTIONS = (("PCA", "pca"), ("t-SNE", "tsne"), ("UMAP", "umap"))
-PROJECTION_INFO = "PCA is instant; t-SNE takes ~30 s per 1,000 images, UMAP ~10 s."
+PROJECTION_INFO = ("PCA is instant; t-SNE takes a few seconds per 1,000 images; UMAP ~10 s "
+                   "the first time (it compiles), then a few seconds.")
 TRUE_CLASS = "true class"
 
 

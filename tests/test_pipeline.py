@@ -14,8 +14,10 @@ from PIL import Image
 from core.__main__ import main as cli_main
 from core.cache import FeatureCache
 from core.data import load_image_set
+from core.encoders import load_encoder
 from core.methods import SolverSettings, run_methods, sensitivity_sweep
-from core.pipeline import ExtractSettings, extract, resolve_labels, segment
+from core.pipeline import ExtractSettings, extract, resolve_labels
+from core.segmentation import segment
 from core.testing import tiny_test_models
 
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
@@ -49,6 +51,20 @@ def image_zip(tmp_path):
 @pytest.fixture()
 def settings(keys):
     return ExtractSettings(vlm=keys["clip_vit"], vfm=keys["dinov2"], n_crops=3, batch_size=8)
+
+
+def test_forward_pass_count_is_this_calls_own(image_zip, settings, keys):
+    # Models are shared across calls in a process; each extraction reports only its own passes,
+    # each model counted once though the VLM serves global features, crops and text.
+    image_set = load_image_set(image_zip)
+    encoders = [load_encoder(keys["clip_vit"]), load_encoder(keys["dinov2"])]
+    runs = []
+    for _ in range(2):
+        before = [e.n_forward for e in encoders]
+        stats = extract(image_set, list(COLORS), settings, cache=None).stats
+        runs.append((stats["forward_passes"],
+                     sum(e.n_forward - b for e, b in zip(encoders, before))))
+    assert runs[0] == runs[1] and runs[0][0] == runs[0][1] > 0
 
 
 def test_extract_then_cached_rerun_runs_zero_forward_passes(image_zip, settings, tmp_path):
