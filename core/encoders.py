@@ -63,8 +63,8 @@ class ModelSpec:
     """One model, fully described.
 
     Preprocessing is ``resize_mode="shortest"``: resize the short side to ``resize_size`` then
-    center-crop ``image_size`` (CLIP: 224 -> 224; DINOv2's eval transform: 256 -> 224), or
-    ``"squash"``: resize straight to ``image_size`` x ``image_size`` (SigLIP, DINOv3).
+    center-crop ``image_size`` (CLIP: 224 -> 224; DINO's eval transform: 256 -> 224), or
+    ``"squash"``: resize straight to ``image_size`` x ``image_size`` (SigLIP).
     """
 
     key: str  # registry key, e.g. "clip-vit-b16"
@@ -154,14 +154,14 @@ def _clip(key, name, arch, repo, *, size, patch, dim, dense=True):
 
 
 def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False):
-    # DINOv2's Hub processors: short side 256 (bicubic), center crop 224. DINOv3's
-    # (DINOv3ViTImageProcessorFast): straight to 224 x 224, bilinear, no crop.
-    v3 = key.startswith("dinov3")
+    # DINOv2 and DINOv3 alike: their repositories' classification eval transform (short side 256,
+    # bicubic, center crop 224), which is also the papers' center-crop-224 protocol. (The
+    # transformers DINOv3 processor squashes to 224 x 224 bilinear instead; it distorts the aspect
+    # ratio and does not match the papers' numbers' preprocessing.)
     return ModelSpec(
         key=key, display_name=name, kind="vfm", library="transformers", model_id=repo,
         pretrained=None, hf_repo=repo, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        interpolation="bilinear" if v3 else "bicubic", resize_size=224 if v3 else 256,
-        resize_mode="squash" if v3 else "shortest", patch_size=patch, n_prefix_tokens=n_prefix,
+        interpolation="bicubic", resize_size=256, patch_size=patch, n_prefix_tokens=n_prefix,
         output_dim=dim, gated=gated,
     )
 

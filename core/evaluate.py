@@ -5,8 +5,9 @@
     python -m core eval --all --root DATA --gpua-shots 16 --sweep
 
 Protocol (OTFusion / GPUA papers): the dataset's single CoOp prompt (``DatasetPreset.template``),
-one 224 view per image in each encoder's own preprocessing (CLIP, DINOv2: resize + center crop;
-SigLIP, DINOv3: a direct 224 x 224 resize, as their released processors do), and
+one center crop of 224 per image in each encoder's own preprocessing (CLIP: short side 224;
+DINOv2 / DINOv3: their eval transform, short side 256; SigLIP alone is squashed to 224 x 224, as
+its processor does), and
 
 - CLIP zero-shot and OTFusion (transductive) on the test split;
 - GPUA fitted on the *unlabeled* train split (all of it, or ``--gpua-shots 16`` images per class

@@ -6,6 +6,9 @@ actionable text (``demo.session.user_errors``); nothing else reaches the user as
 
 Two speeds: :func:`run` extracts features (models, slow, once); the ``resolve_*`` handlers re-solve
 only the methods a control affects from the session's cached features (milliseconds for OTFusion).
+
+This module holds the core flow (Run, re-solves, paging and selection, presets and class files,
+the dev/benchmark hook); the exploration tabs' handlers are in ``demo.explore_callbacks``.
 """
 
 from __future__ import annotations
@@ -21,19 +24,10 @@ import gradio as gr
 from core.cache import FeatureCache
 from core.data import ImageItem, get_preset, load_classes_file
 from core.export import write_predictions
-from core.methods import (
-    METHOD_TITLES,
-    FeatureSet,
-    SolverSettings,
-    gpua_inputs,
-    run_method,
-    run_methods,
-)
-from core.metrics import modality_gap
+from core.methods import METHOD_TITLES, FeatureSet, SolverSettings, run_method, run_methods
 from core.pipeline import Extraction, ExtractSettings, extract
-from core.segmentation import segment
 from core.synthetic import make_synthetic
-from demo import plots, views
+from demo import explore_views, views
 from demo.session import (
     DEFAULT_VFM,
     DEFAULT_VLM,
@@ -50,7 +44,6 @@ from demo.session import (
     write_thumbnails,
 )
 
-SEGMENT_POOL = 8  # images whose patches GPUA is fitted on when segmenting one
 RERUN = {"otfusion": ("otfusion",), "gpua": ("gpua",), "lazsl": ("lazsl",)}
 
 
@@ -79,7 +72,7 @@ _RUN_EXTRA = ("status", "notes", "compare", "details", "seg_pick", "lazsl_pick",
 RunOutputs = NamedTuple("RunOutputs", [(f, Any) for f in SolveOutputs._fields + _RUN_EXTRA])
 
 
-def _progress(progress):
+def pipeline_progress(progress):
     """Pipeline-style ``cb(done, total, desc)`` over a ``gr.Progress`` (or nothing)."""
     if progress is None:
         return None
@@ -147,7 +140,7 @@ def _run_outputs(session: Session, status: str, compare=None, filter_mode="all")
     compare = views.compare_method(session, compare)
     images = [(f"{i + 1}. {name}", i) for i, name in enumerate(ex.names)]
     names = session.class_names
-    colors = views.color_choices(session)
+    colors = explore_views.color_choices(session)
     return RunOutputs(
         **solve._asdict(), status=status,
         notes=gr.update(value=notes, visible=bool(notes)),
@@ -169,7 +162,7 @@ def _extract(image_set, class_names, settings, cache, progress):
 
 
 def _finish_session(extraction: Extraction, methods, settings, notes, progress) -> Session:
-    report = _progress(progress) or (lambda *a: None)
+    report = pipeline_progress(progress) or (lambda *a: None)
     workdir = new_workdir()
     thumbs = write_thumbnails(extraction, workdir, report)
     report(0, 1, "solving " + ", ".join(METHOD_TITLES[m] for m in methods))
@@ -206,7 +199,7 @@ def run(files=None, classes_text="", templates_text="", vlm=DEFAULT_VLM, vfm=DEF
     solver = solver_settings(lam, eps, n_iter, gpua_lam, gpua_eps, gpua_targets,
                              gpua_ths_steps, lazsl_theta)
     extraction = _extract(image_set, class_names, settings, cache_from_env(cache_dir),
-                          _progress(progress))
+                          pipeline_progress(progress))
     notes += list(extraction.warnings)
     if extraction.skipped:
         warn_user(f"{len(extraction.skipped)} file(s) were skipped; the notes panel lists why.")
@@ -297,142 +290,6 @@ def select_image(session, shown, position) -> SelectOutputs:
         return SelectOutputs(gr.skip(), gr.skip(), gr.skip(), gr.skip())
     return SelectOutputs(index, views.details_markdown(session, index), gr.update(value=index),
                          gr.update(value=index))
-
-
-class EmbeddingOutputs(NamedTuple):
-    embed_before: Any
-    embed_after: Any
-    gap_plot: Any
-    embed_note: str
-
-
-def _need_session(session) -> Session:
-    if not isinstance(session, Session):
-        raise ValueError("Nothing to show yet: upload images, enter classes and press Run first.")
-    return session
-
-
-@user_errors
-def embedding(session, projection="pca", color_by="clip", selected=None) -> EmbeddingOutputs:
-    """Before / after embedding maps and the modality gap (projection memoised per session)."""
-    session = _need_session(session)
-    return EmbeddingOutputs(*views.embedding_views(session, projection, color_by, selected))
-
-
-@user_errors
-def embedding_highlight(session, projection="pca", color_by="clip", selected=None):
-    """Gallery selection changed: redraw the maps only if their projection is already computed."""
-    if not isinstance(session, Session) or ("xy", "before", projection) not in session.memo:
-        return EmbeddingOutputs(gr.skip(), gr.skip(), gr.skip(), gr.skip())
-    return EmbeddingOutputs(*views.embedding_views(session, projection, color_by, selected))
-
-
-class SweepOutputs(NamedTuple):
-    sweep_lam: Any
-    sweep_eps: Any
-
-
-@user_errors
-def sweep(session) -> SweepOutputs:
-    """OTFusion over a λ x ε grid on the cached features (papers' Fig. 2)."""
-    return SweepOutputs(*views.sensitivity_views(_need_session(session)))
-
-
-class SegmentOutputs(NamedTuple):
-    seg_image: Any
-    seg_legend: str
-
-
-@gpu(duration=60)
-def _segment(extraction, index, pool, cache, ths_steps, progress):
-    return segment(extraction, [index], pool_indices=pool, cache=cache, ths_steps=ths_steps,
-                   per_class=128, progress=progress)
-
-
-@user_errors
-def segment_image(session, index, visible=None, threshold=0.0, alpha=0.5, *, cache_dir=None,
-                  progress=None) -> SegmentOutputs:
-    """Dense CLIP vs GPUA-aligned VFM patches for one image (models run once per image)."""
-    session = _need_session(session)
-    if index is None:
-        raise ValueError("Pick an image to segment (or click one in the Predictions gallery).")
-    index = int(index)
-    if ("seg", index) not in session.memo:
-        n = len(session.names)
-        pool = sorted({index} | set(range(min(n, SEGMENT_POOL))))
-        steps = min(100, session.settings.gpua_ths_steps)
-        session.memo[("seg", index)] = _segment(session.extraction, index, pool,
-                                                cache_from_env(cache_dir), steps,
-                                                _progress(progress))
-    return SegmentOutputs(*views.segmentation_view(session, index, visible, threshold, alpha))
-
-
-@user_errors
-def redraw_segmentation(session, index, visible=None, threshold=0.0, alpha=0.5):
-    """Class toggles / threshold / opacity moved: redraw from the memoised maps (no model)."""
-    if not isinstance(session, Session) or index is None:
-        return SegmentOutputs(gr.skip(), gr.skip())
-    return SegmentOutputs(*views.segmentation_view(session, int(index), visible, threshold, alpha))
-
-
-class LazslOutputs(NamedTuple):
-    crop_image: Any
-    crop_gallery: list
-    class_scores: Any
-    lazsl_table: str
-
-
-@user_errors
-def lazsl_explain(session, index, class_name=None) -> LazslOutputs:
-    """Crops of one image and the attributes LaZSL transports them to."""
-    if not isinstance(session, Session) or index is None:
-        return LazslOutputs(None, [], None, "Run with **LaZSL** ticked, then pick an image.")
-    if session.extraction.features.crops is None:
-        return LazslOutputs(None, [], None, "This run has no crops: tick **LaZSL** (crops per "
-                            "image > 0 in Advanced) and Run again.")
-    return LazslOutputs(*views.lazsl_view(session, int(index), class_name))
-
-
-class PlaygroundOutputs(NamedTuple):
-    play_accuracy: Any
-    play_before: Any
-    play_after: Any
-    play_gap_plot: Any
-    play_note: str
-
-
-@user_errors
-def playground(n_classes=10, n_samples=500, gap=0.8, vlm_noise=2.95, vfm_noise=2.0, seed=0,
-               projection="pca", lam=0.8) -> PlaygroundOutputs:
-    """Synthetic CLIP-like and DINO-like features: CLIP vs OTFusion vs GPUA, maps and gaps."""
-    n_classes, n_samples = int(n_classes), int(n_samples)
-    if n_samples < n_classes:
-        raise ValueError(f"Playground: {n_samples} samples cannot cover {n_classes} classes; "
-                         "raise the samples or lower the classes.")
-    data = make_synthetic(n_samples, n_classes, seed=int(seed), difficulty="hard", gap=float(gap),
-                          vlm_noise=float(vlm_noise), vfm_noise=float(vfm_noise))
-    feats = FeatureSet(vlm_image=data.vlm_image, text=data.vlm_text, vfm_image=data.vfm_image,
-                       labels=data.labels)
-    settings = SolverSettings(otfusion_lam=float(lam), gpua_ths_steps=100)
-    results = run_methods(feats, ("otfusion", "gpua"), settings)
-    acc = {METHOD_TITLES[m]: r.accuracy for m, r in results.items()}
-    mapped = results["gpua"].details.transform(gpua_inputs(feats, settings))
-    names = list(data.class_names)
-    truth = [names[t] for t in data.labels.tolist()]
-    before, after = plots.embedding_maps(
-        feats.vlm_image, feats.text, mapped, feats.text, image_color_labels=truth,
-        class_names=names, method=projection, hover=[f"sample {i}: {t}" for i, t in
-                                                     enumerate(truth)])
-    gaps = {"CLIP image vs text": modality_gap(feats.vlm_image, feats.text),
-            "GPUA-mapped VFM vs text": modality_gap(mapped, feats.text)}
-    note = (f"{n_samples} synthetic images of {n_classes} classes (coloured by true class). CLIP "
-            f"zero-shot {acc['CLIP zero-shot']:.1%} -> OTFusion {acc['OTFusion']:.1%}, GPUA "
-            f"{acc['GPUA']:.1%}. Modality gap {gaps['CLIP image vs text']:.2f} -> "
-            f"{gaps['GPUA-mapped VFM vs text']:.2f} after GPUA's orthogonal map. Raise the VLM "
-            "noise to make CLIP worse; raise the VFM noise to blur the clusters fusion relies on.")
-    return PlaygroundOutputs(
-        plots.accuracy_figure(acc, title="Accuracy on synthetic features"), before, after,
-        plots.modality_gap_figure(gaps, height=240), note)
 
 
 class PresetOutputs(NamedTuple):

@@ -1,8 +1,9 @@
 """Gradio layout and wiring: inputs on the left, one tab per view on the right.
 
-Handlers live in ``demo.callbacks`` (plain functions); this module only places components and
-connects them. Components are kept in a dict keyed by the field names of the handlers' output
-tuples, so each event's outputs are ``[c[f] for f in Outputs._fields]``.
+Handlers live in ``demo.callbacks`` (core flow) and ``demo.explore_callbacks`` (exploration
+tabs), plain functions; this module only places components and connects them. Components are kept
+in a dict keyed by the field names of the handlers' output tuples, so each event's outputs are
+``[c[f] for f in Outputs._fields]``.
 
 Environment switches (all off by default):
 
@@ -28,7 +29,8 @@ import gradio as gr
 from core.data import PRESETS
 from core.encoders import get_spec
 from demo import callbacks as cb
-from demo import views
+from demo import explore_callbacks as ex
+from demo import explore_views, views
 from demo.examples import EXAMPLES_DIR, example_rows
 from demo.session import DEFAULT_VFM, DEFAULT_VLM, delete_session, model_choices, weights_banner
 
@@ -180,8 +182,8 @@ def _tabs(c) -> None:
                                    object_fit="contain")
     with gr.Tab("Embedding", id="embedding"):
         with gr.Row():
-            c["projection"] = gr.Radio(views.PROJECTIONS, value="pca", label="Projection",
-                                       info=views.PROJECTION_INFO, scale=2)
+            c["projection"] = gr.Radio(explore_views.PROJECTIONS, value="pca", label="Projection",
+                                       info=explore_views.PROJECTION_INFO, scale=2)
             c["color_by"] = gr.Dropdown([("predicted by CLIP zero-shot", "clip")], value="clip",
                                         label="Colour images by", scale=1)
             c["draw_button"] = gr.Button("Draw maps", variant="primary", scale=0)
@@ -242,8 +244,9 @@ def _tabs(c) -> None:
             c["play_vlm_noise"] = gr.Slider(0.0, 5.0, 2.95, step=0.05, label="CLIP image noise")
             c["play_vfm_noise"] = gr.Slider(0.0, 4.0, 2.0, step=0.05, label="DINO noise")
         with gr.Row():
-            c["play_projection"] = gr.Radio(views.PROJECTIONS[:1] + views.PROJECTIONS[2:],
-                                            value="pca", label="Projection", scale=2)
+            c["play_projection"] = gr.Radio(
+                explore_views.PROJECTIONS[:1] + explore_views.PROJECTIONS[2:], value="pca",
+                label="Projection", scale=2)
             c["play_lam"] = gr.Slider(0.0, 2.0, 0.8, step=0.05, label="OTFusion λ", scale=1)
             c["play_button"] = gr.Button("Generate", variant="primary", scale=0)
         c["play_note"] = gr.Markdown()
@@ -303,28 +306,28 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
         return cb.select_image(session, shown, evt.index)
 
     embed_in = [c["session"], c["projection"], c["color_by"], c["selected"]]
-    embed_out = _out(c, cb.EmbeddingOutputs._fields)
+    embed_out = _out(c, ex.EmbeddingOutputs._fields)
     c["gallery"].select(select, [c["session"], c["shown"]], _out(c, cb.SelectOutputs._fields),
                         api_visibility="private").then(
-        cb.embedding_highlight, embed_in, embed_out, api_visibility="private")
-    gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input], cb.embedding,
+        ex.embedding_highlight, embed_in, embed_out, api_visibility="private")
+    gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input], ex.embedding,
           embed_in, embed_out, api_name="embedding", concurrency_id="heavy",
           concurrency_limit=2)
-    c["sweep_button"].click(cb.sweep, [c["session"]], _out(c, cb.SweepOutputs._fields),
+    c["sweep_button"].click(ex.sweep, [c["session"]], _out(c, ex.SweepOutputs._fields),
                             api_name="sweep", concurrency_id="heavy")
 
     def seg(session, index, visible, threshold, alpha, progress=gr.Progress()):  # noqa: B008
-        return cb.segment_image(session, index, visible, threshold, alpha, progress=progress)
+        return ex.segment_image(session, index, visible, threshold, alpha, progress=progress)
 
     seg_in = [c["session"], c["seg_pick"], c["seg_classes"], c["seg_threshold"], c["seg_alpha"]]
-    seg_out = _out(c, cb.SegmentOutputs._fields)
+    seg_out = _out(c, ex.SegmentOutputs._fields)
     c["seg_button"].click(seg, seg_in, seg_out, api_name="segment", concurrency_id="models")
     gr.on([c["seg_pick"].change, c["seg_classes"].input, c["seg_threshold"].release,
-           c["seg_alpha"].release], cb.redraw_segmentation, seg_in, seg_out,
+           c["seg_alpha"].release], ex.redraw_segmentation, seg_in, seg_out,
           api_name="redraw_segmentation", concurrency_id="solve", trigger_mode="always_last")
     gr.on([c["lazsl_button"].click, c["lazsl_pick"].change, c["lazsl_class"].input],
-          cb.lazsl_explain, [c["session"], c["lazsl_pick"], c["lazsl_class"]],
-          _out(c, cb.LazslOutputs._fields), api_name="explain", concurrency_id="solve",
+          ex.lazsl_explain, [c["session"], c["lazsl_pick"], c["lazsl_class"]],
+          _out(c, ex.LazslOutputs._fields), api_name="explain", concurrency_id="solve",
           trigger_mode="always_last")
 
     play_in = [c[k] for k in ("play_classes", "play_samples", "play_gap", "play_vlm_noise",
@@ -332,7 +335,7 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
     play_triggers = [c["play_button"].click, demo.load, c["play_projection"].input] + [
         c[k].release for k in ("play_classes", "play_samples", "play_gap", "play_vlm_noise",
                                "play_vfm_noise", "play_seed", "play_lam")]
-    gr.on(play_triggers, cb.playground, play_in, _out(c, cb.PlaygroundOutputs._fields),
+    gr.on(play_triggers, ex.playground, play_in, _out(c, ex.PlaygroundOutputs._fields),
           api_name="playground", concurrency_id="heavy", trigger_mode="always_last")
 
     c["preset"].input(cb.preset_selected, [c["preset"]],

@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 from core.encoders import load_encoder
 from core.testing import tiny_test_models
 from demo import callbacks as cb
-from demo import views
+from demo import explore_callbacks as ex
+from demo import explore_views, views
 from demo.examples import ATTRIBUTES, example_paths, example_zip
 
 # Handlers toast notes with gr.Warning, which outside a request is a plain UserWarning.
@@ -89,7 +90,7 @@ def test_run_fills_every_view(ran):
     rows = list(csv.DictReader(open(csv_path, encoding="utf-8")))
     assert len(rows) == n and {"clip_pred", "otfusion_pred", "gpua_pred"} <= set(rows[0])
     assert len(ran.seg_pick["choices"]) == n and ran.seg_classes["value"] == s.class_names
-    assert ran.color_by["value"] == views.TRUE_CLASS
+    assert ran.color_by["value"] == explore_views.TRUE_CLASS
 
 
 def test_resolve_reruns_otfusion_only_and_never_encodes(ran, keys):
@@ -139,22 +140,22 @@ def test_filters_pages_and_selection(ran):
 
 def test_views_after_a_run(ran):
     s = ran.session
-    emb = cb.embedding(s, "pca", views.TRUE_CLASS, 2)
+    emb = ex.embedding(s, "pca", explore_views.TRUE_CLASS, 2)
     assert isinstance(emb.embed_before, go.Figure) and isinstance(emb.embed_after, go.Figure)
     assert any(t.name == "selected" for t in emb.embed_after.data)
     assert "gap" in emb.embed_after.layout.title.text
-    again = cb.embedding_highlight(s, "pca", "gpua", 3)  # projection memoised: recolour only
+    again = ex.embedding_highlight(s, "pca", "gpua", 3)  # projection memoised: recolour only
     assert isinstance(again.embed_before, go.Figure)
-    sw = cb.sweep(s)
+    sw = ex.sweep(s)
     assert isinstance(sw.sweep_lam, go.Figure) and isinstance(sw.sweep_eps, go.Figure)
-    lz = cb.lazsl_explain(s, 1, None)
-    assert lz.crop_image.size[0] >= views.MIN_VIEW_SIDE and lz.crop_gallery
+    lz = ex.lazsl_explain(s, 1, None)
+    assert lz.crop_image.size[0] >= explore_views.MIN_VIEW_SIDE and lz.crop_gallery
     assert abs(sum(lz.class_scores.values()) - 1) < 1e-4 and "attribute" in lz.lazsl_table
-    seg = cb.segment_image(s, 0, s.class_names[:2], 0.0, 0.5)
+    seg = ex.segment_image(s, 0, s.class_names[:2], 0.0, 0.5)
     assert isinstance(seg.seg_image, Image.Image) and "seg-legend" in seg.seg_legend
-    hidden = cb.redraw_segmentation(s, 0, [], 0.0, 0.5)  # all classes toggled off: no model
+    hidden = ex.redraw_segmentation(s, 0, [], 0.0, 0.5)  # all classes toggled off: no model
     assert "no labelled pixels" in hidden.seg_legend
-    assert cb.redraw_segmentation(s, 5, None, 0.0, 0.5).seg_image is None  # not segmented yet
+    assert ex.redraw_segmentation(s, 5, None, 0.0, 0.5).seg_image is None  # not segmented yet
 
 
 def test_unlabelled_images_explain_how_to_get_metrics(keys, tmp_path, cache_dir):
@@ -221,7 +222,7 @@ def test_unexpected_failures_are_logged_not_shown(ran, monkeypatch, caplog):
 
 
 def test_playground_closes_the_gap_offline():
-    out = cb.playground(n_classes=6, n_samples=300, gap=0.8, vlm_noise=2.95, vfm_noise=2.0,
+    out = ex.playground(n_classes=6, n_samples=300, gap=0.8, vlm_noise=2.95, vfm_noise=2.0,
                         seed=1, projection="pca")
     bars = out.play_accuracy.data[0]
     acc = dict(zip(bars.x, bars.y))
@@ -230,7 +231,7 @@ def test_playground_closes_the_gap_offline():
     assert gaps["GPUA-mapped VFM vs text"] < gaps["CLIP image vs text"]
     assert isinstance(out.play_before, go.Figure) and "gap" in out.play_note
     with pytest.raises(gr.Error):
-        cb.playground(n_classes=20, n_samples=10)
+        ex.playground(n_classes=20, n_samples=10)
 
 
 def test_presets_class_files_and_synthetic_sessions(tmp_path):
