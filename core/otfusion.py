@@ -23,12 +23,12 @@ Speed (DESIGN.md "Performance"): per iteration the unavoidable work is two GEMMs
 rest is kept to a few passes over (N, K) buffers allocated once (a fresh 40 MB tensor costs a
 page-faulting pass of its own). Exponentials use ``exp2`` with log2(e) folded into the operands
 (torch's CPU ``exp`` is ~4x slower than ``exp2`` here). The Sinkhorn (``_sinkhorn_into``) is
-the shared scaling-form solver of ``core.sinkhorn`` run on the log2-kernel S log2(e)/eps with the
-(N, K) buffer as its kernel: two matrix-vector products per iteration instead of two logsumexp
-passes, the same iterations as ``core.sinkhorn.sinkhorn(-S, eps=eps, max_iter=sinkhorn_iter,
-tol=0)`` (tested), absorption and a log-domain fallback when a scaling leaves the float range.
-Measured on 2 cores: one outer iteration is 1.2x its own GEMMs at (N, K, d) = (1k, 100,
-768), (10k, 1000, 768) and (50k, 1000, 1024).
+the shared scaling-form solver of ``core.sinkhorn_scaling`` run on the log2-kernel S log2(e)/eps
+with the (N, K) buffer as its kernel: two matrix-vector products per iteration instead of two
+logsumexp passes, the same iterations as ``core.sinkhorn.sinkhorn(-S, eps=eps,
+max_iter=sinkhorn_iter, tol=0)`` (tested), absorption and a log-domain fallback when a scaling
+leaves the float range. Measured on 2 cores (benchmarks/solvers.py): one outer iteration is
+1.1-1.25x its own GEMMs at (N, K, d) = (1k, 100, 768), (10k, 1000, 768) and (50k, 1000, 1024).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from core.checks import (
     l2_normalize,
 )
 from core.gmm import _centre, _means, _shared_var, fit_shared_diag_gmm
-from core.sinkhorn import _solve_scaling
+from core.sinkhorn_scaling import _solve_scaling
 
 __all__ = ["VARIANTS", "OTFusionResult", "OTFusionStep", "otfusion"]
 
@@ -115,7 +115,7 @@ def _sinkhorn_into(m2: Tensor, out: Tensor, *, n_iter: int):
 
     ``m2`` (N, K) holds S * log2(e) / eps, the log2-kernel, and is left intact; the plan (mass 1,
     rows exactly 1/N) is written into ``out`` (N, K). The shared scaling-form solver of
-    ``core.sinkhorn`` runs on it with ``out`` as its kernel buffer: the same iterates as
+    ``core.sinkhorn_scaling`` runs on it with ``out`` as its kernel buffer: the same iterates as
     ``sinkhorn(-S, eps=eps, max_iter=n_iter, tol=0)`` (tested), two matrix-vector products per
     iteration, and its own log-domain fallback. Returns (log_u, log_v, fell_back) with
     Q = exp(S/eps + log_u_i + log_v_j), the potentials of ``core.sinkhorn``.

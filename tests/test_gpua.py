@@ -15,7 +15,8 @@ from core.checks import l2_normalize
 from core.gpua import Alignment, concat_features, fit_gpua
 from core.gpua_seg import segment, segment_dense_clip, select_patch_pool
 from core.metrics import accuracy, mean_iou
-from core.synthetic import make_patch_synthetic, make_synthetic
+from core.synthetic import make_synthetic
+from core.synthetic_patches import make_patch_synthetic
 from core.ths import (
     competing_neighbours,
     hubness_weights,

@@ -8,6 +8,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 import core.sinkhorn as sk
+import core.sinkhorn_scaling as sks
 from core.sinkhorn import sinkhorn
 
 ATOL_PLAN = 1e-7  # float64 plans of size ~1/(n*m)
@@ -244,7 +245,7 @@ def test_extreme_inputs_absorb_and_stay_finite_with_exact_rows():
 def test_tight_limits_force_absorptions_and_the_log_fallback(monkeypatch):
     # With scalings limited to [.., 2] the solver must absorb constantly and, when an iterate
     # right after a re-formation is out of range, finish in the log domain: same answer.
-    monkeypatch.setitem(sk._LIMITS, torch.float64, (1.05, 2.0))
+    monkeypatch.setitem(sks._LIMITS, torch.float64, (1.05, 2.0))
     cost, mask = _lazsl_like(4, 3, 12, 5, seed=14, dtype=torch.float64)
     kw = dict(eps=0.003, max_iter=60, tol=0, mask=mask)
     res, ref = sinkhorn(cost, **kw), sinkhorn(cost, method="log", **kw)
@@ -273,15 +274,15 @@ def test_lazy_host_checks_give_the_same_iterates(monkeypatch, limits):
     # Off the CPU the stopping and range checks are read back every few iterations; the solver
     # rewinds to the first iteration that should have stopped or absorbed, so nothing changes.
     if limits is not None:
-        monkeypatch.setitem(sk._LIMITS, torch.float64, limits)
+        monkeypatch.setitem(sks._LIMITS, torch.float64, limits)
     cost, mask = _lazsl_like(5, 4, 20, 6, seed=16, dtype=torch.float64)
     cost, mask = cost.reshape(20, 20, 6), mask.reshape(20, 20, 6)
     a = mask.any(-1).double()
     b = mask.any(-2).double()
     a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
     runs = [
-        sk._solve_scaling(cost, -sk.LOG2E / 0.05, a, b, mask=mask, max_iter=400,
-                          tol=1e-9, check_every=every)
+        sks._solve_scaling(cost, -sk.LOG2E / 0.05, a, b, mask=mask, max_iter=400,
+                           tol=1e-9, check_every=every)
         for every in (1, 7)
     ]
     assert runs[0].n_iter == runs[1].n_iter < 400
@@ -295,7 +296,7 @@ def test_batched_without_the_transposed_kernel(monkeypatch):
     cost, mask = _lazsl_like(3, 4, 10, 6, seed=17, dtype=torch.float64)
     kw = dict(eps=0.05, max_iter=2000, tol=1e-10, mask=mask)
     ref = sinkhorn(cost, **kw)
-    monkeypatch.setattr(sk, "_use_transposed", lambda batch, device: False)
+    monkeypatch.setattr(sks, "_use_transposed", lambda batch, device: False)
     plain = sinkhorn(cost, **kw)
     assert plain.n_iter == ref.n_iter
     torch.testing.assert_close(plain.plan, ref.plan, atol=ATOL_PATHS64, rtol=0)

@@ -10,13 +10,8 @@ import torch
 from sklearn.cluster import KMeans
 
 from core.metrics import matched_accuracy, modality_gap
-from core.synthetic import (
-    HARD,
-    PRESETS,
-    class_sizes,
-    make_patch_synthetic,
-    make_synthetic,
-)
+from core.synthetic import HARD, PRESETS, class_sizes, make_synthetic
+from core.synthetic_patches import make_patch_synthetic
 from core.zeroshot import zeroshot_probs
 
 # Contract of difficulty="hard" (measured 0.44-0.54 and >= 0.92; see HARD_MEASURED).
