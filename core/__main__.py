@@ -130,6 +130,11 @@ def cmd_run(args) -> int:
     for name, res in results.items():
         acc = "" if res.accuracy is None else f"  accuracy {100 * res.accuracy:.2f}%"
         print(f"{name:10s} {res.seconds * 1000:8.1f} ms{acc}")
+        d = res.diagnostics
+        if "changed_by_ths" in d:  # GPUA: what THS changed against the Procrustes map alone
+            before = d["procrustes_accuracy"]
+            before = "" if before is None else f", W0 alone {100 * before:.2f}%"
+            print(f"{'':10s} THS changed {d['changed_by_ths']} predictions of W0{before}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

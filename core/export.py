@@ -55,6 +55,12 @@ def _csv_text(rows: list[dict], methods) -> str:
     return buf.getvalue()
 
 
+def _scalar_diagnostics(result: MethodResult) -> dict:
+    """The numbers among a method's diagnostics (e.g. GPUA's accuracy with W0 alone)."""
+    return {k: v for k, v in result.diagnostics.items()
+            if v is None or isinstance(v, (int, float))}
+
+
 def _json_text(extraction, results, rows, solver: SolverSettings | None) -> str:
     settings = extraction.settings
     doc = {
@@ -64,7 +70,8 @@ def _json_text(extraction, results, rows, solver: SolverSettings | None) -> str:
         "classes": list(extraction.class_names),
         "solver_settings": None if solver is None else asdict(solver),
         "methods": {
-            m: {"title": METHOD_TITLES.get(m, m), "accuracy": r.accuracy, "seconds": r.seconds}
+            m: {"title": METHOD_TITLES.get(m, m), "accuracy": r.accuracy, "seconds": r.seconds,
+                **_scalar_diagnostics(r)}
             for m, r in results.items()
         },
         "skipped": [{"file": s.name, "reason": s.reason} for s in extraction.skipped],

@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -63,7 +63,7 @@ from core.checks import (
     check_same_rows,
     l2_normalize,
 )
-from core.ths import procrustes, refine_ths
+from core.ths import orthogonality_error, procrustes, refine_ths
 from core.ucm import mine_correspondences
 
 __all__ = ["Alignment", "concat_features", "fit_gpua"]
@@ -137,6 +137,9 @@ class Alignment:
         Sinkhorn iterations of each UCM round.
     ucm_marginal_error : float
         L1 column-marginal error of the last UCM plan.
+    W0 : Tensor, shape (d_v, d_t), or None
+        The Procrustes map before THS (Eq. 14), kept so that what THS changed can be shown
+        (:meth:`procrustes_only`). None in files saved before it was recorded.
     """
 
     W: Tensor
@@ -147,6 +150,17 @@ class Alignment:
     config: dict = field(default_factory=dict)
     ucm_n_iter: tuple[int, ...] = ()
     ucm_marginal_error: float = 0.0
+    W0: Tensor | None = field(default=None, repr=False)
+
+    def procrustes_only(self) -> Alignment:
+        """This alignment with the Procrustes map ``W0`` in place of the THS-refined ``W``.
+
+        Raises ValueError when ``W0`` was not recorded (a file from an older version).
+        """
+        if self.W0 is None:
+            raise ValueError("this alignment has no W0 (saved by an older version); re-fit it.")
+        return replace(self, W=self.W0, loss_history=self.loss_history[:1],
+                       orthogonality_error=orthogonality_error(self.W0))
 
     @property
     def plan(self) -> Tensor | None:
@@ -210,6 +224,8 @@ class Alignment:
         }
         if include_probs and self.probs is not None:
             tensors["probs"] = self.probs.detach().cpu().contiguous()
+        if self.W0 is not None:
+            tensors["W0"] = self.W0.detach().cpu().contiguous()
         meta = {
             "format_version": FORMAT_VERSION,
             "d_v": int(self.W.shape[0]),
@@ -255,6 +271,7 @@ class Alignment:
             config=meta["config"],
             ucm_n_iter=tuple(meta["ucm_n_iter"]),
             ucm_marginal_error=float(meta["ucm_marginal_error"]),
+            W0=tensors.get("W0"),
         )
 
 
@@ -402,4 +419,5 @@ def fit_gpua(
         config=config,
         ucm_n_iter=n_iters,
         ucm_marginal_error=err,
+        W0=w0,
     )

@@ -190,9 +190,12 @@ def _fit_gpua(pool: FeatureSet, test: FeatureSet, settings: SolverSettings):
         eps=settings.gpua_eps, targets=settings.gpua_targets, ths_steps=settings.gpua_ths_steps,
         ths_k=settings.gpua_ths_k, reorthogonalize=settings.gpua_reorthogonalize,
         generator=torch.Generator().manual_seed(settings.seed))
-    probs = align.predict_proba(gpua_inputs(test, settings), test.text,
-                                temperature=settings.temperature)  # (n_test, K)
-    return probs.argmax(dim=-1)
+    z_test = gpua_inputs(test, settings)
+    probs = align.predict_proba(z_test, test.text, temperature=settings.temperature)  # (n, K)
+    before = None  # the Procrustes map alone, to report what THS changed
+    if settings.gpua_ths_steps > 0:
+        before = align.procrustes_only().predict(z_test, test.text)
+    return probs.argmax(dim=-1), before
 
 
 def _paper(method, dataset, protocol, vlm_spec, vfm_spec, is_preset) -> dict:
@@ -307,13 +310,18 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
         start = time.perf_counter()
         try:
             if method == "gpua" and pool is not None:
-                pred = _fit_gpua(pool, test, solver)
+                pred, before_ths = _fit_gpua(pool, test, solver)
             else:
-                pred = run_method(method, test, solver).pred
+                res = run_method(method, test, solver)
+                pred, before_ths = res.pred, res.diagnostics.get("procrustes_pred")
         except (ValueError, RuntimeError) as exc:
             rows.append(MethodRow(status="failed", note=str(exc), **common))
             continue
         acc = labelled_accuracy(pred, test.labels)
+        w0_acc = None if before_ths is None else labelled_accuracy(before_ths, test.labels)
+        if w0_acc is not None:  # no paper number for it: a note, not a row
+            notes.append(f"{title} with the Procrustes map W0 alone (no THS): {100 * w0_acc:.2f}%"
+                         f"; THS changed {int((before_ths != pred).sum()):,} test predictions.")
         paper = _paper(method, data.key, protocol, vlm_spec, vfm_spec, data.is_preset)
         rows.append(MethodRow(status="ok", accuracy=None if acc is None else 100 * acc,
                               seconds=time.perf_counter() - start, **paper, **common))

@@ -103,6 +103,11 @@ class MethodResult:
         Wall time of the solve (features already computed).
     details : object
         The solver's own result (OTFusionResult, Alignment, LazslResult) for the views that need it.
+    diagnostics : dict
+        What a method's internal stages did, for honest reporting. GPUA with THS steps:
+        ``procrustes_pred`` (n,) the predictions of the Procrustes map W0 alone,
+        ``procrustes_accuracy`` (None without labels) and ``changed_by_ths`` (how many predictions
+        the THS refinement changed).
     """
 
     method: str
@@ -111,6 +116,7 @@ class MethodResult:
     accuracy: float | None
     seconds: float
     details: object = field(default=None, repr=False)
+    diagnostics: dict = field(default_factory=dict, repr=False)
 
 
 def labelled_accuracy(pred: Tensor, labels: Tensor | None) -> float | None:
@@ -202,6 +208,22 @@ def _run_lazsl(features: FeatureSet, settings: SolverSettings):
 _RUNNERS = {"clip": _run_clip, "otfusion": _run_otfusion, "gpua": _run_gpua, "lazsl": _run_lazsl}
 
 
+def _gpua_diagnostics(features: FeatureSet, settings: SolverSettings, align, pred: Tensor) -> dict:
+    """What THS did on top of the Procrustes map: it can help (the paper) or fit the UCM
+    pseudo-labels' mistakes (seen on synthetic data), so the app shows both."""
+    if settings.gpua_ths_steps == 0 or getattr(align, "W0", None) is None:
+        return {}
+    before = align.procrustes_only().predict(gpua_inputs(features, settings), features.text)
+    return {
+        "procrustes_pred": before,
+        "procrustes_accuracy": labelled_accuracy(before, features.labels),
+        "changed_by_ths": int((before != pred.to(before.device)).sum()),
+    }
+
+
+_DIAGNOSTICS = {"gpua": _gpua_diagnostics}
+
+
 def run_method(
     method: str, features: FeatureSet, settings: SolverSettings | None = None
 ) -> MethodResult:
@@ -213,6 +235,7 @@ def run_method(
     probs, details = _RUNNERS[method](features, settings)
     seconds = time.perf_counter() - start
     pred = probs.argmax(dim=-1)
+    diagnose = _DIAGNOSTICS.get(method)
     return MethodResult(
         method=method,
         probs=probs,
@@ -220,6 +243,7 @@ def run_method(
         accuracy=labelled_accuracy(pred, features.labels),
         seconds=seconds,
         details=details,
+        diagnostics=diagnose(features, settings, details, pred) if diagnose else {},
     )
 
 

@@ -189,8 +189,23 @@ def summary_markdown(session: Session) -> str:
     vfm = ex.settings.vfm or ex.settings.vlm
     label_note = (f"{known} labelled" if known else "no labels (accuracy needs folder names or a "
                   "labels CSV)")
+    notes = [ths_note(session.results["gpua"])] if "gpua" in session.results else []
     return (f"{len(ex.items)} images ({label_note}), {len(ex.class_names)} classes, "
-            f"VLM `{ex.settings.vlm}`, VFM `{vfm}`.\n\n" + "\n".join(rows))
+            f"VLM `{ex.settings.vlm}`, VFM `{vfm}`.\n\n" + "\n".join(rows)
+            + "".join(f"\n\n{n}" for n in notes if n))
+
+
+def ths_note(result) -> str:
+    """One sentence on what GPUA's THS refinement changed against the Procrustes map alone."""
+    d = result.diagnostics
+    if "changed_by_ths" not in d:
+        return ""
+    text = (f"GPUA's THS refinement changed {d['changed_by_ths']} of {len(result.pred)} "
+            "predictions of the Procrustes map W0")
+    if d["procrustes_accuracy"] is not None and result.accuracy is not None:
+        text += (f" (accuracy {d['procrustes_accuracy']:.1%} with W0 alone, "
+                 f"{result.accuracy:.1%} after)")
+    return text + "; set 'THS refinement steps' to 0 (Advanced) to use W0."
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -86,6 +86,10 @@ def test_run_fills_every_view(ran):
     for fig in (ran.accuracy_plot, ran.per_class_plot, ran.confusion_plot, ran.convergence_plot):
         assert isinstance(fig, go.Figure)
     assert "OTFusion" in ran.summary and "%" in ran.summary
+    gpua = s.results["gpua"]
+    w0 = gpua.diagnostics["procrustes_accuracy"]
+    assert (f"THS refinement changed {gpua.diagnostics['changed_by_ths']} of {n} predictions"
+            in ran.summary and f"{w0:.1%} with W0 alone, {gpua.accuracy:.1%} after" in ran.summary)
     csv_path = next(p for p in ran.downloads if p.endswith(".csv"))
     rows = list(csv.DictReader(open(csv_path, encoding="utf-8")))
     assert len(rows) == n and {"clip_pred", "otfusion_pred", "gpua_pred"} <= set(rows[0])

@@ -142,6 +142,9 @@ def test_python_api_gpua_star_and_labels(models, data_root, cache_dir):
     assert report.n_gpua_pool == 10  # one unlabeled image per class
     assert any("labels only pick this balanced pool" in n for n in report.notes)
     assert all(r.paper is None for r in report.rows)  # tiny models: no paper ran them
+    # What THS changed is reported against the Procrustes map alone (a note, not a row).
+    assert sum("GPUA* (1-shot) with the Procrustes map W0 alone (no THS)" in n
+               for n in report.notes) == 1
     # A second run reads every feature from the cache.
     again = evaluate_dataset("eurosat", data_root, _config(models, methods=("clip",)),
                              cache=cache)
@@ -216,6 +219,7 @@ def test_folder_per_class_dataset(models, cache_dir, tmp_path):
                               cache=FeatureCache(cache_dir))
     assert report.n_gpua_pool == 0 and report.row("gpua").protocol == "transductive"
     assert any("transductive" in n for n in report.notes)
+    assert any("GPUA with the Procrustes map W0 alone" in n for n in report.notes)
     assert open_benchmark(str(single), None).splits["train"] == ()
 
 

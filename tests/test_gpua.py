@@ -2,6 +2,7 @@
 UCM marginals, dtypes, save/load, validation, and synthetic ground truth for classification
 (transductive and inductive) and patch segmentation."""
 
+import dataclasses
 import math
 import warnings
 
@@ -323,8 +324,28 @@ def test_save_load_round_trip(tmp_path):
     assert back.orthogonality_error == align.orthogonality_error
     assert back.config == align.config and back.ucm_n_iter == align.ucm_n_iter
     assert torch.equal(back.predict_proba(z, y), align.predict_proba(z, y))
+    assert torch.equal(back.W0, align.W0)
     align.save(tmp_path / "small.safetensors", include_probs=False)
     assert Alignment.load(tmp_path / "small.safetensors").probs is None
+    # files from before W0 was recorded still load; only procrustes_only needs it
+    old = dataclasses.replace(align, W0=None)
+    old.save(tmp_path / "old.safetensors")
+    back = Alignment.load(tmp_path / "old.safetensors")
+    assert back.W0 is None and torch.equal(back.W, align.W)
+    with pytest.raises(ValueError, match="no W0"):
+        back.procrustes_only()
+
+
+def test_procrustes_only_is_the_map_before_ths():
+    z, x, y, _ = _toy()
+    refined = fit_gpua(z, x, y, ths_steps=30, ths_lr=2e-3)
+    plain = fit_gpua(z, x, y, ths_steps=0)
+    torch.testing.assert_close(refined.W0, plain.W, atol=1e-6, rtol=0)
+    assert not torch.allclose(refined.W, refined.W0, atol=1e-3)  # THS did move the map
+    before = refined.procrustes_only()
+    assert torch.equal(before.W, refined.W0) and before.loss_history == refined.loss_history[:1]
+    assert torch.equal(before.predict(z, y), plain.predict(z, y))
+    assert before.orthogonality_error == orthogonality_error(refined.W0)
 
 
 def test_load_missing_or_corrupt_file_is_a_clear_error(tmp_path):

@@ -160,7 +160,9 @@ def test_cli_run_writes_predictions(image_zip, keys, tmp_path, capsys):
             "--vfm",
             keys["dinov2"],
             "--methods",
-            "clip,otfusion",
+            "clip,otfusion,gpua",
+            "--ths-steps",
+            "5",
             "--out",
             str(out),
             "--cache-dir",
@@ -174,11 +176,13 @@ def test_cli_run_writes_predictions(image_zip, keys, tmp_path, capsys):
     assert len(rows) == 12 and {"clip_pred", "otfusion_pred"} <= set(rows[0])
     doc = json.loads((out / "predictions.json").read_text())
     assert (
-        set(doc["methods"]) == {"clip", "otfusion"}
+        set(doc["methods"]) == {"clip", "otfusion", "gpua"}
         and doc["skipped"][0]["file"] == "set/red/broken.png"
     )
-    assert "accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "THS changed" in printed and "W0 alone" in printed
     assert doc["solver_settings"]["otfusion_lam"] == 0.5  # the export says what produced it
+    assert {"procrustes_accuracy", "changed_by_ths"} <= set(doc["methods"]["gpua"])
     for row, img in zip(rows, doc["images"]):  # CSV and JSON describe the same predictions
         assert row["otfusion_pred"] == img["otfusion_pred"] == img["otfusion_topk"][0][0]
         assert float(row["otfusion_confidence"]) == img["otfusion_topk"][0][1]
