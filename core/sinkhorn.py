@@ -21,7 +21,6 @@ Modes: ``tol=0`` runs exactly ``max_iter`` iterations (OTFusion uses 3, as SwAV 
 The error of iterate t-1 comes for free during iteration t, so the solver stops at the first
 iteration t whose predecessor met ``tol``; ``n_iter`` counts the (column, row) scaling pairs run,
 that last one included; it does not depend on the device.
-have stopped or absorbed, so ``n_iter`` and the plan do not depend on the device.
 
 Each iteration scales columns first and rows last, so on return every row sum equals ``a``
 exactly (up to rounding): the plan is a * (K diag(v) normalised per row). ``marginal_error``
