@@ -205,7 +205,11 @@ def ths_note(result) -> str:
     if d["procrustes_accuracy"] is not None and result.accuracy is not None:
         text += (f" (accuracy {d['procrustes_accuracy']:.1%} with W0 alone, "
                  f"{result.accuracy:.1%} after)")
-    return text + "; set 'THS refinement steps' to 0 (Advanced) to use W0."
+    text += "; set 'THS refinement steps' to 0 (Advanced) to use W0."
+    align = result.details
+    if getattr(align, "orthogonality_error", None) is not None:
+        text += f" The refined W is {align.orthogonality_error:.1e} from orthogonal (‖WᵀW − I‖)."
+    return text
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -265,6 +269,9 @@ def convergence_view(session: Session):
             f"λ = {s.otfusion_lam:g}, ε = {s.otfusion_eps:g}.")
     if not any(h.accuracy is not None for h in history):
         note += " Accuracy per iteration is drawn when every image has a label."
+    if res.details.sinkhorn_fallbacks:
+        note += (f" {res.details.sinkhorn_fallbacks} Sinkhorn solve(s) finished in the log domain "
+                 "(the scalings left the float range at this ε; same answer, slower).")
     return plots.convergence_figure(history, title="OTFusion convergence (paper Fig. 3)"), note
 
 

@@ -1,6 +1,7 @@
 """The app's handlers called directly, on small generated images, with the tiny test models."""
 
 import csv
+import dataclasses
 import io
 import time
 import zipfile
@@ -90,6 +91,7 @@ def test_run_fills_every_view(ran):
     w0 = gpua.diagnostics["procrustes_accuracy"]
     assert (f"THS refinement changed {gpua.diagnostics['changed_by_ths']} of {n} predictions"
             in ran.summary and f"{w0:.1%} with W0 alone, {gpua.accuracy:.1%} after" in ran.summary)
+    assert f"{gpua.details.orthogonality_error:.1e} from orthogonal" in ran.summary
     csv_path = next(p for p in ran.downloads if p.endswith(".csv"))
     rows = list(csv.DictReader(open(csv_path, encoding="utf-8")))
     assert len(rows) == n and {"clip_pred", "otfusion_pred", "gpua_pred"} <= set(rows[0])
@@ -259,3 +261,12 @@ def test_example_assets_are_small_reproducible_and_described():
     with zipfile.ZipFile(paths["shapes"]) as zf:
         folders = {n.split("/")[1] for n in zf.namelist()}
     assert folders <= set(ATTRIBUTES)
+
+
+def test_convergence_note_reports_log_domain_fallbacks(ran):
+    s = ran.session
+    res = s.results["otfusion"]
+    assert "log domain" not in views.convergence_view(s)[1]  # none at the paper's eps
+    fell = dataclasses.replace(res, details=dataclasses.replace(res.details, sinkhorn_fallbacks=2))
+    other = dataclasses.replace(s, results={**s.results, "otfusion": fell})
+    assert "2 Sinkhorn solve(s) finished in the log domain" in views.convergence_view(other)[1]
