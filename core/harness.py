@@ -28,7 +28,14 @@ from core.benchmarks_data import (
     open_benchmark,
 )
 from core.data import ImageSet, SkippedFile, load_attributes
-from core.methods import METHOD_TITLES, METHODS, FeatureSet, SolverSettings, gpua_inputs
+from core.methods import (
+    METHOD_TITLES,
+    METHODS,
+    FeatureSet,
+    SolverSettings,
+    fit_gpua_with,
+    gpua_inputs,
+)
 from core.reference import reported, reported_all
 
 SWEEP_LAMS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0)
@@ -183,13 +190,7 @@ def _attributes(data: BenchmarkData, config: EvalConfig, notes: list[str]):
 
 
 def _fit_gpua(pool: FeatureSet, test: FeatureSet, settings: SolverSettings):
-    from core.gpua import fit_gpua
-
-    align = fit_gpua(
-        gpua_inputs(pool, settings), pool.vlm_image, test.text, lam=settings.gpua_lam,
-        eps=settings.gpua_eps, targets=settings.gpua_targets, ths_steps=settings.gpua_ths_steps,
-        ths_k=settings.gpua_ths_k, reorthogonalize=settings.gpua_reorthogonalize,
-        generator=torch.Generator().manual_seed(settings.seed))
+    align = fit_gpua_with(pool, settings, text=test.text)
     z_test = gpua_inputs(test, settings)
     probs = align.predict_proba(z_test, test.text, temperature=settings.temperature)  # (n, K)
     before = None  # the Procrustes map alone, to report what THS changed

@@ -162,14 +162,18 @@ def _run_otfusion(features: FeatureSet, settings: SolverSettings):
     return res.probs, res
 
 
-def _run_gpua(features: FeatureSet, settings: SolverSettings):
+def fit_gpua_with(pool: FeatureSet, settings: SolverSettings, text: Tensor | None = None):
+    """``core.gpua.fit_gpua`` on a pool's features with the GPUA knobs of ``settings``.
+
+    ``text`` (K, d_t) defaults to the pool's prototypes (the eval harness passes the test split's).
+    Returns the fitted ``Alignment``.
+    """
     from core.gpua import fit_gpua
 
-    z = gpua_inputs(features, settings)
-    align = fit_gpua(
-        vfm_features=z,
-        vlm_features=features.vlm_image,
-        text_features=features.text,
+    return fit_gpua(
+        vfm_features=gpua_inputs(pool, settings),
+        vlm_features=pool.vlm_image,
+        text_features=pool.text if text is None else text,
         lam=settings.gpua_lam,
         eps=settings.gpua_eps,
         targets=settings.gpua_targets,
@@ -178,6 +182,11 @@ def _run_gpua(features: FeatureSet, settings: SolverSettings):
         reorthogonalize=settings.gpua_reorthogonalize,
         generator=torch.Generator().manual_seed(settings.seed),
     )
+
+
+def _run_gpua(features: FeatureSet, settings: SolverSettings):
+    align = fit_gpua_with(features, settings)
+    z = gpua_inputs(features, settings)
     probs = align.predict_proba(z, features.text, temperature=settings.temperature)
     return probs, align
 
