@@ -340,7 +340,9 @@ def fit_gpua(
     sinkhorn_tol : float >= 0, default 1e-3
         L1 column-marginal tolerance of each UCM Sinkhorn (0 = run ``sinkhorn_max_iter``).
     generator : torch.Generator, optional
-        Draws THS minibatches (only used when n > ths_batch_size); the rest is deterministic.
+        Draws THS minibatches (only used when n > ths_batch_size). Default: a CPU generator
+        seeded with 0, so that a fit is reproducible and independent of the global RNG; the
+        rest is deterministic.
 
     Returns
     -------
@@ -404,6 +406,8 @@ def fit_gpua(
     labels = probs.argmax(dim=1)
     target = probs @ y if targets == "soft" else y[labels]  # (n, d_t)
     w0 = procrustes(z, target)  # (d_v, d_t), Eq. 14
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
     ths = refine_ths(
         z, y, labels, w0, n_steps=ths_steps, k=ths_k, margin_scale=ths_margin_scale, lr=ths_lr,
         weight_decay=ths_weight_decay, hubness_penalty=hubness_penalty,

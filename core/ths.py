@@ -203,8 +203,9 @@ class THSResult:
     ----------
     W : Tensor, shape (d_v, d_t)
     loss_history : tuple of float, length n_steps + 1
-        Loss at the initial W, then after each step (on that step's batch; the last entry after
-        the final projection).
+        Loss at the initial W, then after each step (on the next step's batch), then after the
+        final projection. The first and last entries are on the whole pool, so that they compare
+        (minibatch losses differ by the batch drawn).
     orthogonality_error : float
         ``||W^T W - I||_F`` (or ``W W^T`` for wide W) of the returned W.
     """
@@ -273,13 +274,17 @@ def refine_ths(
         idx = torch.randperm(n, generator=generator)[:batch_size].to(z.device)
         return z[idx], labels[idx]
 
+    def pool_loss(w_now: Tensor) -> float:
+        with torch.no_grad():
+            return float(ths_loss(z @ w_now, text, labels, **kw)[0])
+
     history = []
     for step in range(n_steps):
         for group in opt.param_groups:  # cosine decay from lr to 0 over n_steps
             group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
         zb, lb = batch()
         loss, _ = ths_loss(zb @ w, text, lb, **kw)
-        history.append(float(loss.detach()))
+        history.append(float(loss.detach()) if full or step else pool_loss(w.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -289,7 +294,5 @@ def refine_ths(
     w = w.detach()
     if reorthogonalize:
         w = nearest_orthogonal(w)
-    with torch.no_grad():
-        zb, lb = batch()
-        history.append(float(ths_loss(zb @ w, text, lb, **kw)[0]))
+    history.append(pool_loss(w))
     return THSResult(W=w, loss_history=tuple(history), orthogonality_error=orthogonality_error(w))
