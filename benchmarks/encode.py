@@ -10,11 +10,12 @@ the median ratio of adjacent pairs.
 - end to end: ``encoder.encode_images`` on a lazy sequence whose items decode JPEG bytes with
   Pillow when read, so decoding and preprocessing run on the encoder's worker threads while the
   model computes the previous batch;
-- cached rerun: `core.cache.cached_encode` over 1,000 images already in a fresh on-disk cache
+- cached rerun: `core.pipeline.cache.cached_encode` over 1,000 images already in a fresh on-disk
+cache
   (a new `FeatureCache` object, as a new process would have), asserting zero forward passes.
 
 Weights are random (timing does not depend on them): a real-size architecture through
-`core.testing.random_init_copy` and a tiny test model. Nothing is downloaded.
+`core.models.tiny.random_init_copy` and a tiny test model. Nothing is downloaded.
 
     python benchmarks/encode.py                                   # ViT-B/16 + tiny, defaults
     python benchmarks/encode.py --model clip-vit-b32 --n-images 128 --batch-size 32
@@ -36,9 +37,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.cache import FeatureCache, cached_encode, model_key  # noqa: E402
-from core.encoders import get_spec, load_encoder  # noqa: E402
-from core.testing import random_init_copy, tiny_test_models  # noqa: E402
+from core.models import get_spec, load_encoder  # noqa: E402
+from core.models.tiny import random_init_copy, tiny_test_models  # noqa: E402
+from core.pipeline.cache import FeatureCache, cached_encode, model_key  # noqa: E402
 
 
 class LazyJpegs:

@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import core.lazsl  # noqa: E402
-from core.otfusion import LOG2E, _sinkhorn_into  # noqa: E402
-from core.sinkhorn import sinkhorn  # noqa: E402
-from core.synthetic import make_synthetic  # noqa: E402
-from core.zeroshot import zeroshot_probs  # noqa: E402
+import core.methods.lazsl  # noqa: E402
+from core.methods.otfusion import LOG2E, _sinkhorn_into  # noqa: E402
+from core.methods.zeroshot import zeroshot_probs  # noqa: E402
+from core.solvers.sinkhorn import sinkhorn  # noqa: E402
+from core.synthetic.features import make_synthetic  # noqa: E402
 
 
 def paired_medians(old, new, repeats: int) -> tuple[float, float]:
@@ -108,17 +108,17 @@ def lazsl_inputs(n=100, m=90, k=100, a=8, d=512):
     mask = torch.rand(k, a, generator=g) < 0.8
     mask[:, 0] = True
     calls = []
-    real = core.lazsl.sinkhorn
+    real = core.methods.lazsl.sinkhorn
 
     def record(cost, **kwargs):
         calls.append((cost, kwargs))
         return real(cost, **kwargs)
 
-    core.lazsl.sinkhorn = record
+    core.methods.lazsl.sinkhorn = record
     try:
-        core.lazsl.lazsl_scores(glob, crops, attrs, mask)
+        core.methods.lazsl.lazsl_scores(glob, crops, attrs, mask)
     finally:
-        core.lazsl.sinkhorn = real
+        core.methods.lazsl.sinkhorn = real
     assert len(calls) == 1, "expected one batched Sinkhorn call (one block)"
     return (glob, crops, attrs, mask), calls[0]
 
@@ -126,14 +126,14 @@ def lazsl_inputs(n=100, m=90, k=100, a=8, d=512):
 def lazsl_case(repeats: int) -> list[dict]:
     features, (cost, kwargs) = lazsl_inputs()
     rows = [compare("lazsl (one batched call)", cost, kwargs, repeats)]
-    real = core.lazsl.sinkhorn
+    real = core.methods.lazsl.sinkhorn
 
     def scores(method: str):
-        core.lazsl.sinkhorn = lambda c, **kw: real(c, method=method, **kw)
+        core.methods.lazsl.sinkhorn = lambda c, **kw: real(c, method=method, **kw)
         try:
-            return core.lazsl.lazsl_scores(*features)
+            return core.methods.lazsl.lazsl_scores(*features)
         finally:
-            core.lazsl.sinkhorn = real
+            core.methods.lazsl.sinkhorn = real
 
     t_old, t_new = paired_medians(lambda: scores("log"), lambda: scores("auto"), repeats)
     old, new = scores("log"), scores("auto")

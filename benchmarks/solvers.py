@@ -33,11 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.gpua import fit_gpua  # noqa: E402
-from core.lazsl import lazsl_scores  # noqa: E402
-from core.otfusion import otfusion  # noqa: E402
-from core.synthetic import make_synthetic  # noqa: E402
-from core.zeroshot import zeroshot_probs  # noqa: E402
+from core.methods.gpua.fit import fit_gpua  # noqa: E402
+from core.methods.lazsl import lazsl_scores  # noqa: E402
+from core.methods.otfusion import otfusion  # noqa: E402
+from core.methods.zeroshot import zeroshot_probs  # noqa: E402
+from core.synthetic.features import make_synthetic  # noqa: E402
 
 SIZES = {"1k": (1_000, 100, 768), "10k": (10_000, 1_000, 768), "50k": (50_000, 1_000, 1_024)}
 D_TEXT = 512  # CLIP ViT-B joint space

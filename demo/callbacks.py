@@ -21,11 +21,9 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
-from core.cache import FeatureCache
 from core.data import ImageItem, get_preset, load_classes_file
-from core.export import write_predictions
 from core.methods import METHOD_TITLES, FeatureSet, SolverSettings, run_method, run_methods
-from core.pipeline import Extraction, ExtractSettings, extract
+from core.pipeline import Extraction, ExtractSettings, FeatureCache, extract, write_predictions
 from core.synthetic import make_synthetic
 from demo import explore_views, views
 from demo.session import (

@@ -14,7 +14,7 @@ import gradio as gr
 
 from core.methods import METHOD_TITLES, FeatureSet, SolverSettings, gpua_inputs, run_methods
 from core.metrics import modality_gap
-from core.segmentation import segment
+from core.pipeline import segment
 from core.synthetic import make_synthetic
 from demo import explore_views, plots, views
 from demo.callbacks import cache_from_env, pipeline_progress

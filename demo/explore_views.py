@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 from core.data import decode_image
-from core.lazsl import explain, lazsl_scores
-from core.methods import gpua_inputs, run_method
+from core.methods import explain, gpua_inputs, lazsl_scores, run_method
 from core.metrics import mean_assigned_cosine, modality_gap
 from demo import plots
 from demo.overlays import (

@@ -240,7 +240,7 @@ def crop_view(image: Image.Image, boxes, *, highlight: list[int] | None = None,
     ----------
     boxes : array or Tensor, shape (M, 4)
         Pixel ``(left, top, right, bottom)``, right/bottom exclusive (PIL's crop convention, as
-        ``core.lazsl.crop_boxes`` returns); clipped to the image.
+        ``core.methods.lazsl.crop_boxes`` returns); clipped to the image.
     highlight : list of int, optional
         Crops to emphasise; ``highlight[i]`` gets colour ``class_colors(...)[i]``.
     labels : list of str, optional, one short text per highlighted crop (cut at 28 chars)

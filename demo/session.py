@@ -2,7 +2,7 @@
 
 A :class:`Session` lives in one ``gr.State`` per browser tab (never in module globals): the
 extraction (features), the solver settings, every method's result and a private work folder for
-thumbnails and downloads. Models are shared read-only through ``core.encoders``' loader cache.
+thumbnails and downloads. Models are shared read-only through ``core.models.load``' loader cache.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ import gradio as gr
 
 from core.data import ImageSet, NoImagesError, decode_image, load_attributes, load_image_set
 from core.data import parse_classes as _parse_classes
-from core.encoders import WeightsUnavailableError, get_spec, list_models
-from core.hub import ensure_weights
 from core.methods import METHOD_TITLES, MethodResult, SolverSettings
+from core.models import WeightsUnavailableError, ensure_weights, get_spec, list_models
 from core.pipeline import Extraction
 from demo.examples import example_paths
 

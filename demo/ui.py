@@ -8,7 +8,7 @@ in a dict keyed by the field names of the handlers' output tuples, so each event
 Environment switches (all off by default):
 
 - ``FUSIONLAB_TEST_MODELS=1``: register the tiny random-initialised test models
-  (``core.testing``) and list them first in the model pickers (tests, offline demos of the
+  (``core.models.tiny``) and list them first in the model pickers (tests, offline demos of the
   wiring; their predictions are meaningless). ``build_app(extra_models=[key, ...])`` does the same
   for chosen keys.
 - ``FUSIONLAB_DEV_API=1``: add the undocumented ``/load_synthetic`` endpoint that fills the
@@ -27,7 +27,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.data import PRESETS
-from core.encoders import get_spec
+from core.models import get_spec
 from demo import callbacks as cb
 from demo import explore_callbacks as ex
 from demo import explore_views, views
@@ -57,7 +57,7 @@ def _env_flag(name: str) -> bool:
 
 
 def _test_models() -> list[str]:
-    from core.testing import tiny_test_models
+    from core.models import tiny_test_models
 
     keys = tiny_test_models()
     return [keys["clip_vit"], keys["dinov2"], keys["dinov3"], keys["clip_rn"]]

@@ -8,8 +8,8 @@ import zipfile
 import pytest
 from PIL import Image
 
-from core.encoders import load_encoder
-from core.testing import tiny_test_models
+from core.models import load_encoder
+from core.models.tiny import tiny_test_models
 from demo import ui
 
 gradio_client = pytest.importorskip("gradio_client")

@@ -73,7 +73,7 @@ def _shot(page, name: str) -> None:
 
 
 def test_upload_run_gallery_plot_and_overlay(browser, tmp_path, monkeypatch):
-    from core.testing import tiny_test_models
+    from core.models.tiny import tiny_test_models
     from demo import ui
     from demo.examples import example_paths
 

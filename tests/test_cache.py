@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from core.cache import (
+from core.models import get_spec, load_encoder
+from core.models.tiny import tiny_test_models
+from core.pipeline.cache import (
     CachedFeatures,
     FeatureCache,
     cached_encode,
@@ -21,8 +23,6 @@ from core.cache import (
     kind_key,
     model_key,
 )
-from core.encoders import get_spec, load_encoder
-from core.testing import tiny_test_models
 
 TINY = tiny_test_models()
 ATOL = 1e-5
@@ -30,7 +30,7 @@ ATOL = 1e-5
 
 @dataclass(frozen=True)
 class Item:
-    """Stand-in for a core.data image item: content hash, name and the decoded image."""
+    """Stand-in for a core.data.images image item: content hash, name and the decoded image."""
 
     sha256: str
     name: str

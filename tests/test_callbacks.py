@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from core.encoders import load_encoder
-from core.testing import tiny_test_models
+from core.models import load_encoder
+from core.models.tiny import tiny_test_models
 from demo import callbacks as cb
 from demo import explore_callbacks as ex
 from demo import explore_views, views

@@ -1,4 +1,5 @@
-"""Tests for core.data and core.presets: loading, validation, decoding, zips, classes, presets.
+"""Tests for core.data.images and core.data.classes: loading, validation, decoding, zips, classes,
+presets.
 
 Every image is generated in tmp_path at test time; no binary fixtures.
 """
@@ -20,7 +21,6 @@ import pytest
 from PIL import Image
 
 from core.data import (
-    ALLOWED_FORMATS,
     BadImageError,
     ImageItem,
     ImageSet,
@@ -29,7 +29,7 @@ from core.data import (
     decode_many,
     load_image_set,
 )
-from core.presets import (
+from core.data.classes import (
     PRESET_DIR,
     PRESETS,
     get_preset,
@@ -37,6 +37,7 @@ from core.presets import (
     load_classes_file,
     parse_classes,
 )
+from core.data.decode import ALLOWED_FORMATS
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 LOSSY_TOL = 12  # JPEG / WEBP colour error on flat colours
@@ -598,7 +599,7 @@ def test_duplicates_by_content_are_kept(tmp_path):
 
 
 def test_wide_integer_data_is_stretched_not_clipped():
-    from core.image_decode import _wide_to_rgb
+    from core.data.decode import _wide_to_rgb
 
     im = _wide_to_rgb(Image.fromarray(np.array([[-5, 0, 5]], dtype=np.int32)))
     assert np.asarray(im)[0, :, 0].tolist() == [0, 128, 255]

@@ -19,12 +19,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from core import encoders
-from core.backbones import Encoder
 from core.checks import l2_normalize
-from core.encoders import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from core.models import (
     MODELS,
     ModelSpec,
     WeightsUnavailableError,
@@ -37,7 +33,10 @@ from core.encoders import (
     vfm_choices,
     vlm_choices,
 )
-from core.testing import tiny_test_models
+from core.models import load as encoders
+from core.models.encoders import Encoder
+from core.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from core.models.tiny import tiny_test_models
 
 ATOL = 1e-5  # float32 features of the same inputs in different batch compositions
 FAIL_FAST_S = 5.0

@@ -1,5 +1,5 @@
-"""Tests for the evaluation harness (core.evaluate, core.harness, core.eval_report, core.coop,
-core.benchmarks_data, core.reference).
+"""Tests for the evaluation harness (core.eval.harness, core.eval.report, core.data.coop,
+core.data.benchmarks, core.eval.paper_numbers).
 
 Every dataset is generated under tmp_path at test time (tiny PNGs in the CoOp layout with a
 split_zhou JSON, or folder-per-class); the encoders are the tiny random-initialised test models,
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.__main__ import main as cli_main
-from core.benchmarks_data import (
+from core.cli import main as cli_main
+from core.data import get_preset
+from core.data.benchmarks import (
     LAYOUTS,
     DatasetError,
     SplitEntry,
@@ -26,15 +27,14 @@ from core.benchmarks_data import (
     iter_chunks,
     open_benchmark,
 )
-from core.cache import FeatureCache
-from core.data import get_preset
-from core.encoders import get_spec
-from core.eval_report import markdown_report, summary_markdown, sweep_markdown, write_report
-from core.evaluate import DatasetReport, EvalConfig, MethodRow, evaluate_dataset, extract_split
-from core.methods import SolverSettings
-from core.pipeline import ExtractSettings
-from core.reference import DATASETS, TABLES, reported
-from core.testing import tiny_test_models
+from core.eval.harness import DatasetReport, EvalConfig, MethodRow, evaluate_dataset, extract_split
+from core.eval.paper_numbers import DATASETS, TABLES, reported
+from core.eval.report import markdown_report, summary_markdown, sweep_markdown, write_report
+from core.methods.run import SolverSettings
+from core.models import get_spec
+from core.models.tiny import tiny_test_models
+from core.pipeline.cache import FeatureCache
+from core.pipeline.extraction import ExtractSettings
 
 FAST = SolverSettings(gpua_ths_steps=5)  # THS steps are the slow part of GPUA; 5 exercise it
 AVG_TOL = 0.05  # the papers print averages rounded to 0.01 or 0.1

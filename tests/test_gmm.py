@@ -1,4 +1,5 @@
-"""Tests for core.gmm: scipy, naive-loop and sklearn references, invariants, known answers."""
+"""Tests for core.solvers.gmm: scipy, naive-loop and sklearn references, invariants, known
+answers."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
-from core.gmm import (
+from core.solvers.gmm import (
     GMMResult,
     SharedDiagGMM,
     e_step,

@@ -13,21 +13,15 @@ from safetensors.torch import save_file
 from scipy.linalg import orthogonal_procrustes
 
 from core.checks import l2_normalize
-from core.gpua import Alignment, concat_features, fit_gpua
-from core.gpua_seg import segment, segment_dense_clip, select_patch_pool
+from core.methods.gpua.fit import Alignment, concat_features, fit_gpua
+from core.methods.gpua.segment import segment, segment_dense_clip, select_patch_pool
+from core.methods.gpua.ths import competing_neighbours, hubness_weights, ths_loss
+from core.methods.gpua.ucm import mine_correspondences
+from core.methods.zeroshot import zeroshot_probs
 from core.metrics import accuracy, mean_iou
-from core.synthetic import make_synthetic
-from core.synthetic_patches import make_patch_synthetic
-from core.ths import (
-    competing_neighbours,
-    hubness_weights,
-    nearest_orthogonal,
-    orthogonality_error,
-    procrustes,
-    ths_loss,
-)
-from core.ucm import mine_correspondences
-from core.zeroshot import zeroshot_probs
+from core.solvers.procrustes import nearest_orthogonal, orthogonality_error, procrustes
+from core.synthetic.features import make_synthetic
+from core.synthetic.patches import make_patch_synthetic
 
 ATOL_F64 = 1e-10  # float64 SVD-based identities
 ATOL_ORTHO_F32 = 1e-4  # ||W^T W - I||_F of a float32 W of a few hundred entries per side
@@ -172,19 +166,19 @@ def test_ths_decreases_its_loss_and_keeps_orthogonality_when_reprojecting():
 
 
 def test_reprojecting_every_few_steps_projects_that_often_and_fits_the_same_map(monkeypatch):
-    import core.ths as ths
+    import core.methods.gpua.ths as ths
 
     ds = make_synthetic(400, 10, seed=0, difficulty="hard")
     z, x, y = ds.vfm_image, ds.vlm_image, ds.vlm_text
     calls, drifts = [], []
-    real = ths._reproject
+    real = ths.newton_schulz_step
 
     def counting(w):
         calls.append(1)
         drifts.append(orthogonality_error(w))  # how far W strayed since the last projection
         return real(w)
 
-    monkeypatch.setattr(ths, "_reproject", counting)
+    monkeypatch.setattr(ths, "newton_schulz_step", counting)
     every = {r: fit_gpua(z, x, y, ths_steps=60, ths_lr=2e-3, ths_reproject_every=r,
                          generator=torch.Generator().manual_seed(0)) for r in (1, 3)}
     assert len(calls) == 60 + 60 // 3

@@ -1,4 +1,5 @@
-"""Tests for core.lazsl: POT reference, batched == looped, invariants, edges, synthetic, crops."""
+"""Tests for core.methods.lazsl: POT reference, batched == looped, invariants, edges, synthetic,
+crops."""
 
 import hashlib
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from core.checks import l2_normalize
-from core.lazsl import LazslResult, crop_boxes, explain, lazsl_scores, seed_from_hash
+from core.methods.lazsl import LazslResult, crop_boxes, explain, lazsl_scores, seed_from_hash
 
 ATOL_PLAN = 1e-9  # float64 plans of size ~1/(M*A)
 ATOL_SCORE = 1e-9

@@ -1,11 +1,11 @@
-"""core.methods on synthetic FeatureSets: GPUA's diagnostics of what THS changed."""
+"""core.methods.run on synthetic FeatureSets: GPUA's diagnostics of what THS changed."""
 
 from dataclasses import replace
 
 import torch
 
-from core.methods import FeatureSet, SolverSettings, run_method
-from core.synthetic import make_synthetic
+from core.methods.run import FeatureSet, SolverSettings, run_method
+from core.synthetic.features import make_synthetic
 
 
 def _features(n=300, k=10, seed=0) -> FeatureSet:

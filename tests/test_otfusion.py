@@ -1,5 +1,7 @@
-"""Tests for core.otfusion: a naive reference (loops, scipy, POT), the fused Sinkhorn against
-core.sinkhorn, invariants, float32 vs float64, variants, synthetic ground truth, validation."""
+"""Tests for core.methods.otfusion: a naive reference (loops, scipy, POT), the fused Sinkhorn
+against
+core.solvers.sinkhorn, invariants, float32 vs float64, variants, synthetic ground truth,
+validation."""
 
 import math
 
@@ -10,13 +12,14 @@ import torch
 from scipy.special import softmax
 from scipy.stats import multivariate_normal
 
-from core.otfusion import LOG2E, VARIANTS, OTFusionResult, _sinkhorn_into, otfusion
-from core.sinkhorn import sinkhorn
-from core.synthetic import make_synthetic
-from core.zeroshot import zeroshot_probs
+from core.methods.otfusion import LOG2E, VARIANTS, OTFusionResult, _sinkhorn_into, otfusion
+from core.methods.zeroshot import zeroshot_probs
+from core.solvers.sinkhorn import sinkhorn
+from core.synthetic.features import make_synthetic
 
 ATOL_NAIVE = 1e-8  # float64, ours against the loop / POT reference (per-image probabilities)
-ATOL_FUSED64 = 1e-12  # OTFusion's Sinkhorn call against core.sinkhorn's log loop, float64, N*plan
+# OTFusion's Sinkhorn call against core.solvers.sinkhorn's log loop, float64, N*plan
+ATOL_FUSED64 = 1e-12
 ATOL_FUSED32 = 1e-4  # same in float32 (measured 5e-6 at 3 iterations, 9e-5 at 50)
 ATOL_ROWS32 = 1e-5  # rows of N*Q sum to 1 (float32)
 COL_TOL = 1e-2  # L1 column error of probs / N after 3 Sinkhorn iterations (measured <= 8e-3)
@@ -136,7 +139,7 @@ def _scores(n, k, *, seed, dtype):
 @pytest.mark.parametrize("iters", [3, 50])
 def test_otfusion_sinkhorn_call_equals_the_log_domain_reference(dtype, eps, iters):
     # OTFusion hands the shared scaling-form solver S log2(e)/eps and its own (N, K) buffer; the
-    # plan lands in that buffer and matches core.sinkhorn's logsumexp loop on cost = -S.
+    # plan lands in that buffer and matches core.solvers.sinkhorn's logsumexp loop on cost = -S.
     s = _scores(200, 13, seed=0, dtype=dtype)
     m2 = s * (LOG2E / eps)
     m2_before = m2.clone()
@@ -148,7 +151,7 @@ def test_otfusion_sinkhorn_call_equals_the_log_domain_reference(dtype, eps, iter
     atol = ATOL_FUSED64 if dtype == torch.float64 else ATOL_FUSED32
     torch.testing.assert_close(200 * out, 200 * ref.plan, atol=atol, rtol=0)
     torch.testing.assert_close(200 * out.sum(1), torch.ones(200, dtype=dtype), atol=atol, rtol=0)
-    # The returned potentials are core.sinkhorn's: Q = exp(S/eps + log_u + log_v).
+    # The returned potentials are core.solvers.sinkhorn's: Q = exp(S/eps + log_u + log_v).
     torch.testing.assert_close(torch.exp(s / eps + log_u[:, None] + log_v[None, :]), out,
                                atol=atol / 200, rtol=1e-3)
 
@@ -156,7 +159,7 @@ def test_otfusion_sinkhorn_call_equals_the_log_domain_reference(dtype, eps, iter
 def test_otfusion_sinkhorn_stays_finite_when_scalings_leave_the_float_range():
     # Many iterations at a tiny eps drive the scalings u, v past float32 (unreachable in 3): the
     # shared solver absorbs them into the kernel (or finishes in the log domain) and tracks the
-    # float64 log-domain reference -- closer than core.sinkhorn's own float32 log loop does.
+    # float64 log-domain reference -- closer than core.solvers.sinkhorn's own float32 log loop does.
     s = torch.rand(5, 4, generator=torch.Generator().manual_seed(0))
     eps = 1e-4
     out = torch.empty_like(s)

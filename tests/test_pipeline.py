@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from core.__main__ import main as cli_main
-from core.cache import FeatureCache
+from core.cli import main as cli_main
 from core.data import load_image_set
-from core.encoders import load_encoder
-from core.methods import SolverSettings, run_methods, sensitivity_sweep
-from core.pipeline import ExtractSettings, extract, resolve_labels
-from core.segmentation import segment
-from core.testing import tiny_test_models
+from core.methods.run import SolverSettings, run_methods, sensitivity_sweep
+from core.models import load_encoder
+from core.models.tiny import tiny_test_models
+from core.pipeline.cache import FeatureCache
+from core.pipeline.extraction import ExtractSettings, extract, resolve_labels
+from core.pipeline.segmentation import segment
 
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
 FAST = SolverSettings(gpua_ths_steps=5)

@@ -235,7 +235,7 @@ def test_convergence_figure_with_and_without_accuracy():
 
 
 @dataclass(frozen=True)
-class Step:  # shaped like core.otfusion.OTFusionStep
+class Step:  # shaped like core.methods.otfusion.OTFusionStep
     iteration: int
     objective: float
     accuracy: float | None

@@ -1,4 +1,5 @@
-"""Tests for core.sinkhorn: POT reference, Hungarian limit, invariants, masks, batching, extremes,
+"""Tests for core.solvers.sinkhorn: POT reference, Hungarian limit, invariants, masks, batching,
+extremes,
 and the scaling form against the log-domain loop."""
 
 import numpy as np
@@ -7,9 +8,9 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-import core.sinkhorn as sk
-import core.sinkhorn_scaling as sks
-from core.sinkhorn import sinkhorn
+import core.solvers.sinkhorn as sk
+import core.solvers.sinkhorn_scaling as sks
+from core.solvers.sinkhorn import sinkhorn
 
 ATOL_PLAN = 1e-7  # float64 plans of size ~1/(n*m)
 ATOL_MARGINAL = 1e-6
@@ -170,7 +171,8 @@ def _assert_same_solution(fast, ref, *, atol=ATOL_PATHS64, same_n_iter=True):
 
 
 def _lazsl_like(n_img, n_cls, m, a, *, seed, dtype):
-    """Cost 1 - S with CLIP-scale cosines, kept crops x valid attributes mask (as core.lazsl)."""
+    """Cost 1 - S with CLIP-scale cosines, kept crops x valid attributes mask (as
+    core.methods.lazsl)."""
     g = torch.Generator().manual_seed(seed)
     s = 0.25 + 0.05 * torch.randn(n_img, n_cls, m, a, generator=g, dtype=dtype)
     kept = torch.rand(n_img, m, generator=g) > 0.5
@@ -281,7 +283,7 @@ def test_lazy_host_checks_give_the_same_iterates(monkeypatch, limits):
     b = mask.any(-2).double()
     a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
     runs = [
-        sks._solve_scaling(cost, -sk.LOG2E / 0.05, a, b, mask=mask, max_iter=400,
+        sks.solve_scaling(cost, -sk.LOG2E / 0.05, a, b, mask=mask, max_iter=400,
                            tol=1e-9, check_every=every)
         for every in (1, 7)
     ]

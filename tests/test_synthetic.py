@@ -1,4 +1,5 @@
-"""Tests for core.synthetic; the "hard" preset bands are a contract the solver tests rely on."""
+"""Tests for core.synthetic.features; the "hard" preset bands are a contract the solver tests rely
+on."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
+from core.methods.zeroshot import zeroshot_probs
 from core.metrics import matched_accuracy, modality_gap
-from core.synthetic import HARD, PRESETS, class_sizes, make_synthetic
-from core.synthetic_patches import make_patch_synthetic
-from core.zeroshot import zeroshot_probs
+from core.synthetic.features import HARD, PRESETS, class_sizes, make_synthetic
+from core.synthetic.patches import make_patch_synthetic
 
 # Contract of difficulty="hard" (measured 0.44-0.54 and >= 0.92; see HARD_MEASURED).
 HARD_ZEROSHOT_BAND = (0.40, 0.60)

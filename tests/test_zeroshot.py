@@ -1,4 +1,4 @@
-"""Tests for core.zeroshot: CLIP probabilities, prompts, ensembling, LaZSL sentences."""
+"""Tests for core.methods.zeroshot: CLIP probabilities, prompts, ensembling, LaZSL sentences."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.zeroshot import (
+from core.methods.zeroshot import (
     DEFAULT_TEMPLATE,
     descriptor_sentence,
     descriptor_sentences,

@@ -1,0 +1,343 @@
+"""Command line: ``python -m core run | eval | download | models | bench``.
+
+python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip,otfusion
+python -m core download clip-vit-b16 dinov2-large
+python -m core models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+METHOD_LIST = "clip,otfusion,gpua,lazsl"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vlm", default="clip-vit-b16", help="vision-language model key (see `models`)")
+    p.add_argument(
+        "--vfm",
+        default="dinov2-large",
+        help="vision-only model key, a VLM key (its image tower), or 'none' (VLM features only)",
+    )
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $FUSIONLAB_CACHE_DIR)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+
+
+def _add_solver_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("solvers (paper defaults)")
+    g.add_argument("--lam", type=float, default=0.8, help="OTFusion lambda (weight of CLIP)")
+    g.add_argument("--eps", type=float, default=0.01, help="OTFusion entropic regularisation")
+    g.add_argument("--n-iter", type=int, default=10, help="OTFusion outer iterations")
+    g.add_argument(
+        "--variant",
+        default="joint",
+        choices=["joint", "semantic_only", "concat", "no_joint"],
+        help="OTFusion variant (Table 2 ablations)",
+    )
+    g.add_argument("--gpua-lam", type=float, default=0.9)
+    g.add_argument("--gpua-eps", type=float, default=0.01)
+    g.add_argument("--gpua-targets", default="soft", choices=["soft", "hard"])
+    g.add_argument("--ths-steps", type=int, default=200)
+    g.add_argument("--n-crops", type=int, default=30, help="LaZSL crops per image (paper: 90)")
+    g.add_argument("--theta", type=float, default=0.8, help="LaZSL crop/global mix")
+    g.add_argument("--attributes", default=None, help="LaZSL descriptors, DCLIP JSON file")
+
+
+def _solver_settings(args):
+    from core.methods.run import SolverSettings
+
+    return SolverSettings(
+        otfusion_lam=args.lam,
+        otfusion_eps=args.eps,
+        otfusion_iter=args.n_iter,
+        otfusion_variant=args.variant,
+        gpua_lam=args.gpua_lam,
+        gpua_eps=args.gpua_eps,
+        gpua_targets=args.gpua_targets,
+        gpua_ths_steps=args.ths_steps,
+        lazsl_theta=args.theta,
+    )
+
+
+def _cache(args):
+    from core.pipeline.cache import FeatureCache
+
+    return None if args.no_cache else FeatureCache(args.cache_dir)
+
+
+def _methods(text: str) -> list[str]:
+    from core.methods.run import METHODS
+
+    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
+    return methods
+
+
+def _progress(done: int, total: int, desc: str) -> None:
+    print(f"\r{desc}: {done}/{total}", end="", file=sys.stderr, flush=True)
+    if done >= total:
+        print(file=sys.stderr)
+
+
+def _classes(text: str):
+    from core.data import get_preset, load_classes_file, parse_classes
+
+    if text.startswith("preset:"):
+        preset = get_preset(text.split(":", 1)[1])
+        return list(preset.class_names), (preset.template,)
+    path = Path(text)
+    parsed = load_classes_file(path) if path.is_file() else parse_classes(text)
+    for warning in parsed.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return list(parsed.names), None
+
+
+def cmd_run(args) -> int:
+    from core.data import load_attributes, load_image_set
+    from core.methods.run import run_methods
+    from core.pipeline.export import write_predictions
+    from core.pipeline.extraction import ExtractSettings, extract
+
+    methods = _methods(args.methods)
+    image_set = load_image_set(args.images, labels_csv=args.labels)
+    for skip in image_set.skipped:
+        print(f"skipped {skip.name}: {skip.reason}", file=sys.stderr)
+    class_names, preset_templates = _classes(args.classes)
+    templates = tuple(args.template) if args.template else (preset_templates or None)
+    attributes = load_attributes(args.attributes) if args.attributes else None
+    settings = ExtractSettings(
+        vlm=args.vlm,
+        vfm=None if args.vfm.lower() == "none" else args.vfm,
+        n_crops=args.n_crops if "lazsl" in methods else 0,
+        attributes=attributes,
+        batch_size=args.batch_size,
+        device=args.device,
+        **({"templates": templates} if templates else {}),
+    )
+    extraction = extract(image_set, class_names, settings, cache=_cache(args), progress=_progress)
+    for warning in extraction.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    solver = _solver_settings(args)
+    results = run_methods(extraction.features, methods, solver)
+    out = Path(args.out)
+    paths = write_predictions(out, extraction, results, solver)
+    for name, res in results.items():
+        acc = "" if res.accuracy is None else f"  accuracy {100 * res.accuracy:.2f}%"
+        print(f"{name:10s} {res.seconds * 1000:8.1f} ms{acc}")
+        d = res.diagnostics
+        if "changed_by_ths" in d:  # GPUA: what THS changed against the Procrustes map alone
+            before = d["procrustes_accuracy"]
+            before = "" if before is None else f", W0 alone {100 * before:.2f}%"
+            print(f"{'':10s} THS changed {d['changed_by_ths']} predictions of W0{before}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_download(args) -> int:
+    from core.models import download_models, preload_from_hub_lines
+
+    for line in download_models(args.models):
+        print(line)
+    print("\nFor a Hugging Face Space, add to the README front matter:\npreload_from_hub:")
+    for line in preload_from_hub_lines(args.models):
+        print(f"  - {line}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from core.models import list_models
+
+    for spec in list_models():
+        gated = "  (gated: needs a Hub token)" if spec.gated else ""
+        print(f"{spec.kind}  {spec.key:28s} {spec.display_name}{gated}")
+    return 0
+
+
+def _stderr_progress(done: int, total: int, desc: str) -> None:
+    print(f"\r{desc}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr,
+          flush=True)
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}.") from None
+    if not values:
+        raise ValueError(f"{what}: expected at least one number.")
+    return values
+
+
+def _add_eval_args(parser) -> None:
+    """The eval subcommand's own options (models, cache and solver options are shared)."""
+    from core.eval.harness import SWEEP_EPSS, SWEEP_LAMS
+    from core.methods.run import METHODS
+
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--dataset", help="benchmark key (imagenet, sun397, fgvc_aircraft, eurosat, "
+                   "stanford_cars, food101, oxford_pets, flowers102, caltech101, dtd, ucf101), a "
+                   "folder under --root, or a folder-per-class dataset path")
+    g.add_argument("--all", action="store_true", help="every dataset found under --root")
+    g.add_argument("--root", help="folder holding the datasets (CoOp layout: DATASETS.md)")
+    g.add_argument("--methods", default=",".join(METHODS),
+                   help="comma list of " + ",".join(METHODS))
+    g.add_argument("--layout", default="auto", choices=["auto", "coop", "folder"],
+                   help="read a benchmark's folder as CoOp (split file) or folder-per-class")
+    g.add_argument("--split-file", help="another CoOp-format split JSON (one dataset only)")
+    g.add_argument("--gpua-shots", type=int, default=0,
+                   help="0: fit GPUA on the whole unlabeled train split; 16: GPUA*")
+    g.add_argument("--gpua-fit", default="train", choices=["train", "test"],
+                   help="fit GPUA on the train split (paper) or the test images (transductive)")
+    g.add_argument("--seed", type=int, default=0, help="GPUA* pool, --max-images subset, THS")
+    g.add_argument("--sweep", action="store_true", help="also write the lam x eps table (Fig. 2)")
+    g.add_argument("--sweep-lams", default=",".join(map(str, SWEEP_LAMS)))
+    g.add_argument("--sweep-epss", default=",".join(map(str, SWEEP_EPSS)))
+    g.add_argument("--attributes-dir", help="LaZSL descriptors: <dataset>.json (DCLIP format)")
+    g.add_argument("--lazsl-class-names", action="store_true",
+                   help="run LaZSL without descriptors (class names only; not the paper protocol)")
+    g.add_argument("--max-images", type=int, default=None,
+                   help="class-balanced subset of each split, for quick runs")
+    g.add_argument("--template", default=None, help="prompt with {} (default: the preset's)")
+    g.add_argument("--chunk-size", type=int, default=2048, help="images read and encoded at once")
+    g.add_argument("--out", default="fusionlab-eval", help="folder for the tables")
+
+
+def eval_config_from_args(args):
+    from core.eval.harness import EvalConfig
+    from core.methods.run import METHODS
+
+    methods = tuple(m.strip().lower() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
+    for name in ("gpua_shots", "chunk_size", "max_images", "n_crops", "batch_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < (0 if name in ("gpua_shots", "n_crops") else 1):
+            raise ValueError(f"--{name.replace('_', '-')}: got {value}; use a positive number.")
+    vfm = None if str(args.vfm).lower() == "none" else args.vfm
+    return EvalConfig(
+        methods=methods, vlm=args.vlm, vfm=vfm, solver=_solver_settings(args),
+        gpua_shots=args.gpua_shots, gpua_fit=args.gpua_fit, seed=args.seed,
+        max_images=args.max_images, template=args.template, n_crops=args.n_crops,
+        attributes_file=args.attributes, attributes_dir=args.attributes_dir,
+        lazsl_class_names=args.lazsl_class_names, batch_size=args.batch_size, device=args.device,
+        chunk_size=args.chunk_size, sweep=args.sweep,
+        sweep_lams=_floats(args.sweep_lams, "--sweep-lams"),
+        sweep_epss=_floats(args.sweep_epss, "--sweep-epss"))
+
+
+def cmd_eval(args) -> int:
+    """``python -m core eval``: one dataset (``--dataset``) or all under ``--root`` (``--all``)."""
+    from core.data.benchmarks import LAYOUTS, DatasetError, find_benchmarks
+    from core.eval.harness import evaluate_dataset
+    from core.eval.report import markdown_report, summary_markdown, write_report, write_summary
+    from core.pipeline.cache import FeatureCache
+
+    if bool(args.dataset) == bool(args.all):
+        raise ValueError("eval: give --dataset NAME or --all (with --root DATA), not both.")
+    if args.all and (args.attributes or args.split_file):
+        raise ValueError("eval --all: --attributes and --split-file are per dataset; use "
+                         "--attributes-dir DIR (with <dataset>.json files) instead.")
+    config = eval_config_from_args(args)
+    cache = None if args.no_cache else FeatureCache(args.cache_dir)
+    out = Path(args.out)
+    names = find_benchmarks(args.root) if args.all else [args.dataset]
+    if not names:
+        raise DatasetError(f"--all: no dataset under {args.root}; expected any of the folders "
+                           f"{', '.join(lay.folder for lay in LAYOUTS.values())} (CoOp layout), "
+                           "or <name>/train/<class>/ + <name>/test/<class>/ folders.")
+    reports, failures = [], {}
+    for name in names:
+        try:
+            report = evaluate_dataset(name, args.root, config, cache=cache,
+                                      progress=_stderr_progress, split_file=args.split_file,
+                                      layout=args.layout)
+        except DatasetError as exc:
+            if not args.all:
+                raise
+            failures[name] = str(exc)
+            print(f"skipped {name}: {exc}", file=sys.stderr)
+            continue
+        reports.append(report)
+        print(markdown_report(report))
+        for path in write_report(report, out):
+            print(f"wrote {path}")
+    if args.all:
+        if not reports:
+            listing = "\n".join(f"- {n}: {why}" for n, why in failures.items())
+            raise DatasetError(f"--all: no dataset under {args.root} could be evaluated:\n"
+                               + listing)
+        print(summary_markdown(reports, failures))
+        for path in write_summary(reports, failures, out, vlm=config.vlm, vfm=config.vfm):
+            print(f"wrote {path}")
+    return 0 if reports else 2
+
+
+def cmd_bench(args) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{args.which}.py"
+    if not script.is_file():
+        raise SystemExit(f"bench: no benchmark named '{args.which}' ({script} missing).")
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="VLM x VFM fusion by optimal transport: CLIP zero-shot, OTFusion, GPUA, LaZSL.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="classify an image set with every chosen method")
+    p.add_argument("--images", required=True, help="a folder, a .zip, or an image file")
+    p.add_argument(
+        "--classes",
+        required=True,
+        help="'cat, dog', one per line, a .txt/.json file, or preset:NAME (e.g. preset:dtd)",
+    )
+    p.add_argument("--labels", default=None, help="CSV of filename,label (overrides folder labels)")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
+    p.add_argument("--methods", default="clip,otfusion", help=f"comma list of {METHOD_LIST}")
+    p.add_argument("--out", default="fusionlab-out", help="folder for predictions.csv/json")
+    _add_model_args(p)
+    _add_solver_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("download", help="pre-fetch model weights (on a machine with internet)")
+    p.add_argument("models", nargs="+", help="registry keys, see `models`")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("eval", help="reproduce the papers' tables on benchmark datasets")
+    _add_eval_args(p)
+    _add_model_args(p)
+    _add_solver_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
+    p.add_argument("which", help="solvers, encode or app_latency")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # User mistakes and missing weights: the message says what to do; no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+

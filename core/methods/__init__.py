@@ -1,0 +1,20 @@
+"""The methods: CLIP zero-shot, OTFusion, GPUA (``gpua/``) and LaZSL, and :mod:`run`, which solves
+every method on one cached :class:`FeatureSet` (what a slider re-runs)."""
+
+from core.methods.lazsl import explain, lazsl_scores
+from core.methods.run import (
+    METHOD_TITLES,
+    METHODS,
+    FeatureSet,
+    MethodResult,
+    SolverSettings,
+    gpua_inputs,
+    run_method,
+    run_methods,
+    sensitivity_sweep,
+)
+
+__all__ = [
+    "METHOD_TITLES", "METHODS", "FeatureSet", "MethodResult", "SolverSettings", "run_method",
+    "run_methods", "sensitivity_sweep", "gpua_inputs", "explain", "lazsl_scores",
+]

@@ -1,0 +1,298 @@
+"""Every method on one set of cached features: CLIP zero-shot, OTFusion, GPUA, LaZSL.
+
+This is the fast half of the pipeline: it never sees a model or an image, only the tensors in a
+:class:`FeatureSet`, so the app re-runs it in milliseconds when a slider moves, the playground runs
+it on synthetic features, and the CLI / evaluation harness run it on real ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from core.checks import l2_normalize
+from core.methods.zeroshot import zeroshot_probs
+from core.metrics import accuracy
+
+METHODS = ("clip", "otfusion", "gpua", "lazsl")
+METHOD_TITLES = {"clip": "CLIP zero-shot", "otfusion": "OTFusion", "gpua": "GPUA", "lazsl": "LaZSL"}
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """The tensors the solvers need, for ``n`` images and ``k`` classes (all L2-normalised).
+
+    Attributes
+    ----------
+    vlm_image : Tensor, shape (n, d_t)
+        VLM (CLIP) global image embeddings.
+    text : Tensor, shape (k, d_t)
+        One text prototype per class (template-ensembled).
+    vfm_image : Tensor, shape (n, d_v) or None
+        VFM (DINO) global features; None means "use the VLM's own image features as the VFM".
+    crops : Tensor, shape (n, 1 + m, d_t) or None
+        LaZSL views: index 0 is the global view, 1..m the crops.
+    attributes : Tensor, shape (k, a, d_t) or None
+        LaZSL attribute sentences per class, padded; ``attribute_mask`` (k, a) marks the real ones.
+    labels : Tensor, shape (n,), long, or None
+        True class index per image, -1 where unknown.
+    """
+
+    vlm_image: Tensor
+    text: Tensor
+    vfm_image: Tensor | None = None
+    crops: Tensor | None = None
+    attributes: Tensor | None = None
+    attribute_mask: Tensor | None = None
+    labels: Tensor | None = None
+
+    @property
+    def n_images(self) -> int:
+        return int(self.vlm_image.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.text.shape[0])
+
+    def vfm_or_vlm(self) -> Tensor:
+        """The VFM features, or the VLM's image features when no VFM was chosen (CLIP-only row)."""
+        return self.vlm_image if self.vfm_image is None else self.vfm_image
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Hyper-parameters of every method (paper defaults)."""
+
+    temperature: float = 100.0  # CLIP logit scale tau
+    # OTFusion (paper defaults: lam 0.8, eps 0.01, 3 Sinkhorn iterations, up to 10 outer)
+    otfusion_lam: float = 0.8
+    otfusion_eps: float = 0.01
+    otfusion_iter: int = 10
+    otfusion_sinkhorn_iter: int = 3
+    otfusion_variant: str = "joint"
+    # GPUA (paper defaults: lam 0.9, eps 0.01, soft targets, Z = [VFM, VLM] concatenated)
+    gpua_lam: float = 0.9
+    gpua_eps: float = 0.01
+    gpua_targets: str = "soft"
+    gpua_ths_steps: int = 200
+    gpua_ths_k: int = 3
+    gpua_reorthogonalize: bool = True
+    gpua_concat_vlm: bool = True
+    # LaZSL (public-code defaults: theta 0.8, eps 0.1)
+    lazsl_theta: float = 0.8
+    lazsl_eps: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One method's answer on a FeatureSet.
+
+    Attributes
+    ----------
+    method : str
+    probs : Tensor, shape (n, k)
+        Class probabilities (rows sum to 1).
+    pred : Tensor, shape (n,), long
+    accuracy : float or None
+        On images with a known label, when any.
+    seconds : float
+        Wall time of the solve (features already computed).
+    details : object
+        The solver's own result (OTFusionResult, Alignment, LazslResult) for the views that need it.
+    diagnostics : dict
+        What a method's internal stages did, for honest reporting. GPUA with THS steps:
+        ``procrustes_pred`` (n,) the predictions of the Procrustes map W0 alone,
+        ``procrustes_accuracy`` (None without labels) and ``changed_by_ths`` (how many predictions
+        the THS refinement changed).
+    """
+
+    method: str
+    probs: Tensor
+    pred: Tensor
+    accuracy: float | None
+    seconds: float
+    details: object = field(default=None, repr=False)
+    diagnostics: dict = field(default_factory=dict, repr=False)
+
+
+def labelled_accuracy(pred: Tensor, labels: Tensor | None) -> float | None:
+    """Accuracy over images whose label is known (label >= 0); None when there are none."""
+    if labels is None:
+        return None
+    known = labels >= 0
+    if not bool(known.any()):
+        return None
+    return accuracy(pred[known], labels[known])
+
+
+def gpua_inputs(features: FeatureSet, settings: SolverSettings) -> Tensor:
+    """Z for GPUA: the VFM features, concatenated with the VLM's and renormalised (paper's best)."""
+    z = features.vfm_or_vlm()
+    if settings.gpua_concat_vlm and features.vfm_image is not None:
+        z = l2_normalize(torch.cat([l2_normalize(z), l2_normalize(features.vlm_image)], dim=1))
+    return z
+
+
+def _run_clip(features: FeatureSet, settings: SolverSettings):
+    probs = zeroshot_probs(features.vlm_image, features.text, temperature=settings.temperature)
+    return probs, None
+
+
+def _run_otfusion(features: FeatureSet, settings: SolverSettings):
+    from core.methods.otfusion import otfusion
+
+    y = zeroshot_probs(features.vlm_image, features.text, temperature=settings.temperature)
+    labels = features.labels
+    if labels is not None and bool((labels < 0).any()):
+        labels = None  # history accuracy needs every label; the app reports accuracy separately
+    res = otfusion(
+        vfm_features=[features.vfm_or_vlm()],
+        vlm_probs=[y],
+        lam=settings.otfusion_lam,
+        eps=settings.otfusion_eps,
+        n_iter=settings.otfusion_iter,
+        sinkhorn_iter=settings.otfusion_sinkhorn_iter,
+        variant=settings.otfusion_variant,
+        labels=labels,
+    )
+    return res.probs, res
+
+
+def fit_gpua_with(pool: FeatureSet, settings: SolverSettings, text: Tensor | None = None):
+    """``core.methods.gpua.fit.fit_gpua`` on a pool's features with the GPUA knobs of ``settings``.
+
+    ``text`` (K, d_t) defaults to the pool's prototypes (the eval harness passes the test split's).
+    Returns the fitted ``Alignment``.
+    """
+    from core.methods.gpua.fit import fit_gpua
+
+    return fit_gpua(
+        vfm_features=gpua_inputs(pool, settings),
+        vlm_features=pool.vlm_image,
+        text_features=pool.text if text is None else text,
+        lam=settings.gpua_lam,
+        eps=settings.gpua_eps,
+        targets=settings.gpua_targets,
+        ths_steps=settings.gpua_ths_steps,
+        ths_k=settings.gpua_ths_k,
+        reorthogonalize=settings.gpua_reorthogonalize,
+        generator=torch.Generator().manual_seed(settings.seed),
+    )
+
+
+def _run_gpua(features: FeatureSet, settings: SolverSettings):
+    align = fit_gpua_with(features, settings)
+    z = gpua_inputs(features, settings)
+    probs = align.predict_proba(z, features.text, temperature=settings.temperature)
+    return probs, align
+
+
+def _run_lazsl(features: FeatureSet, settings: SolverSettings):
+    from core.methods.lazsl import lazsl_scores
+
+    if features.crops is None or features.attributes is None:
+        raise ValueError(
+            "LaZSL needs crop features and attribute features; extract them with n_crops > 0 "
+            "(and attribute descriptors, or the class-name fallback)."
+        )
+    res = lazsl_scores(
+        features.crops[:, 0],
+        features.crops[:, 1:],
+        features.attributes,
+        features.attribute_mask,
+        theta=settings.lazsl_theta,
+        eps=settings.lazsl_eps,
+        return_plans=False,
+    )
+    # Scores are transport-weighted cosines; CLIP's logit scale turns them into probabilities
+    # comparable with the baseline's.
+    probs = torch.softmax(settings.temperature * res.scores, dim=-1)
+    return probs, res
+
+
+_RUNNERS = {"clip": _run_clip, "otfusion": _run_otfusion, "gpua": _run_gpua, "lazsl": _run_lazsl}
+
+
+def _gpua_diagnostics(features: FeatureSet, settings: SolverSettings, align, pred: Tensor) -> dict:
+    """What THS did on top of the Procrustes map: it can help (the paper) or fit the UCM
+    pseudo-labels' mistakes (seen on synthetic data), so the app shows both."""
+    if settings.gpua_ths_steps == 0 or getattr(align, "W0", None) is None:
+        return {}
+    before = align.procrustes_only().predict(gpua_inputs(features, settings), features.text)
+    return {
+        "procrustes_pred": before,
+        "procrustes_accuracy": labelled_accuracy(before, features.labels),
+        "changed_by_ths": int((before != pred.to(before.device)).sum()),
+    }
+
+
+_DIAGNOSTICS = {"gpua": _gpua_diagnostics}
+
+
+def run_method(
+    method: str, features: FeatureSet, settings: SolverSettings | None = None
+) -> MethodResult:
+    """Run one method on cached features."""
+    if method not in _RUNNERS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}.")
+    settings = settings or SolverSettings()
+    start = time.perf_counter()
+    probs, details = _RUNNERS[method](features, settings)
+    seconds = time.perf_counter() - start
+    pred = probs.argmax(dim=-1)
+    diagnose = _DIAGNOSTICS.get(method)
+    return MethodResult(
+        method=method,
+        probs=probs,
+        pred=pred,
+        accuracy=labelled_accuracy(pred, features.labels),
+        seconds=seconds,
+        details=details,
+        diagnostics=diagnose(features, settings, details, pred) if diagnose else {},
+    )
+
+
+def run_methods(
+    features: FeatureSet, methods=METHODS, settings: SolverSettings | None = None
+) -> dict[str, MethodResult]:
+    """Run several methods; the CLIP baseline always runs first (every view compares to it)."""
+    order = ["clip"] + [m for m in methods if m != "clip"]
+    unknown = [m for m in order if m not in _RUNNERS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected a subset of {', '.join(METHODS)}.")
+    return {m: run_method(m, features, settings) for m in order}
+
+
+def sensitivity_sweep(
+    features: FeatureSet,
+    *,
+    lams=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0),
+    epss=(0.005, 0.01, 0.05, 0.1),
+    settings: SolverSettings | None = None,
+) -> list[dict]:
+    """OTFusion over a lam x eps grid (the paper's Fig. 2), on cached features.
+
+    Returns rows ``{"lam", "eps", "accuracy" (None without labels), "agreement_with_clip"}``;
+    without labels the agreement with the baseline still shows how far fusion moves predictions.
+    """
+    settings = settings or SolverSettings()
+    base = run_method("clip", features, settings).pred
+    rows = []
+    for eps in epss:
+        for lam in lams:
+            res = run_method(
+                "otfusion", features, replace(settings, otfusion_lam=lam, otfusion_eps=eps)
+            )
+            rows.append(
+                {
+                    "lam": float(lam),
+                    "eps": float(eps),
+                    "accuracy": res.accuracy,
+                    "agreement_with_clip": float((res.pred == base).float().mean()),
+                }
+            )
+    return rows

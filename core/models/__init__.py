@@ -1,0 +1,22 @@
+"""Models: the registry of VLMs and VFMs (frozen specs), loading from the Hub, encoders,
+preprocessing, dense CLIP features, and tiny random-initialised test models."""
+
+from core.models.encoders import Encoder
+from core.models.hub import WeightsUnavailableError, ensure_weights
+from core.models.load import download_models, load_encoder, preload_from_hub_lines, resolve_device
+from core.models.registry import (
+    MODELS,
+    ModelSpec,
+    get_spec,
+    list_models,
+    register_model,
+    vfm_choices,
+    vlm_choices,
+)
+from core.models.tiny import tiny_test_models
+
+__all__ = [
+    "MODELS", "ModelSpec", "Encoder", "WeightsUnavailableError", "register_model", "get_spec",
+    "list_models", "vlm_choices", "vfm_choices", "load_encoder", "download_models",
+    "preload_from_hub_lines", "resolve_device", "ensure_weights", "tiny_test_models",
+]

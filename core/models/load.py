@@ -1,0 +1,197 @@
+"""Loading models: weights from the Hugging Face Hub (or its local cache), once per process.
+
+    >>> from core.models import load_encoder
+    >>> clip = load_encoder("clip-vit-b16")                     # doctest: +SKIP
+    >>> img = clip.encode_images(images)                        # (N, 512), unit norm
+    >>> txt = clip.encode_text(["cat", "dog"])                  # (2, 512)
+    >>> dino = load_encoder("dinov2-base")                      # doctest: +SKIP
+    >>> patches = dino.encode_patches(images)                   # (N, 16, 16, 768)
+
+Weights come from the Hugging Face Hub on the user's machine (`core.models.hub`): when they are
+not cached and the Hub cannot be reached, `load_encoder` raises `WeightsUnavailableError` within
+seconds, with the fix. `download_models` pre-fetches them (``python -m core download KEY ...``).
+On Hugging Face Spaces, list the same files under ``preload_from_hub:`` in the README front matter
+so they are baked into the image at build time (`preload_from_hub_lines` writes those lines).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import torch
+
+from core.models.encoders import Encoder, OpenClipEncoder, TransformersEncoder
+from core.models.hub import (
+    ensure_weights,
+    files_needed,
+    hf_cache_dir,
+    unavailable,
+)
+from core.models.registry import ModelSpec, get_spec
+
+__all__ = ["load_encoder", "download_models", "preload_from_hub_lines", "resolve_device"]
+
+_LOADED: dict[tuple[ModelSpec, str], Encoder] = {}  # shared read-only models, never user data
+_LOAD_LOCK = threading.Lock()
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given, else cuda, then mps, then cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_encoder(key: str, *, device: str | torch.device | None = None) -> Encoder:
+    """Load (once per process and device) the encoder of registry entry ``key``.
+
+    Raises
+    ------
+    ValueError
+        Unknown key (the message lists the valid ones).
+    WeightsUnavailableError
+        Weights not cached and not downloadable now; raised within seconds, never replaced by
+        random weights.
+    """
+    spec = get_spec(key)
+    dev = resolve_device(device)
+    with _LOAD_LOCK:
+        encoder = _LOADED.get((spec, str(dev)))
+        if encoder is None:
+            encoder = _build(spec, dev)
+            _LOADED[(spec, str(dev))] = encoder
+    return encoder
+
+
+def download_models(keys: list[str]) -> list[str]:
+    """Pre-fetch the weights of ``keys`` into the Hugging Face cache (``python -m core download``).
+
+    Returns the local paths of the fetched files, in order. Raises `WeightsUnavailableError`
+    (fast) when the Hub is unreachable or a gated repo refuses access. For a Space, prefer
+    ``preload_from_hub`` in the README front matter (see `preload_from_hub_lines`).
+    """
+    specs = [get_spec(k) for k in keys]  # validate every key before downloading anything
+    paths: list[str] = []
+    for spec in specs:
+        if spec.random_init:
+            continue
+        _, found = ensure_weights(spec)
+        paths.extend(found.values())
+    return paths
+
+
+def preload_from_hub_lines(keys: list[str]) -> list[str]:
+    """``preload_from_hub`` entries for a Space README (``repo file`` or ``repo`` per line)."""
+    lines: list[str] = []
+    for spec in (get_spec(k) for k in keys):
+        for need in files_needed(spec):
+            whole_repo = spec.library == "transformers" or need.repo == spec.tokenizer_repo
+            line = need.repo if whole_repo else f"{need.repo} {need.alternatives[0]}"
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
+# ----------------------------------------------------------------------------------- building
+def _build(spec: ModelSpec, device: torch.device) -> Encoder:
+    cache_dir = None
+    paths: dict[str, str] = {}
+    if not spec.random_init:
+        cache_dir, paths = ensure_weights(spec)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random-init entries are reproducible
+            if spec.library == "open_clip":
+                model, tokenizer_factory = _build_open_clip(spec, cache_dir, paths)
+            else:
+                model = _build_transformers(spec, cache_dir)
+    except OSError as exc:  # files in the cache but incomplete (e.g. a missing shard)
+        if spec.random_init:
+            raise
+        raise unavailable(spec, cache_dir, f"the cached files are incomplete ({exc})") from exc
+    model = model.to(device).eval().requires_grad_(False)
+    if spec.library == "open_clip":
+        return OpenClipEncoder(spec, model, device, tokenizer_factory)
+    return TransformersEncoder(spec, model, device)
+
+
+def _build_open_clip(spec: ModelSpec, cache_dir: str | None, paths: dict[str, str]):
+    import open_clip
+
+    arch = spec.arch_config if spec.arch_config is not None else (
+        open_clip.get_model_config(spec.model_id) or {})
+    if arch.get("embed_dim", spec.output_dim) != spec.output_dim:
+        raise ValueError(
+            f"registry entry '{spec.key}' disagrees with its model (output_dim: spec "
+            f"{spec.output_dim} vs model {arch['embed_dim']})."
+        )
+    weights = next(iter(paths.values()), None)  # the first need is the checkpoint
+    if spec.arch_config is not None:
+        cfg = copy.deepcopy(dict(spec.arch_config))
+        model_cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
+        model = model_cls(**cfg, quick_gelu=spec.quick_gelu)
+        if weights is not None:
+            open_clip.load_checkpoint(model, weights)
+        context_length = cfg.get("text_cfg", {}).get("context_length", 77)
+    else:
+        model = open_clip.create_model(
+            spec.model_id, pretrained=weights, force_quick_gelu=spec.quick_gelu
+        )
+        context_length = None
+
+    def tokenizer_factory():
+        if spec.tokenizer_repo:
+            from open_clip.tokenizer import HFTokenizer
+
+            cfg = open_clip.get_model_config(spec.model_id) or {}
+            text_cfg = cfg.get("text_cfg", {})
+            folder = cache_dir or hf_cache_dir()
+            try:
+                return HFTokenizer(
+                    spec.tokenizer_repo, cache_dir=folder, local_files_only=True,
+                    context_length=context_length or text_cfg["context_length"],
+                    **text_cfg.get("tokenizer_kwargs", {}),
+                )
+            except OSError as exc:  # only random-init twins get here without a checked cache
+                raise unavailable(
+                    spec, folder, f"its tokenizer ({spec.tokenizer_repo}) is not cached"
+                ) from exc
+        if context_length is not None:
+            return open_clip.SimpleTokenizer(context_length=context_length)
+        return open_clip.get_tokenizer(spec.model_id)
+
+    return model, tokenizer_factory
+
+
+def _build_transformers(spec: ModelSpec, cache_dir: str | None):
+    from transformers import AutoConfig, AutoModel
+
+    if spec.random_init:
+        if spec.arch_config is None:
+            raise ValueError(
+                f"'{spec.key}': a random-init transformers entry needs arch_config (the config "
+                "kwargs with 'model_type'), since the config itself lives on the Hub."
+            )
+        model = AutoModel.from_config(AutoConfig.for_model(**dict(spec.arch_config)))
+    else:
+        model = AutoModel.from_pretrained(
+            spec.hf_repo, cache_dir=cache_dir, local_files_only=True, dtype=torch.float32
+        )
+    config = model.config
+    n_registers = int(getattr(config, "num_register_tokens", 0))
+    expected = {
+        "n_prefix_tokens": (spec.n_prefix_tokens, 1 + n_registers),
+        "patch_size": (spec.patch_size, config.patch_size),
+        "output_dim": (spec.output_dim, config.hidden_size),
+    }
+    wrong = {k: v for k, v in expected.items() if v[0] != v[1]}
+    if wrong:
+        listing = ", ".join(f"{k}: spec {a} vs model {b}" for k, (a, b) in wrong.items())
+        raise ValueError(f"registry entry '{spec.key}' disagrees with its model ({listing}).")
+    return model
