@@ -181,13 +181,13 @@ def legend_html(class_ids_present, class_names: list[str], colors: list[str] | N
         seen.add(c)
         r, g, b = hex_to_rgb(colors[c])  # validates: a colour is never free text in CSS
         chips.append(_chip(f"rgb({r},{g},{b})", str(class_names[c])))
+    if not chips:
+        chips.append('<em style="margin-right:8px">no labelled pixels</em>')
     if not_seen:
         light = "rgb({},{},{})".format(*NOT_SEEN_STRIPE)
         dark = "rgb({0},{0},{0})".format(round(NOT_SEEN_DARKEN * 128))
         chips.append(_chip(f"repeating-linear-gradient(45deg,{light} 0 2px,{dark} 2px 6px)",
                            NOT_SEEN_TEXT))
-    if not chips:
-        return '<div class="seg-legend"><em>no labelled pixels</em></div>'
     body = "".join(chips)
     return f'<div class="seg-legend" style="display:flex;flex-wrap:wrap">{body}</div>'
 

@@ -133,7 +133,9 @@ def test_legend_has_a_not_seen_entry_on_request():
     marked = legend_html([0], names, not_seen=True)
     assert "not seen" not in plain and "not seen" in marked
     assert marked.count("border-radius") == 2 and "repeating-linear-gradient" in marked
-    assert "not seen" in legend_html([], names, not_seen=True)  # nothing labelled, band shown
+    empty = legend_html([], names, not_seen=True)  # every class hidden: the band still shows
+    assert "no labelled pixels" in empty and "not seen" in empty
+    assert "no labelled pixels" in legend_html([], names)
 
 
 def test_legend_html_escapes_names_and_shows_colours():
