@@ -40,7 +40,8 @@ class SegmentationResult:
         Which images of the extraction (positions in ``Extraction.items``).
     images : list of PIL.Image
         The decoded images (at most ``DECODE_MAX_SIDE``), to draw overlays on.
-    clip_labels, gpua_labels : list of Tensor, each (H_i, W_i) long, -1 = unlabeled
+    clip_labels, gpua_labels : list of Tensor, each (H_i, W_i) long
+        -1 (``UNLABELED``) below the confidence threshold, -2 (``NOT_SEEN``) outside the crop.
         Dense CLIP (MaskCLIP) alone, and GPUA-aligned VFM patches, at each image's size.
     clip_probs, gpua_probs : list of Tensor, each (K, H_i, W_i)
         0 where not seen.
@@ -57,10 +58,10 @@ class SegmentationResult:
     gpua_labels: list
     clip_probs: list
     gpua_probs: list
-    clip_seen: list = field(default_factory=list)
-    gpua_seen: list = field(default_factory=list)
-    clip_boxes: list = field(default_factory=list)
-    gpua_boxes: list = field(default_factory=list)
+    clip_seen: list
+    gpua_seen: list
+    clip_boxes: list
+    gpua_boxes: list
     alignment: object = field(repr=False, default=None)
 
 
