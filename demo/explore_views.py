@@ -15,6 +15,7 @@ from PIL import Image
 from core.data import decode_image
 from core.methods import explain, gpua_inputs, lazsl_scores, run_method
 from core.metrics import mean_assigned_cosine, modality_gap
+from core.pipeline import NOT_SEEN, UNLABELED
 from demo import plots
 from demo.overlays import (
     crop_thumbnails,
@@ -138,16 +139,21 @@ def segmentation_view(session: Session, index: int, visible: list[str] | None,
     names = session.class_names
     shown = None if visible is None else {names.index(v) for v in visible if v in names}
     overlays, present = [], []
-    for probs in (seg.clip_probs[0], seg.gpua_probs[0]):
+    not_seen = False
+    for probs, seen in ((seg.clip_probs[0], seg.clip_seen[0]),
+                        (seg.gpua_probs[0], seg.gpua_seen[0])):
         top, labels = probs.max(dim=0)  # (H, W)
         if threshold and threshold > 0:
-            labels = labels.masked_fill(top < float(threshold), -1)
+            labels = labels.masked_fill(top < float(threshold), UNLABELED)
+        labels = labels.masked_fill(~seen, NOT_SEEN)  # outside the model's crop
+        not_seen |= not bool(seen.all())
         overlay = segmentation_overlay(seg.images[0], labels, names, alpha=alpha, visible=shown)
         overlays.append(_enlarged(overlay, Image.NEAREST))
         counts = torch.bincount(labels[labels >= 0].flatten(), minlength=len(names))
         present += [c for c in torch.argsort(counts, descending=True).tolist() if counts[c] > 0]
     image = side_by_side(overlays, ["Dense CLIP (MaskCLIP)", "GPUA-aligned VFM patches"])
-    legend = legend_html([c for c in present if shown is None or c in shown], names)
+    legend = legend_html([c for c in present if shown is None or c in shown], names,
+                         not_seen=not_seen)
     return image, legend
 
 

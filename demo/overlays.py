@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from core.pipeline import NOT_SEEN, UNLABELED
+
 # Twenty hand-picked, well-separated hues (strong first, lighter companions second); classes beyond
 # twenty get golden-angle hues. None of them is gray: gray means "unknown / unlabeled" in the app.
 _BASE_COLORS = (
@@ -24,6 +26,11 @@ _BASE_COLORS = (
     "#c99c91", "#f5bad5", "#dede8f", "#9ce0eb", "#6d8c4e",
 )
 UNKNOWN_COLOR = "#9e9e9e"
+# "Not seen" (outside the model's centre crop: no prediction at all) is drawn as the image darkened
+# under light diagonal stripes, a texture no class colour can be mistaken for.
+NOT_SEEN_DARKEN = 0.4  # image brightness kept under the stripes
+NOT_SEEN_STRIPE = (235, 235, 235)
+NOT_SEEN_TEXT = "not seen (outside the model's crop)"
 _HEX_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 _GOLDEN = 0.618033988749895
 
@@ -87,7 +94,9 @@ def segmentation_overlay(image: Image.Image, label_map, class_names: list[str], 
     ----------
     image : PIL.Image, any mode (converted to RGB)
     label_map : array or Tensor, shape (H, W), int
-        Class index per pixel, ``-1`` = unlabeled; resized with NEAREST to the image if needed.
+        Class index per pixel, ``-1`` = unlabeled (left as is), ``-2`` = not seen by the model
+        (darkened and hatched, whatever ``alpha`` and ``visible``); resized with NEAREST to the
+        image if needed.
     class_names : list of str, length K
     alpha : float in [0, 1], opacity of the class colour
     visible : set of int, optional
@@ -105,8 +114,9 @@ def segmentation_overlay(image: Image.Image, label_map, class_names: list[str], 
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"label_map: expected integer class indices, got dtype {labels.dtype}.")
     k = len(class_names)
-    if labels.min() < -1 or labels.max() >= k:
-        raise ValueError(f"label_map: expected values in [-1, {k - 1}] for {k} classes, got "
+    if labels.min() < NOT_SEEN or labels.max() >= k:
+        raise ValueError(f"label_map: expected values in [-1, {k - 1}] for {k} classes "
+                         f"({UNLABELED} unlabeled, {NOT_SEEN} not seen), got "
                          f"[{labels.min()}, {labels.max()}]; pass the full class list.")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}.")
@@ -134,14 +144,29 @@ def segmentation_overlay(image: Image.Image, label_map, class_names: list[str], 
     colour = palette[np.clip(labels, 0, None)]  # (H, W, 3)
     blended = (1.0 - alpha) * out + alpha * colour
     out[paint] = blended[paint]
+    _hatch(out, labels == NOT_SEEN)
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
 
 
-def legend_html(class_ids_present, class_names: list[str], colors: list[str] | None = None) -> str:
+def _hatch(out: np.ndarray, where: np.ndarray) -> None:
+    """Darken ``out`` (H, W, 3) float where ``where`` (H, W) and draw 45-degree light stripes."""
+    if not where.any():
+        return
+    h, w = where.shape
+    period = max(4, min(h, w) // 40)  # stripes stay visible on small and large images alike
+    yy, xx = np.mgrid[0:h, 0:w]
+    stripe = where & (((xx + yy) // period) % 3 == 0)  # one light stripe, two dark, per period
+    out[where] *= NOT_SEEN_DARKEN
+    out[stripe] = 0.5 * out[stripe] + 0.5 * np.asarray(NOT_SEEN_STRIPE, dtype=np.float32)
+
+
+def legend_html(class_ids_present, class_names: list[str], colors: list[str] | None = None, *,
+                not_seen: bool = False) -> str:
     """Small coloured chips, one per present class, as an HTML snippet (names are escaped).
 
-    ``class_ids_present``: class indices in display order (duplicates and -1 ignored);
-    ``colors``: hex per class (default ``class_colors(K)``), validated since they go into CSS.
+    ``class_ids_present``: class indices in display order (duplicates and negative ids ignored);
+    ``colors``: hex per class (default ``class_colors(K)``), validated since they go into CSS;
+    ``not_seen``: add the hatched "not seen" chip (some pixels lie outside a model's crop).
     """
     k = len(class_names)
     colors = class_colors(k) if colors is None else list(colors)
@@ -155,17 +180,27 @@ def legend_html(class_ids_present, class_names: list[str], colors: list[str] | N
             raise ValueError(f"class_ids_present: id {c} out of range for {k} classes.")
         seen.add(c)
         r, g, b = hex_to_rgb(colors[c])  # validates: a colour is never free text in CSS
-        chips.append(
-            '<span style="display:inline-flex;align-items:center;margin:2px 8px 2px 0;'
-            'font-size:13px;white-space:nowrap">'
-            f'<span style="display:inline-block;width:12px;height:12px;border-radius:3px;'
-            f'margin-right:4px;background:rgb({r},{g},{b})"></span>'
-            f"{html.escape(str(class_names[c]))}</span>"
-        )
+        chips.append(_chip(f"rgb({r},{g},{b})", str(class_names[c])))
     if not chips:
-        return '<div class="seg-legend"><em>no labelled pixels</em></div>'
+        chips.append('<em style="margin-right:8px">no labelled pixels</em>')
+    if not_seen:
+        light = "rgb({},{},{})".format(*NOT_SEEN_STRIPE)
+        dark = "rgb({0},{0},{0})".format(round(NOT_SEEN_DARKEN * 128))
+        chips.append(_chip(f"repeating-linear-gradient(45deg,{light} 0 2px,{dark} 2px 6px)",
+                           NOT_SEEN_TEXT))
     body = "".join(chips)
     return f'<div class="seg-legend" style="display:flex;flex-wrap:wrap">{body}</div>'
+
+
+def _chip(background_css: str, text: str) -> str:
+    """One legend entry: a 12 px swatch (``background_css`` is ours, never user text) + text."""
+    return (
+        '<span style="display:inline-flex;align-items:center;margin:2px 8px 2px 0;'
+        'font-size:13px;white-space:nowrap">'
+        '<span style="display:inline-block;width:12px;height:12px;border-radius:3px;'
+        f'margin-right:4px;background:{background_css}"></span>'
+        f"{html.escape(text)}</span>"
+    )
 
 
 def _font(size: int) -> ImageFont.ImageFont:

@@ -5,7 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from core.pipeline import NOT_SEEN
 from demo.overlays import (
+    NOT_SEEN_DARKEN,
+    NOT_SEEN_STRIPE,
     UNKNOWN_COLOR,
     class_colors,
     crop_thumbnails,
@@ -100,6 +103,39 @@ def test_segmentation_overlay_validates():
         segmentation_overlay(img, np.zeros((6, 8), dtype=int), ["a"], alpha=1.5)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         segmentation_overlay(img, np.zeros((6, 8, 1), dtype=int), ["a"])
+
+
+def test_not_seen_is_darkened_and_hatched_whatever_alpha_and_visibility():
+    names = ["a", "b"]
+    labels = np.zeros((40, 60), dtype=np.int64)
+    labels[:, :10] = NOT_SEEN  # a band the model's crop left out
+    labels[:, 50:] = NOT_SEEN
+    labels[:, 30:50] = 1
+    for alpha, visible in ((0.0, None), (0.5, set()), (1.0, {0, 1})):
+        out = np.asarray(segmentation_overlay(gray_image(60, 40), labels, names, alpha=alpha,
+                                              visible=visible)).astype(int)
+        band = out[labels == NOT_SEEN]
+        dark = round(GRAY * NOT_SEEN_DARKEN)
+        light = [round(0.5 * dark + 0.5 * c) for c in NOT_SEEN_STRIPE]
+        colours = {tuple(p) for p in band}
+        assert colours == {(dark,) * 3, tuple(light)}  # two tones: stripes on a darkened image
+        assert 0.2 < float((band == light).all(axis=1).mean()) < 0.5  # one stripe in three
+    # the seen pixels are untouched by the hatch (alpha 0: the image itself)
+    out0 = np.asarray(segmentation_overlay(gray_image(60, 40), labels, names, alpha=0.0))
+    assert (out0[labels != NOT_SEEN] == GRAY).all()
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        segmentation_overlay(gray_image(60, 40), np.full((40, 60), -3), names)
+
+
+def test_legend_has_a_not_seen_entry_on_request():
+    names = ["cat", "dog"]
+    plain = legend_html([0], names)
+    marked = legend_html([0], names, not_seen=True)
+    assert "not seen" not in plain and "not seen" in marked
+    assert marked.count("border-radius") == 2 and "repeating-linear-gradient" in marked
+    empty = legend_html([], names, not_seen=True)  # every class hidden: the band still shows
+    assert "no labelled pixels" in empty and "not seen" in empty
+    assert "no labelled pixels" in legend_html([], names)
 
 
 def test_legend_html_escapes_names_and_shows_colours():

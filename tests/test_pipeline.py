@@ -18,7 +18,7 @@ from core.models import load_encoder
 from core.models.tiny import tiny_test_models
 from core.pipeline.cache import FeatureCache
 from core.pipeline.extraction import ExtractSettings, extract, resolve_labels
-from core.pipeline.segmentation import segment
+from core.pipeline.segmentation import NOT_SEEN, segment
 
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
 FAST = SolverSettings(gpua_ths_steps=5)
@@ -122,10 +122,14 @@ def test_segmentation_gives_label_maps_at_image_size(image_zip, settings, tmp_pa
     ex = extract(load_image_set(image_zip), list(COLORS), settings, cache=None)
     seg = segment(ex, [0, 5], cache=FeatureCache(tmp_path / "c"), per_class=16, ths_steps=3)
     assert len(seg.clip_labels) == 2
-    for labels, probs, image in zip(seg.gpua_labels, seg.gpua_probs, seg.images):
-        assert labels.shape == (image.height, image.width)
+    for labels, probs, seen, image in zip(seg.gpua_labels, seg.gpua_probs, seg.gpua_seen,
+                                          seg.images):
+        assert labels.shape == seen.shape == (image.height, image.width)
         assert probs.shape == (3, image.height, image.width)
-        assert int(labels.min()) >= 0 and int(labels.max()) < 3
+        # 64 x 48 images, tiny DINO crops 56 of 64: a band on every side is not seen.
+        assert 0 < int(seen.sum()) < seen.numel()
+        assert bool((labels[~seen] == NOT_SEEN).all())
+        assert int(labels[seen].min()) >= 0 and int(labels[seen].max()) < 3
 
 
 def test_bad_settings_and_classes_raise_clear_errors(image_zip, keys):

@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,25 +46,75 @@ def as_rgb(image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where a model's input square comes from in an image: the spec's resize, then its crop.
+
+    Attributes
+    ----------
+    resized : (w, h)
+        Image size after the resize, pixels.
+    crop : (left, top, right, bottom), int
+        The center crop in pixels of the resized image (right, bottom exclusive).
+    box : (left, top, right, bottom), float
+        The same square in pixel coordinates of the original image, continuous (pixel ``x``
+        covers ``[x, x + 1)``): patch ``(r, c)`` of an ``(h, w)`` grid covers
+        ``left + [c, c + 1) * (right - left) / w`` and the like vertically. Everything outside
+        it is never seen by the model.
+    """
+
+    resized: tuple[int, int]
+    crop: tuple[int, int, int, int]
+    box: tuple[float, float, float, float]
+
+
+def crop_geometry(size: Sequence[int], spec) -> CropGeometry:
+    """The spec's resize + center crop of an image of ``size`` = (w, h), as `to_uint8` applies it.
+
+    "shortest": torchvision ``Resize(resize_size)`` (short side to ``resize_size``, long side
+    truncated as torchvision does) then ``CenterCrop(image_size)`` (offsets rounded half to
+    even, as torchvision's ``int(round(...))``); "squash": ``Resize((image_size, image_size))``,
+    no crop. Pillow maps output pixel centres to input coordinates by the size ratio, so a box in
+    resized pixels maps to the original image by that ratio alone.
+    """
+    w, h = (int(v) for v in size)
+    if w < 1 or h < 1:
+        raise ValueError(f"size: expected (w, h) >= (1, 1), got {tuple(size)!r}.")
+    side = spec.image_size
+    if spec.resize_mode == "squash":
+        new_w = new_h = side
+        left = top = 0
+    else:
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        left, top = int(round((new_w - side) / 2.0)), int(round((new_h - side) / 2.0))
+    sx, sy = w / new_w, h / new_h
+    box = (left * sx, top * sy, (left + side) * sx, (top + side) * sy)
+    return CropGeometry(resized=(new_w, new_h), crop=(left, top, left + side, top + side), box=box)
+
+
+def crop_box(size: Sequence[int], spec) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the region a model sees, in pixels of an image of ``size``.
+
+    ``size`` = (w, h); ``spec`` a registry entry. See `CropGeometry.box`.
+    """
+    return crop_geometry(size, spec).box
+
+
 def to_uint8(image: Image.Image, spec) -> Tensor:
     """The spec's resize + crop as a uint8 Tensor, shape (3, image_size, image_size).
 
     "shortest": torchvision ``Resize(resize_size)`` then ``CenterCrop(image_size)``, with the
     same rounding; "squash": ``Resize((image_size, image_size))``. RGB conversion comes first
-    (open_clip converts last, which resamples palette images with nearest neighbour).
+    (open_clip converts last, which resamples palette images with nearest neighbour). The
+    arithmetic is `crop_geometry`'s, which also tells segmentation where the patches lie.
     """
     image = as_rgb(image)
-    side, resample = spec.image_size, RESAMPLE[spec.interpolation]
-    if spec.resize_mode == "squash":
-        image = image.resize((side, side), resample)
-    else:
-        w, h = image.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        image = image.resize((new_w, new_h), resample)
-        left, top = int(round((new_w - side) / 2.0)), int(round((new_h - side) / 2.0))
-        image = image.crop((left, top, left + side, top + side))
+    geometry = crop_geometry(image.size, spec)
+    image = image.resize(geometry.resized, RESAMPLE[spec.interpolation])
+    if geometry.resized != (spec.image_size, spec.image_size):
+        image = image.crop(geometry.crop)
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S)
 
 

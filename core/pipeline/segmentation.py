@@ -5,6 +5,11 @@ CLIP (MaskCLIP) features and the VFM's patch features, fits GPUA on a patch pool
 pixel both ways. The solver itself (pool selection, dense CLIP, GPUA segmentation) is
 :mod:`core.methods.gpua.segment`; this module only feeds it from an
 :class:`core.pipeline.extraction.Extraction`.
+
+Geometry: each model sees its own centre crop of the image (``core.models.crop_box``, the
+preprocessing's own arithmetic); its logits are placed in that box, pixels outside it are
+``NOT_SEEN``, and the pool pairs each VFM patch with the CLIP feature sampled (bilinearly) at that
+patch's centre in the image (:mod:`core.methods.gpua.patch_grid`).
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ import torch
 from torch import Tensor
 
 from core.data import decode_many
+from core.methods.gpua.segment import NOT_SEEN, UNLABELED
+from core.models.preprocess import crop_box
 from core.pipeline.cache import FeatureCache
 from core.pipeline.extraction import DECODE_MAX_SIDE, Extraction, Progress
 from core.pipeline.features import LazyEncoder, cached_rows
+
+__all__ = ["NOT_SEEN", "UNLABELED", "SegmentationResult", "segment"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +40,15 @@ class SegmentationResult:
         Which images of the extraction (positions in ``Extraction.items``).
     images : list of PIL.Image
         The decoded images (at most ``DECODE_MAX_SIDE``), to draw overlays on.
-    clip_labels, gpua_labels : list of Tensor, each (H_i, W_i) long, -1 = unlabeled
+    clip_labels, gpua_labels : list of Tensor, each (H_i, W_i) long
+        -1 (``UNLABELED``) below the confidence threshold, -2 (``NOT_SEEN``) outside the crop.
         Dense CLIP (MaskCLIP) alone, and GPUA-aligned VFM patches, at each image's size.
     clip_probs, gpua_probs : list of Tensor, each (K, H_i, W_i)
+        0 where not seen.
+    clip_seen, gpua_seen : list of Tensor, each (H_i, W_i) bool
+        Pixels inside the VLM's / the VFM's crop; outside, the labels are ``NOT_SEEN`` (-2).
+    clip_boxes, gpua_boxes : list of (left, top, right, bottom)
+        Those crops in pixels of each image.
     alignment : core.methods.gpua.fit.Alignment fitted on the patch pool
     """
 
@@ -43,17 +58,11 @@ class SegmentationResult:
     gpua_labels: list
     clip_probs: list
     gpua_probs: list
+    clip_seen: list
+    gpua_seen: list
+    clip_boxes: list
+    gpua_boxes: list
     alignment: object = field(repr=False, default=None)
-
-
-def _resize_grid(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """(n, h, w, d) -> (n, H, W, d) by bilinear interpolation (CLIP and DINO grids differ)."""
-    if tuple(x.shape[1:3]) == tuple(size):
-        return x
-    y = torch.nn.functional.interpolate(
-        x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False
-    )
-    return y.permute(0, 2, 3, 1)
 
 
 def segment(
@@ -75,6 +84,7 @@ def segment(
     CLIP (it needs MaskCLIP's dense path) and the VFM a patch model.
     """
     from core.methods.gpua.fit import fit_gpua
+    from core.methods.gpua.patch_grid import resample_patches
     from core.methods.gpua.segment import segment as gpua_segment
     from core.methods.gpua.segment import segment_dense_clip, select_patch_pool
 
@@ -109,29 +119,35 @@ def segment(
     bs = settings.batch_size
     x = patches(vlm, "dense", lambda ims: vlm.encoder.encode_dense(ims, batch_size=bs))
     z = patches(vfm, "patches", lambda ims: vfm.encoder.encode_patches(ims, batch_size=bs))
-    x_on_z = _resize_grid(x, tuple(z.shape[1:3]))  # pair each VFM patch with CLIP's at its place
+    # Each image's crop in its own pixels, per model: (n_pool, 4) each.
+    x_boxes = torch.tensor([crop_box(im.size, vlm.spec) for im in images], dtype=torch.float64)
+    z_boxes = torch.tensor([crop_box(im.size, vfm.spec) for im in images], dtype=torch.float64)
+    # Pair each VFM patch with the CLIP feature at the same place in the image (not the same grid
+    # index: the grids tile different crops); VFM patches outside CLIP's crop have no partner.
+    x_on_z, paired = resample_patches(
+        x, source_boxes=x_boxes, target_boxes=z_boxes, target_grid=tuple(z.shape[1:3])
+    )
     text = extraction.features.text
     flat_x = x_on_z.reshape(-1, x_on_z.shape[-1])
     flat_z = z.reshape(-1, z.shape[-1])
     report(2, 3, "fitting GPUA on the patch pool")
-    idx = select_patch_pool(flat_x, text, per_class=per_class)
+    idx = select_patch_pool(x_on_z, text, per_class=per_class, mask=paired)
     align = fit_gpua(
         vfm_features=flat_z[idx], vlm_features=flat_x[idx], text_features=text, ths_steps=ths_steps
     )
-    out = {"clip_labels": [], "gpua_labels": [], "clip_probs": [], "gpua_probs": []}
+    out = {f"{m}_{k}": [] for m in ("clip", "gpua") for k in ("labels", "probs", "seen", "boxes")}
     for i in indices:
         p = pool.index(i)
         size = (by_pos[i].height, by_pos[i].width)
-        c = segment_dense_clip(
-            x[p : p + 1], text, image_size=size, unlabeled_threshold=unlabeled_threshold
-        )
-        g = gpua_segment(
-            z[p : p + 1], align, text, image_size=size, unlabeled_threshold=unlabeled_threshold
-        )
-        out["clip_labels"].append(c.labels[0])
-        out["clip_probs"].append(c.probs[0])
-        out["gpua_labels"].append(g.labels[0])
-        out["gpua_probs"].append(g.probs[0])
+        c = segment_dense_clip(x[p : p + 1], text, image_size=size, crop_box=x_boxes[p],
+                               unlabeled_threshold=unlabeled_threshold)
+        g = gpua_segment(z[p : p + 1], align, text, image_size=size, crop_box=z_boxes[p],
+                         unlabeled_threshold=unlabeled_threshold)
+        for m, res, boxes in (("clip", c, x_boxes), ("gpua", g, z_boxes)):
+            out[f"{m}_labels"].append(res.labels[0])
+            out[f"{m}_probs"].append(res.probs[0])
+            out[f"{m}_seen"].append(res.seen[0])
+            out[f"{m}_boxes"].append(tuple(boxes[p].tolist()))
     report(3, 3, "segmentation ready")
     return SegmentationResult(
         indices=tuple(indices), images=[by_pos[i] for i in indices], alignment=align, **out

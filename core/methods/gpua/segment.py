@@ -7,12 +7,18 @@ prototypes, upsample the logits bilinearly to the image size, argmax. The baseli
 dense CLIP patch features (MaskCLIP: value path of the last attention block, projected to the
 joint space; computed by ``core.models.load``) against the same prototypes the same way.
 
+The logits go where the patches came from: each model sees a centre crop of the image
+(``crop_box``, e.g. ``core.models.crop_box(image.size, spec)``), its grid is placed in that box
+(:mod:`core.methods.gpua.patch_grid`) and pixels outside it get the label ``NOT_SEEN``: stretching
+the grid over the whole image would misplace a 4:3 image's segments by up to 12.5% (CLIP 224 of
+224) or 17% (DINO 224 of 256) of its width.
+
 Typical use::
 
     flat_x = vlm_patches.reshape(-1, d_t)                      # (n h w, d_t)
     idx = select_patch_pool(flat_x, text)
     align = fit_gpua(vfm_patches.reshape(-1, d_v)[idx], flat_x[idx], text)
-    seg = segment(vfm_patches, align, text, image_size=(224, 224))
+    seg = segment(vfm_patches, align, text, image_size=(h, w), crop_box=crop_box((w, h), spec))
     labels, probs = seg                                        # or seg.labels, seg.probs
 """
 
@@ -21,13 +27,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from core.checks import check_classes, check_int, check_matrix, check_positive, l2_normalize
 from core.methods.gpua.fit import Alignment
+from core.methods.gpua.patch_grid import place_in_image
 
-__all__ = ["Segmentation", "segment", "segment_dense_clip", "select_patch_pool"]
+__all__ = [
+    "NOT_SEEN", "UNLABELED", "Segmentation", "segment", "segment_dense_clip", "select_patch_pool",
+]
+
+UNLABELED = -1  # label of a pixel whose top probability is below the threshold
+NOT_SEEN = -2  # label of a pixel outside the model's crop: it has no prediction at all
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,19 +48,23 @@ class Segmentation:
     Attributes
     ----------
     labels : Tensor, shape (n, H, W), long
-        Class per pixel, -1 where the top probability is below ``unlabeled_threshold``.
+        Class per pixel; ``UNLABELED`` (-1) where the top probability is below
+        ``unlabeled_threshold``, ``NOT_SEEN`` (-2) outside the model's crop.
     probs : Tensor, shape (n, K, H, W)
-        Softmax (temperature ``tau``) of the upsampled logits.
+        Softmax (temperature ``tau``) of the upsampled logits where ``seen``; 0 elsewhere.
+    seen : Tensor, shape (n, H, W), bool
+        Pixels inside the crop the model saw (all True without a ``crop_box``).
     """
 
     labels: Tensor
     probs: Tensor
+    seen: Tensor
 
     def __iter__(self):
         return iter((self.labels, self.probs))
 
 
-def select_patch_pool(vlm_patches, text_features, *, per_class: int = 1024) -> Tensor:
+def select_patch_pool(vlm_patches, text_features, *, per_class: int = 1024, mask=None) -> Tensor:
     """Fitting pool for segmentation: per class the top-M patches by CLIP patch-text cosine.
 
     Parameters
@@ -58,8 +73,11 @@ def select_patch_pool(vlm_patches, text_features, *, per_class: int = 1024) -> T
         Dense CLIP patch features, any leading shape (indices refer to the flattened patches).
     text_features : Tensor, shape (K, d_t)
     per_class : int >= 1, default 1024
-        M of the paper; capped at ``max(1, P // K)`` for P patches so small images do not put
-        every patch in every class's list.
+        M of the paper; capped at ``max(1, P // K)`` for P candidate patches so small images do
+        not put every patch in every class's list.
+    mask : Tensor, shape (...) as ``vlm_patches`` without d_t, bool, optional
+        Candidate patches (default all); e.g. the VFM patches whose position CLIP also saw
+        (``patch_grid.resample_patches``'s ``paired``).
 
     Returns
     -------
@@ -76,17 +94,28 @@ def select_patch_pool(vlm_patches, text_features, *, per_class: int = 1024) -> T
         )
     check_classes(y.shape[0], None, "text_features")
     per_class = check_int(per_class, "per_class", 1)
-    x = x.reshape(-1, x.shape[-1])
+    candidates = torch.arange(x[..., 0].numel())
+    if mask is not None:
+        mask = torch.as_tensor(mask)
+        if mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:-1]):
+            raise ValueError(
+                f"mask: expected a bool tensor of shape {tuple(x.shape[:-1])} (vlm_patches "
+                f"without d_t), got {mask.dtype} {tuple(mask.shape)}."
+            )
+        candidates = mask.reshape(-1).nonzero().squeeze(1)
+        if len(candidates) == 0:
+            raise ValueError("mask: no candidate patch; the two models' crops do not overlap.")
+    x = x.reshape(-1, x.shape[-1])[candidates]
     m = min(per_class, max(1, x.shape[0] // y.shape[0]))
     sim = l2_normalize(x) @ l2_normalize(y.to(x.dtype)).T  # (P, K)
     top = sim.topk(m, dim=0).indices  # (m, K)
-    return torch.unique(top.reshape(-1))
+    return candidates[torch.unique(top.reshape(-1))]
 
 
 def _segment_features(
-    features: Tensor, text_features, image_size, unlabeled_threshold, temperature
+    features: Tensor, text_features, image_size, crop_box, unlabeled_threshold, temperature
 ) -> Segmentation:
-    """Score normalised (n, h, w, d_t) features against text, upsample logits, argmax."""
+    """Score normalised (n, h, w, d_t) features against text, place logits in the image, argmax."""
     temperature = check_positive(temperature, "temperature")
     y = check_matrix(text_features, "text_features")
     if y.shape[1] != features.shape[-1]:
@@ -99,15 +128,17 @@ def _segment_features(
     logits = temperature * (features @ y.T)  # (n, h, w, K)
     logits = logits.permute(0, 3, 1, 2)  # (n, K, h, w)
     if image_size is not None:
-        if len(image_size) != 2:
-            raise ValueError(f"image_size: expected (H, W), got {image_size!r}.")
-        size = tuple(check_int(s, "image_size", 1) for s in image_size)
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    probs = torch.softmax(logits, dim=1)  # (n, K, H, W)
+        logits, seen = place_in_image(logits, image_size, crop_box)  # (n, K, H, W), (n, H, W)
+    elif crop_box is not None:
+        raise ValueError("crop_box: needs image_size (H, W), the image the box refers to.")
+    else:
+        seen = torch.ones(logits[:, 0].shape, dtype=torch.bool, device=logits.device)
+    probs = torch.softmax(logits, dim=1) * seen[:, None]  # (n, K, H, W)
     top, labels = probs.max(dim=1)
     if unlabeled_threshold is not None:
-        labels = labels.masked_fill(top < float(unlabeled_threshold), -1)
-    return Segmentation(labels=labels, probs=probs)
+        labels = labels.masked_fill(top < float(unlabeled_threshold), UNLABELED)
+    labels = labels.masked_fill(~seen, NOT_SEEN)
+    return Segmentation(labels=labels, probs=probs, seen=seen)
 
 
 def _check_grid(x, name: str) -> Tensor:
@@ -121,6 +152,7 @@ def segment(
     text_features,
     *,
     image_size: tuple[int, int] | None = None,
+    crop_box=None,
     unlabeled_threshold: float | None = None,
     temperature: float = 100.0,
 ) -> Segmentation:
@@ -133,6 +165,10 @@ def segment(
     text_features : Tensor, shape (K, d_t)
     image_size : (H, W), optional
         Logits are upsampled bilinearly to it before the argmax; None keeps the patch grid.
+    crop_box : (left, top, right, bottom) or Tensor (n, 4), optional
+        Where the patch grid lies in the image, in its pixels (the VFM's
+        ``core.models.crop_box((W, H), spec)``); pixels outside get ``NOT_SEEN``. None: the
+        grid covers the whole image (right for a "squash" model only).
     unlabeled_threshold : float, optional
         Pixels whose top probability is below it get label -1.
     temperature : float, default 100.0
@@ -144,7 +180,8 @@ def segment(
     """
     z = _check_grid(vfm_patches, "vfm_patches")
     return _segment_features(
-        alignment.transform(z), text_features, image_size, unlabeled_threshold, temperature
+        alignment.transform(z), text_features, image_size, crop_box, unlabeled_threshold,
+        temperature,
     )
 
 
@@ -153,6 +190,7 @@ def segment_dense_clip(
     text_features,
     *,
     image_size: tuple[int, int] | None = None,
+    crop_box=None,
     unlabeled_threshold: float | None = None,
     temperature: float = 100.0,
 ) -> Segmentation:
@@ -161,8 +199,8 @@ def segment_dense_clip(
     Parameters
     ----------
     vlm_patches : Tensor, shape (n, h, w, d_t)
-    text_features, image_size, unlabeled_threshold, temperature
-        As in :func:`segment`.
+    text_features, image_size, crop_box, unlabeled_threshold, temperature
+        As in :func:`segment` (``crop_box``: the VLM's crop).
 
     Returns
     -------
@@ -170,5 +208,5 @@ def segment_dense_clip(
     """
     x = _check_grid(vlm_patches, "vlm_patches")
     return _segment_features(
-        l2_normalize(x), text_features, image_size, unlabeled_threshold, temperature
+        l2_normalize(x), text_features, image_size, crop_box, unlabeled_threshold, temperature
     )
