@@ -18,7 +18,7 @@ from torch import Tensor
 from core.data import decode_many
 from core.pipeline.cache import FeatureCache
 from core.pipeline.extraction import DECODE_MAX_SIDE, Extraction, Progress
-from core.pipeline.features import LazyEncoder, cached_rows
+from core.pipeline.features import LazyEncoder, cached_features
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def segment(
 
     def patches(model: LazyEncoder, kind: str, compute) -> Tensor:
         hashes = [it.sha256 for it in items]
-        return cached_rows(
+        return cached_features(
             cache, model, kind, hashes, lambda rows: compute([images[r] for r in rows])
         )
 
