@@ -173,7 +173,7 @@ def _load_models(settings: ExtractSettings) -> tuple[LazyEncoder, LazyEncoder | 
 
 
 # (decoded images, their items) -> their features, Tensor (n, ...)
-ImageCompute = Callable[[list, list[ImageItem]], Tensor]
+_ImageCompute = Callable[[list, list[ImageItem]], Tensor]
 
 
 def _image_requests(
@@ -182,7 +182,7 @@ def _image_requests(
     vfm: LazyEncoder | None,
     cache: FeatureCache | None,
     hashes: list[str],
-) -> dict[str, tuple[FeatureRequest, ImageCompute]]:
+) -> dict[str, tuple[FeatureRequest, _ImageCompute]]:
     """The per-image features, looked up in the cache, with how to compute the misses; keyed by
     their :class:`FeatureSet` field.
 
@@ -191,7 +191,7 @@ def _image_requests(
     """
     batch_size = settings.batch_size
 
-    def global_features(model: LazyEncoder) -> tuple[FeatureRequest, ImageCompute]:
+    def global_features(model: LazyEncoder) -> tuple[FeatureRequest, _ImageCompute]:
         return (
             FeatureRequest(cache, model, "global", hashes),
             lambda ims, its: model.encoder.encode_images(ims, batch_size=batch_size),
@@ -224,7 +224,7 @@ def _forward_passes(models: Sequence[LazyEncoder]) -> int:
 
 
 def _encode_misses(
-    requests: Mapping[str, tuple[FeatureRequest, ImageCompute]],
+    requests: Mapping[str, tuple[FeatureRequest, _ImageCompute]],
     todo: list[ImageItem],
     report: Progress,
 ) -> dict[str, str]:
