@@ -10,9 +10,9 @@ the median ratio of adjacent pairs.
 - end to end: ``encoder.encode_images`` on a lazy sequence whose items decode JPEG bytes with
   Pillow when read, so decoding and preprocessing run on the encoder's worker threads while the
   model computes the previous batch;
-- cached rerun: `core.pipeline.cache.cached_encode` over 1,000 images already in a fresh on-disk
-cache
-  (a new `FeatureCache` object, as a new process would have), asserting zero forward passes.
+- cached rerun: `core.pipeline.features.cached_features` (the pipeline's cache-or-compute) over
+  1,000 images already in a fresh on-disk cache (a new `FeatureCache` object, as a new process
+  would have), asserting zero forward passes.
 
 Weights are random (timing does not depend on them): a real-size architecture through
 `core.models.tiny.random_init_copy` and a tiny test model. Nothing is downloaded.
@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.models import get_spec, load_encoder  # noqa: E402
 from core.models.tiny import random_init_copy, tiny_test_models  # noqa: E402
-from core.pipeline.cache import FeatureCache, cached_encode, model_key  # noqa: E402
+from core.pipeline.cache import FeatureCache, model_key  # noqa: E402
+from core.pipeline.features import cached_features  # noqa: E402
 
 
 class LazyJpegs:
@@ -106,18 +107,19 @@ def bench_cache(key: str, n_images: int) -> dict:
     hashes = [hashlib.sha256(f"image-{i}".encode()).hexdigest() for i in range(n_images)]
     generator = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as root:
-        def fake_compute(missing):  # stands in for the forward pass of the first run
-            return torch.nn.functional.normalize(torch.randn(len(missing), dim,
+        def fake_compute(rows):  # stands in for the forward pass of the first run
+            return torch.nn.functional.normalize(torch.randn(len(rows), dim,
                                                              generator=generator), dim=-1)
 
         start = time.perf_counter()
-        cached_encode(encoder, "global", hashes, fake_compute, FeatureCache(root))
+        cached_features(FeatureCache(root), encoder, "global", hashes, fake_compute)
         write_s = time.perf_counter() - start
         forward_before = encoder.n_forward
+        cache = FeatureCache(root)
         start = time.perf_counter()
-        rerun = cached_encode(encoder, "global", hashes, fake_compute, FeatureCache(root))
+        cached_features(cache, encoder, "global", hashes, fake_compute)
         read_s = time.perf_counter() - start
-        assert rerun.n_hits == n_images and encoder.n_forward == forward_before
+        assert cache.n_hits == n_images and encoder.n_forward == forward_before
         size_mb = sum(p.stat().st_size for p in Path(root).rglob("*.safetensors")) / 1e6
     return {"model": model_key(encoder.spec), "n": n_images, "write_s": write_s,
             "rerun_s": read_s, "size_mb": size_mb}

@@ -10,9 +10,13 @@ processes hits both alike):
   images, 100 classes, 90 crops, 8 attributes (captured from a real call), eps 0.1, tol 1e-6;
   plus ``lazsl_scores`` end to end with either method;
 - (c) GPUA's UCM: (1000, 100), eps 0.01, tol 1e-3, the first (cold) round's cost on synthetic
-  CLIP/DINO-like features.
+  CLIP/DINO-like features;
+- (d) kernels: the CPU primitives behind choices in ``core.solvers.sinkhorn_scaling`` (exp2 vs
+  exp, a multiply vs ``masked_fill_``, a row vector times a matrix vs a matrix times a column
+  vector, log of exact zeros vs a guarded log), each pair on the same tensors.
 
     python benchmarks/sinkhorn.py                      # all cases
+    python benchmarks/sinkhorn.py --cases kernels      # (d) only
     python benchmarks/sinkhorn.py --repeats 15 --threads 1 --json out.json
 """
 
@@ -158,16 +162,55 @@ def ucm_case(repeats: int) -> list[dict]:
                     repeats)]
 
 
+def kernel_case(repeats: int) -> list[dict]:
+    """(d): "old" is the plain primitive, "new" the one the scaling path uses instead."""
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(10_000, 1_000, generator=g)  # OTFusion's (N, K) kernel
+    out = torch.empty_like(big)
+    batch = torch.rand(10_000, 90, 8, generator=g)  # LaZSL's (N K, M, A) batch
+    batch_t = batch.transpose(1, 2).contiguous()
+    mask = torch.rand(batch.shape, generator=g) < 0.8
+    scratch = torch.empty_like(batch)
+    vec = torch.rand(10_000, 8, generator=g)
+    with_zeros = torch.where(torch.rand(10_000, 100, generator=g) < 0.5, 0.0, 1.0)
+    guard = (with_zeros == 0).float()
+    pairs = [
+        ("exp vs exp2 (10k x 1000)", lambda: torch.exp(big, out=out),
+         lambda: torch.exp2(big, out=out)),
+        # Both are idempotent on batch, so repeats time the same work.
+        ("masked_fill_ vs multiply (10k x 90 x 8)", lambda: batch.masked_fill_(~mask, 0.0),
+         lambda: batch.mul_(scratch.copy_(mask))),
+        ("bmm K v: column vs row vector (10k x 90 x 8)",
+         lambda: torch.bmm(batch, vec.unsqueeze(2)),
+         lambda: torch.bmm(vec.unsqueeze(1), batch_t)),
+        ("log: 50% exact zeros vs none (10k x 100)", lambda: torch.log(with_zeros),
+         lambda: torch.log(with_zeros + guard)),
+        ("log: 50% exact zeros vs guarded (10k x 100)", lambda: torch.log(with_zeros),
+         lambda: torch.log(with_zeros + guard).masked_fill_(guard > 0, float("-inf"))),
+    ]
+    rows = []
+    for name, old, new in pairs:
+        t_old, t_new = paired_medians(old, new, repeats)
+        rows.append({
+            "case": name, "shape": [], "dtype": "float32", "eps": None, "tol": None,
+            "log_s": t_old, "auto_s": t_new, "speedup": t_old / t_new, "n_iter_log": "-",
+            "n_iter_auto": "-", "method_auto": None, "absorptions": None, "max_plan_diff": 0.0,
+            "marginal_error_auto": None,
+        })
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
-    parser.add_argument("--cases", default="otfusion,lazsl,ucm")
+    parser.add_argument("--cases", default="otfusion,lazsl,ucm,kernels")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = {"otfusion": otfusion_case, "lazsl": lazsl_case, "ucm": ucm_case}
+    cases = {"otfusion": otfusion_case, "lazsl": lazsl_case, "ucm": ucm_case,
+             "kernels": kernel_case}
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
           f"median of {args.repeats}")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m core run | eval | download | models | bench``.
+"""Command line: ``python -m core run | eval | download | models``.
 
 python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip,otfusion
 python -m core download clip-vit-b16 dinov2-large
@@ -279,17 +279,6 @@ def cmd_eval(args) -> int:
     return 0 if reports else 2
 
 
-def cmd_bench(args) -> int:
-    import runpy
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{args.which}.py"
-    if not script.is_file():
-        raise SystemExit(f"bench: no benchmark named '{args.which}' ({script} missing).")
-    sys.argv = [str(script), *args.rest]
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core",
@@ -324,11 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_solver_args(p)
     p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
-    p.add_argument("which", help="solvers, encode or app_latency")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench)
     return parser
 
 

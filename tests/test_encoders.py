@@ -243,29 +243,22 @@ def test_dino_global_and_patches_match_the_model(role, images):
     with pytest.raises(ValueError, match="dense"):
         encoder.encode_dense(images)
     with pytest.raises(ValueError, match="vision-only"):
-        encoder.encode_text(["cat", "dog"])
+        encoder.encode_sentences(["a photo of a cat."])
 
 
-def test_encode_text_template_ensemble_equals_manual_average():
+def test_encode_sentences_equals_the_text_tower():
     encoder = load_encoder(TINY["clip_vit"], device="cpu")
-    names = ["golden_retriever", "cat", "tabby cat"]
-    templates = ["a photo of a {}.", "a drawing of a {}.", "{}"]
-    got = encoder.encode_text(names, templates=templates, batch_size=4)
-    assert got.shape == (3, 32)
-    for k, name in enumerate(names):
-        prompts = [t.replace("{}", name.replace("_", " ")) for t in templates]
-        tokens = encoder._text_tokenizer()(prompts)
-        with torch.no_grad():
-            each = encoder.model.encode_text(tokens)  # (T, d)
-        manual = l2_normalize(l2_normalize(each).mean(dim=0))
-        torch.testing.assert_close(got[k], manual, atol=ATOL, rtol=0)
-    single = encoder.encode_text(["golden_retriever"])
-    sentence = encoder.encode_sentences(["a photo of a golden retriever."])
-    torch.testing.assert_close(single, sentence)
-    with pytest.raises(ValueError, match="placeholder"):
-        encoder.encode_text(["cat"], templates=["a photo"])
+    sentences = ["a photo of a golden retriever.", "a drawing of a cat.", "tabby cat"]
+    got = encoder.encode_sentences(sentences, batch_size=2)
+    assert got.shape == (3, 32) and encoder.n_forward > 0
+    tokens = encoder._text_tokenizer()(sentences)
+    with torch.no_grad():
+        manual = l2_normalize(encoder.model.encode_text(tokens))  # (S, d)
+    torch.testing.assert_close(got, manual, atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="list of strings"):
         encoder.encode_sentences("one string")
+    with pytest.raises(ValueError, match="non-empty"):
+        encoder.encode_sentences(["cat", " "])
 
 
 def test_dense_features_grid_norm_and_reference(images):
@@ -300,7 +293,7 @@ def test_resnet_has_no_dense_path(images):
         encoder.encode_dense(images)
     with pytest.raises(ValueError, match="no patch features"):
         encoder.encode_patches(images)
-    assert encoder.encode_text(["cat"]).shape == (1, 32)  # the text tower still works
+    assert encoder.encode_sentences(["cat"]).shape == (1, 32)  # the text tower still works
 
 
 @pytest.mark.parametrize("role", ["clip_vit", "dinov2_reg"])

@@ -10,7 +10,6 @@ from sklearn.mixture import GaussianMixture
 
 from core.solvers.gmm import (
     GMMResult,
-    SharedDiagGMM,
     e_step,
     estimate_log_prob,
     fit_shared_diag_gmm,
@@ -144,15 +143,18 @@ def test_agrees_with_sklearn_tied_covariance_on_shared_diagonal_data():
     torch.testing.assert_close(ours.weights, torch.as_tensor(sk.weights_), atol=0.01, rtol=0)
 
 
-def test_init_resp_is_used_and_estimator_class_matches_function():
+def test_init_resp_is_used_and_result_predicts_with_its_own_parameters():
     x, true_means, _, labels = _mixture(n=600, k=3, d=4, seed=10)
     init = torch.nn.functional.one_hot(labels, 3).double() * 5.0  # rows renormalised
     res = fit_shared_diag_gmm(x, n_components=3, init_resp=init)
     # Started from the true labelling, components keep their indices.
     torch.testing.assert_close(res.means, true_means, atol=0.2, rtol=0)
-    res2 = SharedDiagGMM(n_components=3).fit(x, init_resp=init)
-    torch.testing.assert_close(res2.means, res.means)
-    assert res.predict(x).shape == (600,)
+    # The returned resp are the posteriors under the returned parameters, so predicting on the
+    # training data (uncentred, through the public e_step) gives them back.
+    torch.testing.assert_close(res.predict_proba(x), res.resp, atol=ATOL_NAIVE, rtol=0)
+    torch.testing.assert_close(res.predict_proba(x), e_step(x, res.means, res.var, res.weights))
+    assert torch.equal(res.predict(x), res.resp.argmax(1))
+    assert float((res.predict(x) == labels).double().mean()) > 0.95
 
 
 def test_float32_fit_runs_and_matches_float64():

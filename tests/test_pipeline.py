@@ -5,19 +5,22 @@ import csv
 import io
 import json
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from core.checks import l2_normalize
 from core.cli import main as cli_main
 from core.data import load_image_set
 from core.methods.run import SolverSettings, run_methods, sensitivity_sweep
-from core.models import load_encoder
+from core.models import get_spec, load_encoder
 from core.models.tiny import tiny_test_models
-from core.pipeline.cache import FeatureCache
+from core.pipeline.cache import FeatureCache, kind_key, model_key
 from core.pipeline.extraction import ExtractSettings, extract, resolve_labels
+from core.pipeline.features import text_hashes
 from core.pipeline.segmentation import NOT_SEEN, segment
 
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
@@ -87,6 +90,72 @@ def test_extract_then_cached_rerun_runs_zero_forward_passes(image_zip, settings,
     torch.testing.assert_close(second.features.vlm_image, feats.vlm_image)
     torch.testing.assert_close(second.features.crops, feats.crops)
     torch.testing.assert_close(second.features.text, feats.text)
+
+
+def test_cache_entries_keep_their_keys_and_only_missing_kinds_are_recomputed(
+    image_zip, settings, keys, tmp_path
+):
+    image_set = load_image_set(image_zip)
+    cache = FeatureCache(tmp_path / "cache")
+    first = extract(image_set, list(COLORS), settings, cache=cache)
+    vlm, vfm = get_spec(keys["clip_vit"]), get_spec(keys["dinov2"])
+    crops = kind_key("crops", {"n_crops": 3, "scale": [0.6, 0.9]})
+    text = text_hashes("text", [json.dumps([c, list(settings.templates)]) for c in COLORS])
+    # The documented layout: an existing cache must keep hitting.
+    for model, kind, sha in [
+        *((vlm, "global", it.sha256) for it in first.items),
+        *((vfm, "global", it.sha256) for it in first.items),
+        *((vlm, crops, it.sha256) for it in first.items),
+        *((vlm, "text", sha) for sha in text),
+    ]:
+        assert cache.path_for(model_key(model), kind, sha).is_file(), (model.key, kind)
+
+    # One VFM entry gone: only that image is decoded, and only the VFM runs, once.
+    cache.path_for(model_key(vfm), "global", first.items[4].sha256).unlink()
+    encoders = [load_encoder(keys["clip_vit"]), load_encoder(keys["dinov2"])]
+    before = [e.n_forward for e in encoders]
+    second = extract(image_set, list(COLORS), settings, cache=cache)
+    assert [e.n_forward - b for e, b in zip(encoders, before)] == [0, 1]
+    assert (second.stats["cache_hits"], second.stats["encoded"]) == (11, 1)
+    assert second.stats["forward_passes"] == 1
+    torch.testing.assert_close(second.features.vfm_image, first.features.vfm_image,
+                               atol=1e-5, rtol=0)
+    assert torch.equal(second.features.vlm_image, first.features.vlm_image)
+
+    # Other crop settings are another key: the crops are recomputed, the VFM is not touched.
+    before = [e.n_forward for e in encoders]
+    other = extract(image_set, list(COLORS), replace(settings, n_crops=2), cache=cache)
+    assert other.features.crops.shape == (12, 3, 32)
+    assert encoders[1].n_forward == before[1] and encoders[0].n_forward > before[0]
+    assert other.stats["cache_hits"] == 0 and other.stats["encoded"] == 12
+
+
+def test_text_prototypes_are_the_template_ensemble_of_the_text_tower(image_zip, keys, tmp_path):
+    templates = ("a photo of a {}.", "a drawing of a {}.", "{}")
+    names = ["dark_red", "blue", "green"]
+    settings = ExtractSettings(vlm=keys["clip_vit"], vfm=None, templates=templates)
+    cache = FeatureCache(tmp_path / "cache")
+    ex = extract(load_image_set(image_zip), names, settings, cache=cache)
+    encoder = load_encoder(keys["clip_vit"])
+    tokenizer = encoder._text_tokenizer()
+    for k, name in enumerate(names):
+        prompts = [t.replace("{}", name.replace("_", " ")) for t in templates]
+        with torch.no_grad():
+            each = l2_normalize(encoder.model.encode_text(tokenizer(prompts)))  # (T, d)
+        manual = l2_normalize(each.mean(dim=0))
+        torch.testing.assert_close(ex.features.text[k], manual, atol=1e-5, rtol=0)
+    # One template: the prototype is that prompt's embedding.
+    single = extract(load_image_set(image_zip), names, replace(settings, templates=("{}",)))
+    torch.testing.assert_close(single.features.text,
+                               encoder.encode_sentences(["dark red", "blue", "green"]),
+                               atol=1e-6, rtol=0)
+    # Cached by the exact prompts: a rerun hits, another template misses.
+    before = encoder.n_forward
+    again = extract(load_image_set(image_zip), names, settings, cache=cache)
+    assert encoder.n_forward == before and torch.equal(again.features.text, ex.features.text)
+    extract(load_image_set(image_zip), names, replace(settings, templates=templates[:2]),
+            cache=cache)
+    assert encoder.n_forward == before + 1  # one batch of 6 prompts; the images were hits
 
 
 def test_crop_features_view0_equals_global_features(image_zip, settings):

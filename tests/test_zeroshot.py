@@ -111,27 +111,58 @@ def test_format_prompts():
         ["a photo of a golden retriever.", "art of the golden retriever"],
         ["a photo of a cat.", "art of the cat"],
     ]
-    assert format_prompts(["red_fox"]) == [[DEFAULT_TEMPLATE.format("red fox")]]
+    assert format_prompts(["red_fox"]) == [[DEFAULT_TEMPLATE.replace("{}", "red fox")]]
+    # Every placeholder is filled; other braces are text, not str.format fields.
+    assert format_prompts(["cat"], ["a {} like a {}", "{style} of a {}"]) == [
+        ["a cat like a cat", "{style} of a cat"]
+    ]
     with pytest.raises(ValueError, match="placeholder"):
         format_prompts(["cat"], ["no placeholder"])
+    with pytest.raises(ValueError, match="wrap a single template"):
+        format_prompts(["cat"], "a photo of a {}.")
     with pytest.raises(ValueError, match="class_names"):
         format_prompts([])
+    with pytest.raises(ValueError, match="non-empty strings"):
+        format_prompts(["cat", "  "])
+
+
+def _unit_rows(k, t, d, seed=3, dtype=torch.float64):
+    f = torch.randn(k, t, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return f / f.norm(dim=-1, keepdim=True)
 
 
 def test_ensemble_text_features_matches_loop():
-    gen = torch.Generator().manual_seed(3)
-    f = torch.randn(4, 5, 8, generator=gen, dtype=torch.float64)
+    f = _unit_rows(4, 5, 8)
     got = ensemble_text_features(f)
     for k in range(4):
-        mean = sum(f[k, j] / f[k, j].norm() for j in range(5)) / 5
+        mean = sum(f[k, j] for j in range(5)) / 5
         torch.testing.assert_close(got[k], mean / mean.norm(), atol=ATOL64, rtol=0)
     torch.testing.assert_close(got.norm(dim=1), torch.ones(4, dtype=torch.float64))
-    # one template: ensembling is plain normalisation
-    torch.testing.assert_close(
-        ensemble_text_features(f[:, :1]), f[:, 0] / f[:, 0].norm(dim=1, keepdim=True)
-    )
+    # one template: ensembling returns the embedding itself (renormalised: up to rounding)
+    one = _unit_rows(3, 1, 8, dtype=torch.float32)
+    torch.testing.assert_close(ensemble_text_features(one), one[:, 0], atol=ATOL32, rtol=0)
+
+
+def test_ensemble_known_answer_and_order_invariance():
+    e = torch.eye(4, dtype=torch.float64)
+    # Two orthogonal templates: the prototype is their bisector.
+    got = ensemble_text_features(torch.stack([e[:2], e[2:]]))  # (2, 2, 4)
+    half = 0.5**0.5
+    expected = torch.tensor([[half, half, 0, 0], [0, 0, half, half]], dtype=torch.float64)
+    torch.testing.assert_close(got, expected, atol=ATOL64, rtol=0)
+    f = _unit_rows(3, 6, 5)
+    torch.testing.assert_close(ensemble_text_features(f.flip(1)), ensemble_text_features(f),
+                               atol=ATOL64, rtol=0)
+
+
+def test_ensemble_validation():
+    f = _unit_rows(2, 3, 4)
     with pytest.raises(ValueError, match="3-D"):
         ensemble_text_features(f[0])
+    with pytest.raises(ValueError, match="L2-normalised"):
+        ensemble_text_features(f * 2.0)
+    # float32 unit rows (as encoders return them) pass, in float64 too
+    ensemble_text_features(f.float().double())
 
 
 @pytest.mark.parametrize(

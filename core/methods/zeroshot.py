@@ -116,11 +116,15 @@ def format_prompts(
 ) -> list[list[str]]:
     """Fill every template with every class name ("_" becomes a space).
 
+    Every ``{}`` of a template is replaced by the name; other braces are kept as written (no
+    ``str.format``), so a template like ``"a photo of a {} {style}"`` is safe.
+
     Parameters
     ----------
     class_names : sequence of str, length k
+        Non-empty strings.
     templates : sequence of str, length t, default ``[DEFAULT_TEMPLATE]``
-        Each holds exactly one ``{}`` placeholder.
+        Each holds at least one ``{}`` placeholder.
 
     Returns
     -------
@@ -128,40 +132,59 @@ def format_prompts(
     """
     if isinstance(class_names, str) or len(class_names) == 0:
         raise ValueError(
-            f"class_names: expected a non-empty sequence of strings, got {class_names!r}."
+            f"class_names: expected a non-empty list of strings, got {class_names!r}."
         )
-    templates = [DEFAULT_TEMPLATE] if templates is None else list(templates)
+    templates = [DEFAULT_TEMPLATE] if templates is None else templates
     if isinstance(templates, str) or len(templates) == 0:
-        raise ValueError("templates: expected a non-empty list of strings with one '{}' each.")
-    for tpl in templates:
-        if not isinstance(tpl, str) or tpl.count("{}") != 1:
-            raise ValueError(
-                f"templates: each template needs exactly one '{{}}' placeholder, got {tpl!r}; "
-                "write it like 'a photo of a {}.'"
-            )
+        raise ValueError(
+            f"templates: expected a non-empty list of strings with '{{}}' each, got "
+            f"{templates!r}; wrap a single template in a list."
+        )
+    bad = [t for t in templates if not isinstance(t, str) or "{}" not in t]
+    if bad:
+        raise ValueError(
+            f"templates: each template needs a '{{}}' placeholder for the class name, got "
+            f"{bad[:3]!r}; write it like 'a photo of a {{}}.'"
+        )
     prompts = []
     for name in class_names:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"class_names: expected non-empty strings, got {name!r}.")
-        clean = " ".join(name.replace("_", " ").split())
-        prompts.append([tpl.format(clean) for tpl in templates])
+        name = name.replace("_", " ")
+        prompts.append([t.replace("{}", name) for t in templates])
     return prompts
 
 
 def ensemble_text_features(per_template_features) -> Tensor:
-    """Prompt ensembling: normalise each template's embedding, average, renormalise.
+    """Prompt ensembling (CLIP's recipe): average each class's unit-norm template embeddings and
+    renormalise the mean.
 
     Parameters
     ----------
     per_template_features : Tensor, shape (k, t, d)
-        Text embeddings of t templates for each of k classes.
+        Text embeddings of t templates for each of k classes, L2-normalised along d (as every
+        ``core.models`` encoder returns them). They are not normalised again here: in float32
+        that would move the last bit of a third of the rows and change every result downstream.
 
     Returns
     -------
     Tensor, shape (k, d), L2-normalised rows.
+
+    Raises
+    ------
+    ValueError
+        Not 3-D, or rows whose norm is not 1 (normalise them first with ``l2_normalize``).
     """
     f = check_matrix(per_template_features, "per_template_features", ndim=3)
-    return l2_normalize(l2_normalize(f).mean(dim=1))
+    norms = f.norm(dim=-1)
+    tol = max(1e-3, 10 * torch.finfo(f.dtype).eps)
+    if bool(((norms - 1).abs() > tol).any()):
+        raise ValueError(
+            f"per_template_features: expected L2-normalised embeddings (norm 1 along the last "
+            f"dimension), got norms in [{float(norms.min()):.4g}, {float(norms.max()):.4g}]; "
+            "normalise them first (core.checks.l2_normalize)."
+        )
+    return l2_normalize(f.mean(dim=1))
 
 
 def _clean(text: str) -> str:

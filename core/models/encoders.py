@@ -1,7 +1,9 @@
 """Encoders: one loaded model plus its own preprocessing, turning images and text into features.
 
-`Encoder` holds everything shared (preprocessing, batching, progress, the text-template
-ensemble, crops); `OpenClipEncoder` and `TransformersEncoder` add the forward passes.
+`Encoder` holds everything shared (preprocessing, batching, progress, crops); `OpenClipEncoder`
+and `TransformersEncoder` add the forward passes. Text goes in as finished sentences
+(`encode_sentences`); filling prompt templates and ensembling them per class is
+``core.methods.zeroshot.format_prompts`` / ``ensemble_text_features``, which the pipeline applies.
 Build them with `core.models.load.load_encoder`, which also checks the weights.
 
 Every ``encode_*`` method runs under ``torch.inference_mode()`` (autocast to bf16/fp16 on CUDA
@@ -212,38 +214,15 @@ class Encoder:
         return feats.reshape(n, 1 + n_crops, -1)
 
     # ------------------------------------------------------------------------------- text paths
-    def encode_text(
-        self,
-        class_names: Sequence[str],
-        *,
-        templates: Sequence[str] = ("a photo of a {}.",),
-        batch_size: int = 256,
-        progress: Progress | None = None,
-    ) -> Tensor:
-        """Class prototypes by prompt ensembling (CLIP's recipe).
-
-        For each class, every template is filled ("_" in names become spaces), encoded and
-        L2-normalised; the T embeddings are averaged and the mean renormalised.
-
-        Returns Tensor, shape (K, output_dim), L2-normalised.
-        """
-        names = _check_strings(class_names, "class_names")
-        templates = _check_strings(templates, "templates")
-        bad = [t for t in templates if "{}" not in t]
-        if bad:
-            raise ValueError(
-                f"templates: each template needs a '{{}}' placeholder for the class name, got "
-                f"{bad[:3]}; write e.g. 'a photo of a {{}}.'."
-            )
-        prompts = [t.replace("{}", name.replace("_", " ")) for name in names for t in templates]
-        emb = self.encode_sentences(prompts, batch_size=batch_size, progress=progress)
-        emb = emb.reshape(len(names), len(templates), -1).mean(dim=1)  # (K, d)
-        return l2_normalize(emb)
-
     def encode_sentences(
         self, sentences: Sequence[str], *, batch_size: int = 256, progress: Progress | None = None
     ) -> Tensor:
-        """Text embeddings of free sentences: Tensor (S, output_dim), L2-normalised."""
+        """Text embeddings of sentences (filled prompts): Tensor (S, output_dim), L2-normalised.
+
+        Class prototypes from templates: ``core.methods.zeroshot.format_prompts`` to fill them,
+        this to encode, ``ensemble_text_features`` to average per class (see
+        ``core.pipeline.extraction``).
+        """
         sentences = _check_strings(sentences, "sentences")
         tokenizer = self._text_tokenizer()
         step = _batch(batch_size)

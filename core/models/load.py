@@ -3,7 +3,7 @@
     >>> from core.models import load_encoder
     >>> clip = load_encoder("clip-vit-b16")                     # doctest: +SKIP
     >>> img = clip.encode_images(images)                        # (N, 512), unit norm
-    >>> txt = clip.encode_text(["cat", "dog"])                  # (2, 512)
+    >>> txt = clip.encode_sentences(["a photo of a cat."])      # (1, 512), unit norm
     >>> dino = load_encoder("dinov2-base")                      # doctest: +SKIP
     >>> patches = dino.encode_patches(images)                   # (N, 16, 16, 768)
 

@@ -27,8 +27,7 @@ import re
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -215,108 +214,6 @@ class FeatureCache:
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-@dataclass(frozen=True)
-class CachedFeatures:
-    """Result of `cached_encode`.
-
-    features : Tensor, shape (N, ...)   in input order (duplicates of an image share one entry)
-    n_hits : int                        unique images read from the cache
-    n_misses : int                      unique images computed
-    n_forward : int                     batched forward passes the encoder ran meanwhile
-    n_corrupt : int                     corrupt entries deleted and recomputed
-    """
-
-    features: Tensor
-    n_hits: int
-    n_misses: int
-    n_forward: int
-    n_corrupt: int
-
-
-def image_hash(item) -> str:
-    """The content hash of an image item (``item.sha256``) or of a plain hash string."""
-    sha = item if isinstance(item, str) else getattr(item, "sha256", None)
-    if not isinstance(sha, str):
-        raise ValueError(
-            f"expected an image item with a .sha256 attribute or a hash string, got "
-            f"{type(item).__name__}."
-        )
-    return sha
-
-
-def cached_encode(
-    encoder,
-    kind: str,
-    items: Sequence,
-    compute_fn: Callable[[list], Tensor],
-    cache: FeatureCache | None,
-    *,
-    settings: Mapping | None = None,
-    expected_shape: tuple[int, ...] | None = None,
-) -> CachedFeatures:
-    """Features of ``items``, computing only those the cache lacks.
-
-    Parameters
-    ----------
-    encoder : Encoder
-        Supplies the model identity (``encoder.spec``) and the forward counter.
-    kind : str
-        "global", "patches", "dense", "crops" or another short name.
-    items : sequence, length N
-        Image items with ``.sha256`` (``core.data.images``) or hash strings.
-    compute_fn : callable ``compute_fn(missing_items) -> Tensor (n_missing, ...)``
-        Receives the items whose features are missing (first occurrence of each hash, input
-        order), e.g. ``lambda its: encoder.encode_images([it.image for it in its])``.
-    cache : FeatureCache or None
-        None computes everything (no caching).
-    settings : mapping, optional
-        Settings that change the features of this kind (crop count, scale, seed...).
-    expected_shape : tuple, optional
-        Per-image shape; defaults to `feature_shape` of the encoder's spec.
-    """
-    hashes = [image_hash(item) for item in items]
-    if not hashes:
-        raise ValueError("items: expected at least one image item, got none.")
-    spec = encoder.spec
-    model, kkey = model_key(spec), kind_key(kind, settings)
-    if expected_shape is None:
-        expected_shape = feature_shape(spec, kind, settings)
-    corrupt_before = cache.n_corrupt if cache is not None else 0
-    if cache is not None:
-        found, missing = cache.get_many(model, kkey, hashes, expected_shape=expected_shape)
-    else:
-        found, missing = {}, list(dict.fromkeys(hashes))
-    forward_before = getattr(encoder, "n_forward", 0)
-    if missing:
-        first = {}
-        for item, sha in zip(items, hashes):
-            first.setdefault(sha, item)
-        computed = compute_fn([first[sha] for sha in missing])
-        if not isinstance(computed, Tensor) or computed.ndim < 1 or len(computed) != len(missing):
-            got = tuple(computed.shape) if isinstance(computed, Tensor) else type(computed).__name__
-            raise ValueError(
-                f"compute_fn: expected a Tensor with one row per missing item ({len(missing)}), "
-                f"got {got}."
-            )
-        if expected_shape is not None and tuple(computed.shape[1:]) != tuple(expected_shape):
-            raise ValueError(
-                f"compute_fn: expected per-item shape {tuple(expected_shape)} for kind '{kind}' "
-                f"of '{spec.key}', got {tuple(computed.shape[1:])}."
-            )
-        new = {sha: computed[i] for i, sha in enumerate(missing)}
-        if cache is not None:
-            cache.put_many(model, kkey, new)
-        found.update(new)
-    features = torch.stack([found[sha] for sha in hashes]).to(torch.float32)
-    return CachedFeatures(
-        features=features,
-        n_hits=len(found) - len(missing),
-        n_misses=len(missing),
-        n_forward=getattr(encoder, "n_forward", 0) - forward_before,
-        n_corrupt=(cache.n_corrupt - corrupt_before) if cache is not None else 0,
-    )
 
 
 def _remove(path: Path) -> None:

@@ -25,9 +25,14 @@ from torch import Tensor
 from core.data import ImageItem, ImageSet, SkippedFile, decode_many
 from core.methods.lazsl import crop_boxes, seed_from_hash
 from core.methods.run import FeatureSet
-from core.methods.zeroshot import DEFAULT_TEMPLATE, descriptor_sentences
-from core.pipeline.cache import FeatureCache, feature_shape, kind_key, model_key
-from core.pipeline.features import LazyEncoder, cached_texts
+from core.methods.zeroshot import (
+    DEFAULT_TEMPLATE,
+    descriptor_sentences,
+    ensemble_text_features,
+    format_prompts,
+)
+from core.pipeline.cache import FeatureCache
+from core.pipeline.features import FeatureRequest, LazyEncoder, cached_features, text_hashes
 
 Progress = Callable[[int, int, str], None]
 
@@ -129,21 +134,6 @@ def resolve_labels(
     return out, warnings
 
 
-@dataclass
-class _Need:
-    """One feature kind of one model for every image: cache lookup, then compute the misses."""
-
-    model: LazyEncoder
-    kind: str
-    settings: dict | None
-    compute: Callable[[list, list[ImageItem]], Tensor]  # (decoded images, their items) -> features
-    found: dict = field(default_factory=dict)
-
-    @property
-    def keys(self) -> tuple[str, str]:
-        return model_key(self.model.spec), kind_key(self.kind, self.settings)
-
-
 def _crop_boxes_from_sizes(items: Sequence[ImageItem], n_crops: int, scale) -> Tensor:
     """Deterministic LaZSL boxes per image, seeded from its content hash: Tensor (n, m, 4).
 
@@ -182,28 +172,34 @@ def _load_models(settings: ExtractSettings) -> tuple[LazyEncoder, LazyEncoder | 
     return vlm, vfm
 
 
-def _global_need(model: LazyEncoder, batch_size: int) -> _Need:
-    """One model's global image features, (n, d) for n images."""
-    return _Need(
-        model,
-        "global",
-        None,
-        lambda ims, its: model.encoder.encode_images(ims, batch_size=batch_size),
-    )
+# (decoded images, their items) -> their features, Tensor (n, ...)
+_ImageCompute = Callable[[list, list[ImageItem]], Tensor]
 
 
-def _image_needs(
-    settings: ExtractSettings, vlm: LazyEncoder, vfm: LazyEncoder | None
-) -> dict[str, _Need]:
-    """The per-image features to read or compute, keyed by their :class:`FeatureSet` field.
+def _image_requests(
+    settings: ExtractSettings,
+    vlm: LazyEncoder,
+    vfm: LazyEncoder | None,
+    cache: FeatureCache | None,
+    hashes: list[str],
+) -> dict[str, tuple[FeatureRequest, _ImageCompute]]:
+    """The per-image features, looked up in the cache, with how to compute the misses; keyed by
+    their :class:`FeatureSet` field.
 
     In the order they are computed for each chunk: "vlm_image" always, "vfm_image" with a VFM,
     "crops" (LaZSL, keyed on the crop settings) when ``settings.n_crops > 0``.
     """
     batch_size = settings.batch_size
-    needs = {"vlm_image": _global_need(vlm, batch_size)}
+
+    def global_features(model: LazyEncoder) -> tuple[FeatureRequest, _ImageCompute]:
+        return (
+            FeatureRequest(cache, model, "global", hashes),
+            lambda ims, its: model.encoder.encode_images(ims, batch_size=batch_size),
+        )
+
+    requests = {"vlm_image": global_features(vlm)}
     if vfm is not None:
-        needs["vfm_image"] = _global_need(vfm, batch_size)
+        requests["vfm_image"] = global_features(vfm)
     if settings.n_crops > 0:
         crop_settings = {"n_crops": int(settings.n_crops), "scale": list(settings.crop_scale)}
 
@@ -215,63 +211,25 @@ def _image_needs(
             )
             return vlm.encoder.encode_crops(ims, boxes * scale[:, None, :], batch_size=batch_size)
 
-        needs["crops"] = _Need(vlm, "crops", crop_settings, compute_crops)
-    return needs
+        request = FeatureRequest(cache, vlm, "crops", hashes, settings=crop_settings)
+        requests["crops"] = (request, compute_crops)
+    return requests
 
 
-def _forward_passes(needs: Mapping[str, _Need]) -> int:
-    """Forward passes run so far by the needs' models, each model counted once (the VLM serves
-    global features, crops and text)."""
-    models = {id(n.model): n.model for n in needs.values()}
-    return sum(m.n_forward for m in models.values())
-
-
-def _cache_lookups(
-    needs: Mapping[str, _Need], items: Sequence[ImageItem], cache: FeatureCache | None
-) -> set[str]:
-    """Fill each need's ``found`` from the cache; return the hashes some need still lacks.
-
-    Cheap: no decoding, no model. Without a cache every image is missing.
-    """
-    missing: set[str] = set()
-    for need in needs.values():
-        if cache is None:
-            missing.update(item.sha256 for item in items)
-            continue
-        mkey, kkey = need.keys
-        shape = feature_shape(need.model.spec, need.kind, need.settings)
-        need.found, miss = cache.get_many(
-            mkey, kkey, [it.sha256 for it in items], expected_shape=shape
-        )
-        missing.update(miss)
-    return missing
-
-
-def _encode_chunk(
-    needs: Mapping[str, _Need], images: list, items: list[ImageItem], cache: FeatureCache | None
-) -> None:
-    """Compute each need's features for the decoded ``images`` (of ``items``) it lacks.
-
-    The new features go into ``need.found`` and are written to the cache.
-    """
-    for need in needs.values():
-        want = [i for i, it in enumerate(items) if it.sha256 not in need.found]
-        if not want:
-            continue
-        feats = need.compute([images[i] for i in want], [items[i] for i in want])
-        new = {items[i].sha256: feats[j] for j, i in enumerate(want)}
-        if cache is not None:
-            cache.put_many(*need.keys, new)
-        need.found.update(new)
+def _forward_passes(models: Sequence[LazyEncoder]) -> int:
+    """Forward passes run so far by ``models``, each counted once (the VLM serves global
+    features, crops and text)."""
+    unique = {id(m): m for m in models}
+    return sum(m.n_forward for m in unique.values())
 
 
 def _encode_misses(
-    needs: Mapping[str, _Need],
+    requests: Mapping[str, tuple[FeatureRequest, _ImageCompute]],
     todo: list[ImageItem],
-    cache: FeatureCache | None,
     report: Progress,
 ) -> dict[str, str]:
-    """Decode and encode only the missing images, ``DECODE_CHUNK`` at a time.
+    """Decode only the images some request lacks, ``DECODE_CHUNK`` at a time, and give each
+    request the features it lacks for them (written to the cache as each chunk is done).
 
     Returns ``{sha256: why}`` for the images that could not be decoded.
     """
@@ -283,15 +241,13 @@ def _encode_misses(
         failed = {f.index for f in failures}
         bad.update((chunk[f.index].sha256, f.reason) for f in failures)
         ok_items = [it for i, it in enumerate(chunk) if i not in failed]
-        if ok_items:
-            _encode_chunk(needs, images, ok_items, cache)
+        for request, compute in requests.values():
+            want = [i for i, it in enumerate(ok_items) if it.sha256 not in request.found]
+            if want:
+                feats = compute([images[i] for i in want], [ok_items[i] for i in want])
+                request.store([ok_items[i].sha256 for i in want], feats)
     report(len(todo), len(todo), "images encoded")
     return bad
-
-
-def _stacked(need: _Need, items: Sequence[ImageItem]) -> Tensor:
-    """One need's features for ``items``, in order: float32 (n, ...)."""
-    return torch.stack([need.found[it.sha256] for it in items]).to(torch.float32)
 
 
 def _text_features(
@@ -301,12 +257,17 @@ def _text_features(
     templates: tuple[str, ...],
 ) -> Tensor:
     """Class text prototypes (template-ensembled), cached by their exact prompts: (k, d)."""
-    return cached_texts(
-        vlm,
-        cache,
-        "text",
-        [json.dumps([c, templates]) for c in class_names],
-        lambda rows: vlm.encoder.encode_text([class_names[r] for r in rows], templates=templates),
+
+    def compute(rows: list[int]) -> Tensor:
+        prompts = format_prompts([class_names[r] for r in rows], templates)  # (k', t) strings
+        flat = [p for per_class in prompts for p in per_class]
+        emb = vlm.encoder.encode_sentences(flat)  # (k' t, d), L2-normalised
+        return ensemble_text_features(emb.reshape(len(rows), len(templates), -1))
+
+    keys = [json.dumps([c, templates]) for c in class_names]
+    return cached_features(
+        cache, vlm, "text", text_hashes("text", keys), compute,
+        expected_shape=(vlm.spec.output_dim,),
     )
 
 
@@ -324,12 +285,13 @@ def _attribute_features(
     sentences, attribute_index, attribute_mask = descriptor_sentences(
         dict(attributes or {}), class_names
     )
-    sent_feats = cached_texts(
-        vlm,
+    sent_feats = cached_features(
         cache,
+        vlm,
         "sentence",
-        sentences,
+        text_hashes("sentence", sentences),
         lambda rows: vlm.encoder.encode_sentences([sentences[r] for r in rows]),
+        expected_shape=(vlm.spec.output_dim,),
     )
     safe_index = attribute_index.clamp_min(0)
     features = sent_feats[safe_index] * attribute_mask[..., None]  # (k, a, d), zero padding
@@ -395,10 +357,10 @@ def extract(
         raise ValueError("images: no usable image in the upload; see the skipped files for why.")
 
     # 1. Cache lookups (no decoding, no model), then 2. decode and encode only the misses.
-    needs = _image_needs(settings, vlm, vfm)
-    missing = _cache_lookups(needs, items, cache)
+    requests = _image_requests(settings, vlm, vfm, cache, [it.sha256 for it in items])
+    missing = {sha for request, _ in requests.values() for sha in request.missing}
     todo = list({it.sha256: it for it in items if it.sha256 in missing}.values())
-    bad = _encode_misses(needs, todo, cache, report)
+    bad = _encode_misses(requests, todo, report)
     kept = [it for it in items if it.sha256 not in bad]
     skipped = list(image_set.skipped)
     skipped += [SkippedFile(it.name, bad[it.sha256]) for it in items if it.sha256 in bad]
@@ -406,7 +368,8 @@ def extract(
         raise ValueError(
             "images: none of the uploaded images could be decoded; see the skipped files."
         )
-    image_features = {name: _stacked(need, kept) for name, need in needs.items()}
+    kept_hashes = [it.sha256 for it in kept]
+    image_features = {name: req.stack(kept_hashes) for name, (req, _) in requests.items()}
 
     # 3. Text prototypes (and LaZSL attribute sentences), cached by their exact prompts.
     report(0, 1, "encoding class prompts")
@@ -422,7 +385,7 @@ def extract(
     labels, warnings = None, []
     if any(it.label is not None for it in kept):
         labels, warnings = resolve_labels([it.label for it in kept], class_names)
-    n_forward = _forward_passes(needs)
+    n_forward = _forward_passes([vlm] if vfm is None else [vlm, vfm])
     stats = _stats(items, missing, len(kept), len(todo) - len(bad), n_forward, cache, start)
     report(1, 1, "features ready")
     return Extraction(

@@ -1,17 +1,27 @@
-"""Features cached per row, computed only for the misses, by lazily loaded models.
+"""Cache-or-compute: features read from the on-disk cache, computed only for the misses.
 
-:class:`LazyEncoder` loads a model on first use, so a fully cached run never touches its weights
-(nor needs them); :func:`cached_rows` reads a batch of features from the on-disk cache and computes
-only the missing rows; :func:`cached_texts` does the same for prompts, keyed by the hash of the
-exact text encoded. Used by ``core.pipeline.extraction`` (image and text features) and
-``core.pipeline.segmentation`` (patch features).
+This is the one place the pipeline reads and fills the feature cache (``core.pipeline.cache``):
+extraction (global image features, LaZSL crops, class prompts, attribute sentences) and
+segmentation (dense CLIP and VFM patch features) all go through :class:`FeatureRequest`.
+
+- :class:`LazyEncoder` loads a model on first use, so a fully cached run never touches its weights
+  (nor needs them).
+- :class:`FeatureRequest` is one feature kind of one model over a list of content hashes: it looks
+  them up once, takes the features computed for the misses (in one go, or chunk by chunk while
+  the caller decodes images a few at a time) and writes them back, then stacks the rows in order.
+- :func:`cached_features` is the whole round trip in one call, for callers that can compute every
+  miss at once.
+- :func:`text_hashes` keys text features by the exact text encoded (what images key by content).
+
+Cache layout and keys are the cache's: ``model_key(spec)``, ``kind_key(kind, settings)`` and the
+row's sha256, so an entry written by one caller is a hit for every other.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -45,43 +55,117 @@ class LazyEncoder:
         return int(getattr(self._encoder, "n_forward", 0)) - self._baseline
 
 
-def _text_hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+def text_hashes(kind: str, texts: Sequence[str]) -> list[str]:
+    """Cache keys of text features: the sha256 of ``[kind, text]`` (the exact text encoded)."""
+    return [hashlib.sha256(json.dumps([kind, t], sort_keys=True).encode()).hexdigest()
+            for t in texts]
 
 
-def cached_rows(
-    cache: FeatureCache | None,
-    model: LazyEncoder,
-    kind: str,
-    hashes: list[str],
-    compute: Callable[[list[int]], Tensor],
-) -> Tensor:
-    """Features for ``hashes`` (one row each), reading the cache and computing only the misses.
+class FeatureRequest:
+    """One feature kind of one model for a list of content hashes, read from the cache first.
 
-    ``compute(rows)`` gets the positions (first occurrence) of the missing hashes and returns their
-    features in that order; they are written back to the cache.
+    Parameters
+    ----------
+    cache : FeatureCache or None
+        None computes everything and stores nothing.
+    model : LazyEncoder or Encoder
+        Only ``model.spec`` is used here (the cache key); the caller's compute runs the model.
+    kind : str
+        "global", "crops", "dense", "patches", "text", "sentence", ...
+    hashes : sequence of str, length n
+        sha256 of each row's content (``ImageItem.sha256``, or :func:`text_hashes`); duplicates
+        share one entry.
+    settings : mapping, optional
+        Settings that change the features of this kind (crop count and scale); part of the key.
+    expected_shape : tuple of int, optional
+        Per-row shape; defaults to ``feature_shape(model.spec, kind, settings)`` (None: any shape).
+        An entry of another shape, non-finite or truncated is deleted and counted as missing.
+
+    Attributes
+    ----------
+    found : dict sha -> Tensor
+        Features known so far: the cache hits, then whatever :meth:`store` added.
+    missing : list of str
+        Unique hashes the cache lacked at lookup, in input order (every hash without a cache).
     """
-    mkey, kkey = model_key(model.spec), kind_key(kind)
-    shape = feature_shape(model.spec, kind) or (model.spec.output_dim,)
-    found, missing = (
-        cache.get_many(mkey, kkey, hashes, expected_shape=shape) if cache else ({}, hashes)
-    )
-    missing = list(dict.fromkeys(missing))
-    if missing:
-        first = {h: i for i, h in reversed(list(enumerate(hashes)))}
-        new = dict(zip(missing, compute([first[h] for h in missing])))
-        if cache is not None:
-            cache.put_many(mkey, kkey, new)
-        found.update(new)
-    return torch.stack([found[h] for h in hashes]).to(torch.float32)
+
+    def __init__(
+        self,
+        cache: FeatureCache | None,
+        model,
+        kind: str,
+        hashes: Sequence[str],
+        *,
+        settings: Mapping | None = None,
+        expected_shape: tuple[int, ...] | None = None,
+    ):
+        self.cache = cache
+        self.kind = kind
+        self.model_key = model_key(model.spec)
+        self.kind_key = kind_key(kind, settings)
+        if expected_shape is None:
+            expected_shape = feature_shape(model.spec, kind, settings)
+        self.expected_shape = None if expected_shape is None else tuple(expected_shape)
+        if cache is None:
+            self.found: dict[str, Tensor] = {}
+            self.missing: list[str] = list(dict.fromkeys(hashes))
+        else:
+            self.found, self.missing = cache.get_many(
+                self.model_key, self.kind_key, hashes, expected_shape=self.expected_shape
+            )
+
+    def __repr__(self) -> str:
+        return (f"FeatureRequest({self.model_key}/{self.kind_key}: {len(self.found)} known, "
+                f"{len(self.missing)} missing at lookup)")
+
+    def store(self, hashes: Sequence[str], features: Tensor) -> None:
+        """Keep ``features`` (one row per hash, in order) and write them to the cache."""
+        n = len(hashes)
+        if not isinstance(features, Tensor) or features.ndim < 1 or len(features) != n:
+            got = tuple(features.shape) if isinstance(features, Tensor) else type(features)
+            raise ValueError(
+                f"{self.kind} features: expected a Tensor with one row per computed item ({n}), "
+                f"got {got}."
+            )
+        if self.expected_shape is not None and tuple(features.shape[1:]) != self.expected_shape:
+            raise ValueError(
+                f"{self.kind} features of {self.model_key}: expected per-item shape "
+                f"{self.expected_shape}, got {tuple(features.shape[1:])}."
+            )
+        new = {sha: features[i] for i, sha in enumerate(hashes)}
+        if self.cache is not None:
+            self.cache.put_many(self.model_key, self.kind_key, new)
+        self.found.update(new)
+
+    def stack(self, hashes: Sequence[str]) -> Tensor:
+        """The features of ``hashes`` in order: float32 Tensor, shape (n, ...)."""
+        return torch.stack([self.found[sha] for sha in hashes]).to(torch.float32)
 
 
-def cached_texts(
-    model: LazyEncoder,
+def cached_features(
     cache: FeatureCache | None,
+    model,
     kind: str,
-    keys: list[str],
+    hashes: Sequence[str],
     compute: Callable[[list[int]], Tensor],
+    *,
+    settings: Mapping | None = None,
+    expected_shape: tuple[int, ...] | None = None,
 ) -> Tensor:
-    """Text features cached like image features, keyed by the hash of what was encoded."""
-    return cached_rows(cache, model, kind, [_text_hash(kind, key) for key in keys], compute)
+    """Features for ``hashes`` (one row each): read the cache, compute the misses at once.
+
+    ``compute(rows)`` gets the positions in ``hashes`` of the first occurrence of each missing
+    hash (input order) and returns their features in that order, Tensor (len(rows), ...); they are
+    written to the cache. Other parameters as :class:`FeatureRequest`.
+
+    Returns
+    -------
+    Tensor, shape (len(hashes), ...), float32
+    """
+    request = FeatureRequest(
+        cache, model, kind, hashes, settings=settings, expected_shape=expected_shape
+    )
+    if request.missing:
+        first = {sha: i for i, sha in reversed(list(enumerate(hashes)))}
+        request.store(request.missing, compute([first[sha] for sha in request.missing]))
+    return request.stack(hashes)

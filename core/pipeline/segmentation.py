@@ -25,7 +25,7 @@ from core.methods.gpua.segment import NOT_SEEN, UNLABELED
 from core.models.preprocess import crop_box
 from core.pipeline.cache import FeatureCache
 from core.pipeline.extraction import DECODE_MAX_SIDE, Extraction, Progress
-from core.pipeline.features import LazyEncoder, cached_rows
+from core.pipeline.features import LazyEncoder, cached_features
 
 __all__ = ["NOT_SEEN", "UNLABELED", "SegmentationResult", "segment"]
 
@@ -111,7 +111,7 @@ def segment(
 
     def patches(model: LazyEncoder, kind: str, compute) -> Tensor:
         hashes = [it.sha256 for it in items]
-        return cached_rows(
+        return cached_features(
             cache, model, kind, hashes, lambda rows: compute([images[r] for r in rows])
         )
 

@@ -38,7 +38,6 @@ from core.checks import check_int, check_matrix
 
 __all__ = [
     "GMMResult",
-    "SharedDiagGMM",
     "e_step",
     "estimate_log_prob",
     "fit_shared_diag_gmm",
@@ -376,27 +375,3 @@ def fit_shared_diag_gmm(
         converged=converged,
     )
 
-
-@dataclass(frozen=True)
-class SharedDiagGMM:
-    """Settings of a shared-diagonal GMM, sklearn-style; ``fit`` returns a :class:`GMMResult`.
-
-    Attributes mirror :func:`fit_shared_diag_gmm`.
-    """
-
-    n_components: int
-    max_iter: int = 100
-    tol: float = 1e-4
-    reg_covar: float = 1e-6
-    random_state: int = 0
-
-    def fit(self, X, init_resp=None) -> GMMResult:
-        return fit_shared_diag_gmm(
-            X,
-            n_components=self.n_components,
-            init_resp=init_resp,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            reg_covar=self.reg_covar,
-            random_state=self.random_state,
-        )

@@ -11,8 +11,9 @@ kernel holds exp(200), which overflows float32, so both solvers are log-domain s
 - ``method="log"``, the reference (``core.solvers.sinkhorn_log``): iterations on log u, log v with
   ``logsumexp``; the kernel is never formed. Also used for float16/bfloat16 and autograd.
 - ``method="auto"`` (default), the log-stabilised scaling form (``core.solvers.sinkhorn_scaling``),
-  5-20x faster on CPU, same iterates: an offset kernel, absorption of large scalings, and a
-  log-domain fallback. ``result.method`` and ``result.n_absorptions`` say what happened.
+  several times faster on CPU (figures: benchmarks/README.md), same iterates: an offset kernel,
+  absorption of large scalings, and a log-domain fallback. ``result.method`` and
+  ``result.n_absorptions`` say what happened.
 
 This module validates the inputs, computes the marginals and dispatches to one of the two.
 
@@ -116,7 +117,7 @@ def sinkhorn(
         Allowed entries. Rows or columns without any allowed entry receive zero mass.
     method : {"auto", "log"}
         ``"auto"``: stabilised scaling form with absorption and a log-domain fallback (fast);
-        ``"log"``: the logsumexp loop (the reference; 5-20x slower on CPU).
+        ``"log"``: the logsumexp loop (the reference; several times slower on CPU).
 
     Returns
     -------

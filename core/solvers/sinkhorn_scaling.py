@@ -1,16 +1,16 @@
 """Log-stabilised scaling-form Sinkhorn, the default path of :func:`core.solvers.sinkhorn.sinkhorn`.
 
-The scaling form (Schmitzer 2019; Chizat et al. 2018) is 5-20x faster than the log loop on CPU,
+The scaling form (Schmitzer 2019; Chizat et al. 2018) is several times faster than the log loop on
+CPU (figures, and those of the CPU primitives chosen below: benchmarks/README.md, "Sinkhorn"),
 with the same iterates: log K is offset by its column maxima, then its row maxima (batched
 problems whose log2-kernel spans <= 20 bits, 100 in float64: one offset each) and exponentiated
-once (``exp2`` with log2(e) folded in; torch's CPU ``exp`` is ~4x slower), so entries are <= 1 and
+once (``exp2`` with log2(e) folded in; torch's CPU ``exp`` is slower), so entries are <= 1 and
 every row and column holds a 1. Each iteration is two batched matrix-vector products,
 v = b / (K^T u), u = a / (K v). Scalings past 2^30 (float32; 2^150 in float64) are absorbed into
 the offsets and K re-formed; a non-finite or past-2^60 (2^300) iterate is discarded and the last
 good one absorbed; if even that fails right after a (re)formation, the remaining iterations run in
 the log domain from there (``core.solvers.sinkhorn_log``). ``result.method`` and
-``result.n_absorptions``
-say what happened.
+``result.n_absorptions`` say what happened.
 
 Stopping checks: on CPU they are read every iteration (no sync cost); on other devices every
 ``_CHECK_EVERY_ACCEL`` iterations, rewinding to the first iteration that should have stopped or
@@ -38,8 +38,8 @@ _SPAN_BITS = {torch.float32: 20.0, torch.float64: 100.0}
 
 
 def _use_transposed(batch: int, device: torch.device) -> bool:
-    # bmm(K, v) with a column vector is 2-8x slower than a row vector times a matrix for batches
-    # of small CPU matrices (MKL); a transposed copy of K makes both products the fast kind.
+    # bmm(K, v) with a column vector is slower than a row vector times a matrix for batches of
+    # small CPU matrices (MKL); a transposed copy of K makes both products the fast kind.
     return batch > 1 and device.type == "cpu"
 
 
@@ -80,7 +80,7 @@ def _stabilised_kernel(cost, scale, mask, out, scratch=None):
         if float((top - bottom).amax()) * abs(scale) <= _SPAN_BITS[cost.dtype]:
             g = (bottom if scale < 0 else top).mul_(-scale)  # (B,)
             z = torch.add(g[:, None, None], cost, alpha=scale, out=out).exp2_()
-            if mask is not None:  # a multiply: ~5x faster than masked_fill_ on CPU
+            if mask is not None:  # a multiply: cheaper than masked_fill_ on CPU
                 z.mul_(mask if scratch is None else scratch.view(z.shape).copy_(mask))
             return z, cost.new_zeros(bsz, n), g[:, None].expand(bsz, m).contiguous()
     if mask is None:  # column maxima straight from the cost: one pass fewer
@@ -220,7 +220,7 @@ def solve_scaling(
 
 
 def _log(x: Tensor, guard: Tensor | None) -> Tensor:
-    """log x, -inf where x = 0 (only where ``guard`` is 1); CPU log(0) is ~5x slower than log(1)."""
+    """log x, -inf where x = 0 (only where ``guard`` is 1): CPU log(0) is slower than log(1)."""
     if guard is None:
         return torch.log(x)
     return torch.log(x + guard).masked_fill_(guard > 0, float("-inf"))
