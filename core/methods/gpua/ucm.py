@@ -109,9 +109,9 @@ def _swav_sinkhorn(scores: Tensor, *, eps: float, max_iter: int, tol: float) -> 
     largest entrywise change of Q over that iteration is below ``tol`` (strictly). Entries of
     a mass-1 Q are about 1/(nK), so the same ``tol = 1e-5`` means less as the problem grows:
     on synthetic zero-shot scores it took 50 (the cap), 47, 36 and 2 iterations at nK = 2e3,
-    4e4, 2e5 and 2e7 (``benchmarks/recipes.py``). No log domain: an entry more than ~87 eps below its row's maximum
-    underflows to 0 in float32 (~745 eps in float64), and a class whose column underflows
-    everywhere makes the plan NaN, as in the public code; the caller checks.
+    4e4, 2e5 and 2e7 (``benchmarks/recipes.py``). No log domain: an entry more than ~87 eps
+    below its row's maximum underflows to 0 in float32 (~745 eps in float64), and a class whose
+    column underflows everywhere makes the plan NaN, as in the public code; the caller checks.
 
     Parameters
     ----------
