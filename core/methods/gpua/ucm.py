@@ -161,18 +161,23 @@ def mine_correspondences_official(
     x: Tensor,
     text: Tensor,
     *,
-    lam: float = 0.9,
-    eps: float = 0.05,
-    n_iter: int = 3,
-    temperature: float = 100.0,
-    sinkhorn_max_iter: int = 50,
-    sinkhorn_tol: float = 1e-5,
+    lam: float,
+    eps: float,
+    n_iter: int,
+    temperature: float,
+    sinkhorn_max_iter: int,
+    sinkhorn_tol: float,
 ) -> tuple[Tensor, tuple[int, ...], float]:
     """UCM as the public GPUA code runs it (``main.py``), quirks included.
 
+    The knobs have no defaults here: the official recipe's (lam 0.9, eps 0.05, 3 rounds,
+    temperature 100, at most 50 Sinkhorn iterations, tol 1e-5) live in
+    ``core.methods.gpua.recipes`` and come through ``fit_gpua``.
+
     With ``d(a, b)`` the Euclidean distance (``torch.cdist``) and ``tau = 0.1``:
     ``P0 = softmax(temperature X Y^T)``; C from the ``8`` most confident samples of each class
-    under P0 (weighted by P0, averaged, normalised); then ``n_iter`` rounds of
+    under P0 (weighted by P0, averaged, normalised; all n when n < 8, where the public code
+    fails); then ``n_iter`` rounds of
 
         S = (1 - lam) * (-d(Z, C) / tau) + lam * (-d(X, Y) / tau)          (n, K)
         P = n * SwAV-Sinkhorn(S, eps, at most sinkhorn_max_iter, stop at max|dQ| < tol)
