@@ -320,3 +320,77 @@ def test_integer_zero_one_mask_is_accepted():
     r1 = lazsl_scores(glob, crops, attrs, mask)
     r2 = lazsl_scores(glob, crops, attrs, mask.to(torch.uint8))
     torch.testing.assert_close(r1.scores, r2.scores, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------- official recipe
+
+
+def _official_loop(s, kept, valid, eps, max_iter, tol):
+    """The public code's Sinkhorn for one (image, class) problem, written out: K = exp(-(1-S)/eps)
+    on all M crops and the class's real attributes; r = u / (K c), c = v / (K^T r) from ones;
+    stop when mean_m |r - r_prev| < tol. Returns the (M, A) plan (0 on padding), score, iters."""
+    s_kc = s[:, valid]  # (M, A_k)
+    kern = np.exp(-(1.0 - s_kc) / eps)
+    u = kept / kept.sum()
+    v = np.full(s_kc.shape[1], 1.0 / s_kc.shape[1])
+    r, c = np.ones(len(u)), np.ones(len(v))
+    used = 0
+    for _ in range(max_iter):
+        used += 1
+        r_prev = r
+        r = u / (kern @ c)
+        c = v / (kern.T @ r)
+        if np.abs(r - r_prev).mean() < tol:
+            break
+    plan = np.zeros_like(s)
+    plan[:, valid] = r[:, None] * kern * c[None, :]
+    return plan, float((plan * s).sum()), used
+
+
+@pytest.mark.parametrize("seed,tol", [(11, 1e-2), (12, 1e-4)])
+def test_official_stopping_rule_matches_a_per_problem_loop(seed, tol):
+    glob, crops, attrs, mask = _problem(n=3, m=9, k=5, seed=seed)
+    res = lazsl_scores(glob, crops, attrs, mask, recipe="official", tol=tol, return_plans=True)
+    s = _hybrid(glob, crops, attrs, 0.8)
+    kept = res.kept.numpy().astype(float)
+    assert not kept.all()  # vision selection is exercised
+    iters = []
+    for n in range(3):
+        for k in range(5):
+            plan, score, used = _official_loop(s[n, k], kept[n], mask[k].numpy(), 0.1, 100, tol)
+            iters.append(used)
+            np.testing.assert_allclose(res.plans[n, k].numpy(), plan, atol=1e-12, rtol=0)
+            assert abs(float(res.scores[n, k]) - score) < 1e-12
+    assert len(set(iters)) > 1, "problems should stop at different iterations"
+    assert res.n_iter == max(iters) and res.converged
+    # attribute marginals exact, crop marginals within the reported error
+    valid = mask.double()
+    col_target = (valid / valid.sum(1, keepdim=True))[None].expand(3, -1, -1)
+    torch.testing.assert_close(res.plans.sum(-2), col_target, atol=1e-12, rtol=0)
+    row_target = torch.from_numpy(kept / kept.sum(1, keepdims=True))[:, None, :]
+    assert float((res.plans.sum(-1) - row_target).abs().sum(-1).max()) == pytest.approx(
+        res.marginal_error, abs=1e-15)
+
+
+def test_official_and_paper_recipes_agree_once_both_converge():
+    glob, crops, attrs, mask = _problem(seed=13)
+    paper = lazsl_scores(glob, crops, attrs, mask, max_iter=5000, tol=1e-13)
+    official = lazsl_scores(glob, crops, attrs, mask, recipe="official", max_iter=5000, tol=1e-14)
+    assert official.converged
+    torch.testing.assert_close(official.scores, paper.scores, atol=1e-10, rtol=0)
+    # the defaults stop far earlier, on different criteria, and still rank classes the same here
+    default = lazsl_scores(glob, crops, attrs, mask, recipe="official")
+    explicit = lazsl_scores(glob, crops, attrs, mask, recipe="official", tol=1e-2)
+    assert torch.equal(default.scores, explicit.scores)
+    assert torch.equal(default.pred, paper.pred)
+
+
+def test_official_recipe_fixed_iterations_and_errors():
+    glob, crops, attrs, mask = _problem(seed=14)
+    res = lazsl_scores(glob, crops, attrs, mask, recipe="official", tol=0, max_iter=7)
+    assert res.n_iter == 7 and not res.converged
+    with pytest.raises(ValueError, match="underflowed"):  # exp(-(1 - S)/eps) < float32 tiny
+        lazsl_scores(glob.float(), crops.float(), -attrs.float(), mask, recipe="official",
+                     eps=1e-3)
+    with pytest.raises(ValueError, match="recipe"):
+        lazsl_scores(glob, crops, attrs, mask, recipe="authors")

@@ -187,6 +187,47 @@ def test_ensemble_validation():
 )
 def test_descriptor_sentence_rules(name, desc, expected):
     assert descriptor_sentence(name, desc) == expected
+    assert descriptor_sentence(name, desc, recipe="paper") == expected
+
+
+@pytest.mark.parametrize(
+    "desc,paper,official",
+    [
+        # the public code tests the first letter: any descriptor starting with "a"
+        ("antlers", "which has antlers", "which is antlers"),
+        ("ants as food", "which has ants as food", "which is ants as food"),
+        ("a small bird", "which is a small bird", "which is a small bird"),
+        ("an owl-like face", "which is an owl-like face", "which is an owl-like face"),
+        ("used for cutting", "which is used for cutting", "which is used for cutting"),
+        ("useful edges", "which has useful edges", "which has useful edges"),
+        ("has whiskers", "which has whiskers", "which has whiskers"),
+        ("often lives in rivers", "which often lives in rivers", "which often lives in rivers"),
+        ("typically eats grass", "which typically eats grass", "which typically eats grass"),
+        ("may be green", "which may be green", "which may be green"),
+        ("can fly", "which can fly", "which can fly"),
+        # prefixes, not words: "canine", "hasp", "mayfly" get the bare "which"
+        ("canine teeth", "which has canine teeth", "which canine teeth"),
+        ("mayfly wings", "which has mayfly wings", "which mayfly wings"),
+        # case-sensitive in the public code
+        ("A small bird", "which is A small bird", "which has A small bird"),
+        ("Often seen on rocks", "which Often seen on rocks", "which has Often seen on rocks"),
+        ("four legs", "which has four legs", "which has four legs"),
+    ],
+)
+def test_official_descriptor_rule_tests_prefixes(desc, paper, official):
+    assert descriptor_sentence("x", desc) == f"x, {paper}"
+    assert descriptor_sentence("x", desc, recipe="official") == f"x, {official}"
+
+
+def test_descriptor_sentences_pass_the_recipe_and_reject_unknown_ones():
+    attributes = {"deer": ["antlers", "a long neck"], "owl": []}
+    sentences, _, _ = descriptor_sentences(attributes, ["deer", "owl"], recipe="official")
+    assert sentences == ["deer, which is antlers", "deer, which is a long neck", "owl"]
+    assert descriptor_sentences(attributes, ["deer", "owl"])[0][0] == "deer, which has antlers"
+    with pytest.raises(ValueError, match="recipe"):
+        descriptor_sentences(attributes, ["deer"], recipe="authors")
+    with pytest.raises(ValueError, match="recipe"):
+        descriptor_sentence("deer", "antlers", recipe="authors")
 
 
 def test_descriptor_sentences_padding_and_fallback():

@@ -13,6 +13,20 @@ its crops (they get zero mass). Attributes are padded to a common count ``A`` an
 N x K problems go to :func:`core.solvers.sinkhorn.sinkhorn` at once, with the mask
 ``kept[:, None, :, None] & attribute_mask[None, :, None, :]`` of shape (N, K, M, A).
 
+Recipes: ``recipe="paper"`` (default) solves each problem with
+:func:`core.solvers.sinkhorn.sinkhorn` (log domain, columns then rows, so crop marginals are
+exact) and stops on the attribute-marginal error (``tol`` 1e-6). ``recipe="official"`` runs the
+public code's Sinkhorn (``OP_d.Sinkhorn`` in ``OP.py`` of shiming-chen/LaZSL, read at commit
+34b79f7): kernel domain ``K = exp(-(1 - S)/eps)``; from ``r = c = 1`` it updates the crop scaling
+``r = u / (K c)`` first and the attribute scaling ``c = v / (K^T r)`` second (so attribute
+marginals are exact), and stops when the mean absolute change of ``r`` over one iteration is below
+1e-2 (strictly), at most 100 iterations. The public code solves one class at a time for a batch
+of one image, so that mean is over one problem's crops (dropped crops included, where r stays 0);
+here every (image, class) problem stops on its own. The threshold is absolute, on scalings of
+size about ``exp((1 - S)/eps) / (M A)``, so how soon it triggers depends on the cosine scale.
+Both recipes share eps 0.1, max_iter 100, theta 0.8, the uniform marginals and the vision
+selection (the public code drops the crops whose cosine with the global view is below the mean).
+
 Memory: every (N, K, M, A) tensor is big (100 images x 1000 classes x 90 crops x 8 attributes is
 72M entries, 288 MB in float32) and Sinkhorn holds several at once, so the problems are solved in
 blocks of images (and of classes, when one image alone exceeds the budget). ``max_memory_mb``
@@ -49,6 +63,9 @@ __all__ = ["LazslResult", "crop_boxes", "explain", "lazsl_scores", "seed_from_ha
 # Full-size (block) tensors alive at the peak of one block: S, cost, Sinkhorn's log-kernel, its
 # per-iteration temporaries or final logits/softmax/plan, and the bool mask; measured 7-8 (float32).
 _TEMPORARIES = 8
+# Sinkhorn tolerance per recipe: L1 attribute-marginal error (paper), mean |change of the crop
+# scaling| per iteration (official, OP_d.Sinkhorn's thresh).
+_DEFAULT_TOL = {"paper": 1e-6, "official": 1e-2}
 
 
 @dataclass(frozen=True)
@@ -69,9 +86,11 @@ class LazslResult:
     n_iter : int
         Sinkhorn iterations, the most over the blocks.
     marginal_error : float
-        Worst L1 attribute-marginal violation over all problems (crop marginals are exact).
+        Worst L1 attribute-marginal violation over all problems (crop marginals are exact);
+        with ``recipe="official"``, the crop-marginal one (attribute marginals are exact).
     converged : bool
-        ``marginal_error <= tol`` (False in fixed-iteration mode, ``tol=0``).
+        ``marginal_error <= tol``; with ``recipe="official"``, every problem met the public
+        code's stopping rule. False in fixed-iteration mode (``tol=0``).
     """
 
     scores: Tensor
@@ -211,6 +230,55 @@ def _check_inputs(global_features, crop_features, attribute_features, attribute_
     return g.to(dtype), c.to(device, dtype), t, mask.to(device)
 
 
+def _sinkhorn_official(
+    sim: Tensor, row_mask: Tensor, col_mask: Tensor, *, eps: float, max_iter: int, tol: float
+) -> tuple[Tensor, int, bool]:
+    """The public LaZSL code's Sinkhorn, one stopping decision per problem (see module doc).
+
+    Parameters
+    ----------
+    sim : Tensor, shape (B, M, A)
+        Hybrid similarities S of B independent (image, class) problems; the cost is ``1 - S``.
+    row_mask : Tensor of bool, shape (B, M)
+        Kept crops (uniform mass over them, 0 elsewhere).
+    col_mask : Tensor of bool, shape (B, A)
+        Real attributes (uniform mass over them, 0 on padding).
+    eps, max_iter, tol : float, int, float
+        ``K = exp(-(1 - S) / eps)``; stop a problem when ``mean_m |r_m - r_m_prev| < tol``.
+
+    Returns
+    -------
+    plan : Tensor, shape (B, M, A)
+        ``diag(r) K diag(c)``: attribute marginals exact, crop marginals after the last update.
+    n_iter : int
+        Iterations of the slowest problem.
+    converged : bool
+        Every problem met the stopping rule within ``max_iter``.
+    """
+    u = row_mask.to(sim.dtype)
+    u = u / u.sum(-1, keepdim=True)  # (B, M)
+    v = col_mask.to(sim.dtype)
+    v = v / v.sum(-1, keepdim=True)  # (B, A)
+    kernel = torch.exp((sim - 1.0) / eps) * (row_mask[..., :, None] & col_mask[..., None, :])
+    r, c = torch.ones_like(u), torch.ones_like(v)
+    active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
+    n_iter = 0
+    for _ in range(max_iter):
+        n_iter += 1
+        # Zero-mass rows/columns stay at 0 instead of 0/0 (their kernel rows are zero).
+        kc = (kernel @ c[..., None]).squeeze(-1)  # (B, M)
+        r_new = torch.where(u > 0, u / kc, 0.0)
+        ktr = (kernel.transpose(-1, -2) @ r_new[..., None]).squeeze(-1)  # (B, A)
+        c_new = torch.where(v > 0, v / ktr, 0.0)
+        err = (r_new - r).abs().mean(-1)  # (B,), over all M crops, as the public code
+        r = torch.where(active[:, None], r_new, r)
+        c = torch.where(active[:, None], c_new, c)
+        active = active & ~(err < tol)
+        if not bool(active.any()):
+            break
+    return r[..., :, None] * kernel * c[..., None, :], n_iter, not bool(active.any())
+
+
 def _block_sizes(n: int, k: int, m: int, a: int, itemsize: int, max_memory_mb: float):
     """(images, classes) per block so that one block's working set stays within the budget."""
     budget = int(max_memory_mb * 2**20 / (_TEMPORARIES * itemsize))  # entries per block
@@ -229,7 +297,8 @@ def lazsl_scores(
     theta: float = 0.8,
     eps: float = 0.1,
     max_iter: int = 100,
-    tol: float = 1e-6,
+    tol: float | None = None,
+    recipe: str = "paper",
     vision_selection: bool = True,
     return_plans: bool = False,
     max_memory_mb: float = 1024.0,
@@ -251,8 +320,12 @@ def lazsl_scores(
     eps : float
         Sinkhorn regularisation (0.1 in the paper).
     max_iter, tol : int, float
-        Sinkhorn stopping rule (see :func:`core.solvers.sinkhorn.sinkhorn`; ``tol=0`` runs
-        ``max_iter``).
+        Sinkhorn stopping rule; ``tol=0`` runs ``max_iter``. ``tol`` bounds the worst L1
+        attribute-marginal error (``recipe="paper"``, default 1e-6, see
+        :func:`core.solvers.sinkhorn.sinkhorn`) or the mean absolute change of the crop scaling
+        over one iteration (``recipe="official"``, default 1e-2, the public code's).
+    recipe : {"paper", "official"}, default "paper"
+        The Sinkhorn loop and its stopping rule (module doc); everything else is shared.
     vision_selection : bool
         Drop crops whose cosine with the global view is below the image's mean crop cosine.
     return_plans : bool
@@ -273,7 +346,12 @@ def lazsl_scores(
     theta = check_range(theta, "theta", 0.0, 1.0)
     eps = check_positive(eps, "eps")
     max_iter = check_int(max_iter, "max_iter", low=1)
-    tol = float(tol)
+    if recipe not in _DEFAULT_TOL:
+        raise ValueError(
+            f"recipe: expected one of {sorted(_DEFAULT_TOL)} ('paper': log-domain Sinkhorn to a "
+            f"marginal tolerance, 'official': the public code's loop), got {recipe!r}."
+        )
+    tol = float(_DEFAULT_TOL[recipe] if tol is None else tol)
     if not tol >= 0:
         raise ValueError(f"tol: expected a number >= 0 (0 = fixed iterations), got {tol}.")
     max_memory_mb = check_positive(max_memory_mb, "max_memory_mb")
@@ -292,7 +370,7 @@ def lazsl_scores(
     n_blk, k_blk = _block_sizes(n, k, m, a, g.element_size(), max_memory_mb)
     scores = g.new_empty(n, k)
     plans = g.new_zeros(n, k, m, a) if return_plans else None
-    n_iter, err = 0, 0.0
+    n_iter, err, converged = 0, 0.0, True
     for i0 in range(0, n, n_blk):
         i1 = min(n, i0 + n_blk)
         crops = c[i0:i1].reshape(-1, d)
@@ -302,13 +380,34 @@ def lazsl_scores(
             s = (crops @ tk.T).view(i1 - i0, m, k1 - k0, a).permute(0, 2, 1, 3).contiguous()
             sg = s_glob[i0:i1].view(i1 - i0, k, a)[:, k0:k1, None, :]  # (n, k, 1, A)
             s.mul_(theta).add_(sg, alpha=1.0 - theta)  # hybrid S, (n, k, M, A), in place
-            block_mask = kept[i0:i1, None, :, None] & mask[None, k0:k1, None, :]
-            res = sinkhorn(1.0 - s, eps=eps, max_iter=max_iter, tol=tol, mask=block_mask)
-            scores[i0:i1, k0:k1] = (res.plan * s).sum((-2, -1))  # psi = <T, S>
+            if recipe == "official":
+                nb, kb = i1 - i0, k1 - k0
+                rows = kept[i0:i1, None, :].expand(nb, kb, m).reshape(-1, m)
+                cols = mask[None, k0:k1, :].expand(nb, kb, a).reshape(-1, a)
+                plan, used, done = _sinkhorn_official(
+                    s.view(-1, m, a), rows, cols, eps=eps, max_iter=max_iter, tol=tol
+                )
+                if not bool(torch.isfinite(plan).all()):
+                    raise ValueError(
+                        f"LaZSL (recipe='official'): the kernel exp(-(1 - S)/eps) underflowed at "
+                        f"eps={eps} in {s.dtype} (the public code returns None there); raise eps "
+                        "or use recipe='paper' (log domain)."
+                    )
+                # Attribute marginals are exact here: report the crop-marginal violation.
+                crop_mass = rows.to(s.dtype) / rows.sum(-1, keepdim=True)  # (nb * kb, M)
+                blk_err = float((plan.sum(-1) - crop_mass).abs().sum(-1).max())
+                plan = plan.view(nb, kb, m, a)
+                converged = converged and done
+            else:
+                block_mask = kept[i0:i1, None, :, None] & mask[None, k0:k1, None, :]
+                res = sinkhorn(1.0 - s, eps=eps, max_iter=max_iter, tol=tol, mask=block_mask)
+                plan, used, blk_err = res.plan, res.n_iter, res.marginal_error
+                del res
+            scores[i0:i1, k0:k1] = (plan * s).sum((-2, -1))  # psi = <T, S>
             if plans is not None:
-                plans[i0:i1, k0:k1] = res.plan
-            n_iter, err = max(n_iter, res.n_iter), max(err, res.marginal_error)
-            del s, res
+                plans[i0:i1, k0:k1] = plan
+            n_iter, err = max(n_iter, used), max(err, blk_err)
+            del s, plan
     return LazslResult(
         scores=scores,
         pred=scores.argmax(1),
@@ -316,7 +415,7 @@ def lazsl_scores(
         plans=plans,
         n_iter=n_iter,
         marginal_error=err,
-        converged=bool(tol > 0 and err <= tol),
+        converged=bool(tol > 0 and (converged if recipe == "official" else err <= tol)),
     )
 
 

@@ -36,6 +36,7 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 # "which" / "which is" than after the default "which has".
 _WHICH_IS_WORDS = ("a", "an", "used")
 _WHICH_WORDS = ("has", "often", "typically", "may", "can")
+SENTENCE_RECIPES = ("paper", "official")
 
 
 def _check_pair(image_features, text_features) -> tuple[Tensor, Tensor]:
@@ -192,7 +193,19 @@ def _clean(text: str) -> str:
     return text.rstrip(" .").strip()
 
 
-def descriptor_sentence(class_name: str, descriptor: str) -> str:
+def _connective_official(desc: str) -> str:
+    """The public LaZSL code's rule (``make_descriptor_sentence`` in ``loading_helpers.py``):
+    ``str.startswith`` tests on the descriptor, case-sensitive, in this order."""
+    if desc.startswith("a"):  # any word starting with the letter a: "antlers", "about 5 cm"
+        return "which is"
+    if desc.startswith(("has", "often", "typically", "may", "can")):  # also "canine", "hasty"
+        return "which"
+    if desc.startswith("used"):
+        return "which is"
+    return "which has"
+
+
+def descriptor_sentence(class_name: str, descriptor: str, *, recipe: str = "paper") -> str:
     """LaZSL's sentence for one attribute of one class.
 
     "{class}, which has {descriptor}" by default; "which is" when the descriptor starts with
@@ -201,13 +214,31 @@ def descriptor_sentence(class_name: str, descriptor: str) -> str:
     space. Examples: ("dog", "four legs") -> "dog, which has four legs"; ("wren", "a small bird")
     -> "wren, which is a small bird"; ("otter", "often lives in rivers") -> "otter, which often
     lives in rivers". An empty descriptor gives the class name alone.
+
+    ``recipe`` decides what "starts with" means:
+
+    - ``"paper"`` (default), our reading of the rule as the paper states it: the descriptor's first
+      *word*, case-insensitive ("ants as food" -> "which has", "A small bird" -> "which is");
+    - ``"official"``, the public code: a case-sensitive *prefix* test, tried in the order
+      "a", then "has"/"often"/"typically"/"may"/"can", then "used". Any descriptor starting with
+      the letter a gets "which is" ("antlers" -> "deer, which is antlers"), "canine teeth" gets
+      "which", and "A small bird" gets "which has". Only the connective changes: the cleaning
+      above and the empty-descriptor fallback apply to both (the public code writes
+      "{class}, which has " for a class without descriptors).
     """
+    if recipe not in SENTENCE_RECIPES:
+        raise ValueError(
+            f"recipe: expected one of {list(SENTENCE_RECIPES)} ('paper': first word, "
+            f"'official': the public code's prefix test), got {recipe!r}."
+        )
     name = _clean(str(class_name).replace("_", " "))
     if not name:
         raise ValueError(f"class_name: expected a non-empty string, got {class_name!r}.")
     desc = _clean(descriptor)
     if not desc:
         return name
+    if recipe == "official":
+        return f"{name}, {_connective_official(desc)} {desc}"
     first = desc.split(" ", 1)[0].lower()
     if first in _WHICH_IS_WORDS:
         connective = "which is"
@@ -219,7 +250,10 @@ def descriptor_sentence(class_name: str, descriptor: str) -> str:
 
 
 def descriptor_sentences(
-    attributes: Mapping[str, Sequence[str]], class_names: Sequence[str]
+    attributes: Mapping[str, Sequence[str]],
+    class_names: Sequence[str],
+    *,
+    recipe: str = "paper",
 ) -> tuple[list[str], Tensor, Tensor]:
     """Sentences for every (class, descriptor) pair, padded to a (k, a) index and mask.
 
@@ -229,6 +263,8 @@ def descriptor_sentences(
         Classes missing from the mapping, or with no non-empty descriptor, fall back to a single
         sentence made of the class name alone (so every class has at least one attribute).
     class_names : sequence of str, length k
+    recipe : {"paper", "official"}, default "paper"
+        The connective rule of :func:`descriptor_sentence`.
 
     Returns
     -------
@@ -243,6 +279,11 @@ def descriptor_sentences(
     """
     if isinstance(class_names, str) or len(class_names) == 0:
         raise ValueError(f"class_names: expected a non-empty sequence, got {class_names!r}.")
+    if recipe not in SENTENCE_RECIPES:
+        raise ValueError(
+            f"recipe: expected one of {list(SENTENCE_RECIPES)} ('paper': first word, "
+            f"'official': the public code's prefix test), got {recipe!r}."
+        )
     if not isinstance(attributes, Mapping):
         raise ValueError(
             f"attributes: expected a dict class name -> list of descriptors, got "
@@ -258,7 +299,7 @@ def descriptor_sentences(
         for desc in descs:
             if _clean(desc):
                 row.append(len(sentences))
-                sentences.append(descriptor_sentence(name, desc))
+                sentences.append(descriptor_sentence(name, desc, recipe=recipe))
         if not row:
             row.append(len(sentences))
             sentences.append(descriptor_sentence(name, ""))

@@ -4,19 +4,47 @@ Yu et al., "Geometry-Preserving Unsupervised Alignment for Heterogeneous Foundat
 (ICML 2026), Sec. 3 and Algorithm 1. Inputs: VFM features Z (n, d_v), VLM image features
 X (n, d_t), text prototypes Y (K, d_t); no labels.
 
-Stage 1, UCM (Eq. 10-12), in ``core/ucm.py``: soft correspondences P (n, K) between images and
-classes from entropic OT on ``(1 - lam) Z C^T + lam X Y^T`` alternating with VFM barycentres C;
-pseudo-labels are ``argmax P``.
+Stage 1, UCM (Eq. 10-12), in ``core.methods.gpua.ucm``: soft correspondences P (n, K) between
+images and classes from entropic OT on ``(1 - lam) Z C^T + lam X Y^T`` alternating with VFM
+barycentres C; pseudo-labels are ``argmax P``.
 
-Stage 2, GPA (Eq. 13-16), in ``core/ths.py``: ``W0 = U V^T`` from the thin SVD of ``Z^T P Y``
-(soft targets, the paper) or ``Z^T Y[argmax P]`` (hard targets, the public code), then THS
-refinement with AdamW, optionally re-projected onto (semi-)orthogonal matrices after each step.
+Stage 2, GPA (Eq. 13-16), in ``core.methods.gpua.ths``: ``W0 = U V^T`` from the thin SVD of
+``Z^T P Y`` (soft targets, the paper) or ``Z^T Y[argmax P]`` (hard targets, the public code), then
+THS refinement with AdamW, optionally re-projected onto (semi-)orthogonal matrices.
 
 Inference: ``argmax normalise(Z W) Y^T``; fit on a pool (GPUA*: 16 images per class) and apply
-elsewhere, or fit on the test set itself (transductive). Segmentation helpers: ``core/gpua_seg.py``.
+elsewhere, or fit on the test set itself (transductive). The fitted map is an
+:class:`~core.methods.gpua.alignment.Alignment`; segmentation helpers are in
+``core.methods.gpua.segment``.
 
-Deviations from the paper, and why
-----------------------------------
+Recipes
+-------
+``recipe="paper"`` (default) is our reading of the paper, with the deviations below.
+``recipe="official"`` reproduces the public code (github.com/Yuteam14/GPUA at commit 388fe56),
+quirks included; its defaults and where each comes from are in ``core.methods.gpua.recipes``:
+
+- UCM scores are negative Euclidean distances divided by 0.1, weighted 0.1 (VFM centres) and 0.9
+  (VLM prototypes); ``Z`` is used as given: the code feeds ``[VFM, VLM]`` with each block
+  normalised and the concatenation *not* renormalised (``concat_features(vfm, vlm,
+  renormalize=False)``), and we refuse rows whose squared norm is not near a whole number of
+  unit blocks;
+- centres start from the 8 most confident samples per class under ``softmax(100 X Y^T)``;
+- SwAV's probability-domain Sinkhorn at eps 0.05, at most 50 iterations, stopping when the largest
+  change of the mass-1 plan is below 1e-5; 3 UCM rounds by default (the code reads them per
+  dataset from a table, ``MAX_ITER_MAP``, that the public repository does not include);
+- hard Procrustes targets, then ``W0 <- W0 - 0.9 (W0 - I)`` with the (d_v, d_t) identity, i.e. W0
+  shrunk 90% toward the identity on its top-left block. With ``Z = [VFM, VLM]`` that block maps
+  the first d_t VFM coordinates onto the text space, which looks like a bug (the VLM block sits
+  below it). The function doing it (``w_alignment/w_thin.py``) is missing from the public
+  repository; the form is the one of the function it descends from;
+- THS with the pseudo-label's prototype allowed in the top-3, hub weight 2, AdamW weight decay
+  5e-4, cosine decay to 1e-7, 400 steps, each on a random 75% subset with Gaussian noise
+  (sigma 0.035) and dropout (0.05), each applied with probability 1/2, and no re-projection.
+  The random streams are ours (``generator``), not the code's global seeds, so THS matches the
+  code in distribution, not draw for draw.
+
+Deviations of the paper recipe, and why
+---------------------------------------
 - Barycentres are L2-normalised (DESIGN.md): features live on the sphere, so ``Z C^T`` stays a
   cosine in [-1, 1] on the same scale as ``X Y^T``; Eq. 12's raw means shrink with spread.
 - THS distances use L2-normalised ``W^T z`` (DESIGN.md); Eq. 15 writes the raw map. With an
@@ -35,20 +63,13 @@ Deviations from the paper, and why
 - THS steps run on minibatches of ``ths_batch_size`` samples (default 256; the paper gives no
   batch size, only "a few gradient steps"). Full batches cost 2 n d_v d_t multiply-adds per step,
   about 4 s for 200 steps at n = 1000, d_v = 768 on a 2-core CPU; minibatches of 256 keep a fit at
-  that size under 2 s with the same accuracy on our synthetic checks. ``ths_batch_size=None``
-  restores full batches.
-
-The public code differs from the paper (eps 0.05 on distances / 0.1, hard targets, top-3 including
-the positive, no orthogonality after refinement, W shrunk toward identity); ``eps``, ``targets``
-and ``ths_k`` let a user emulate the first parts, the bugs are not reproduced.
+  that size under 2 s with the same accuracy on our synthetic checks. ``ths_batch_size=1.0``
+  (the whole pool) restores full batches.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -63,30 +84,21 @@ from core.checks import (
     check_same_rows,
     l2_normalize,
 )
+from core.methods.gpua.alignment import Alignment, _check_features, _common_dtype
+from core.methods.gpua.recipes import resolve_recipe
 from core.methods.gpua.ths import refine_ths
-from core.methods.gpua.ucm import mine_correspondences
-from core.solvers.procrustes import orthogonality_error, procrustes
+from core.methods.gpua.ucm import mine_correspondences, mine_correspondences_official
+from core.solvers.procrustes import procrustes
 
 __all__ = ["Alignment", "concat_features", "fit_gpua"]
 
-FORMAT_VERSION = 1
-_META_KEY = "gpua"
+# The official recipe's Z rows have squared norm = number of unit blocks; float16 features
+# normalised upstream are off by ~1e-3, raw DINO features by hundreds.
+_BLOCK_NORM_ATOL = 0.02
+_MAX_BLOCKS = 16
 
 
-def _common_dtype(*tensors: Tensor) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _check_features(x, name: str) -> Tensor:
-    """Validate a non-empty, finite float tensor of shape (..., d) with at least one dimension."""
-    x = torch.as_tensor(x) if not isinstance(x, Tensor) else x
-    return check_matrix(x, name, ndim=max(x.ndim, 1))
-
-
-def concat_features(*features) -> Tensor:
+def concat_features(*features, renormalize: bool = True) -> Tensor:
     """Concatenate per-sample features of several models, each normalised, then renormalise.
 
     The paper's best setting feeds GPUA ``Z = [VFM, VLM]``; normalising each block first gives
@@ -96,10 +108,14 @@ def concat_features(*features) -> Tensor:
     ----------
     *features : Tensor, shape (..., d_i)
         Same leading shape for all.
+    renormalize : bool, default True
+        L2-normalise the concatenation. False keeps each block at unit norm and the rows at norm
+        sqrt(number of blocks): the public GPUA code's Z (``fit_gpua(..., recipe="official")``).
 
     Returns
     -------
-    Tensor, shape (..., sum d_i), L2-normalised
+    Tensor, shape (..., sum d_i)
+        L2-normalised rows (or sqrt(len(features)) with ``renormalize=False``).
     """
     if not features:
         raise ValueError("concat_features: expected at least one feature tensor, got none.")
@@ -112,168 +128,32 @@ def concat_features(*features) -> Tensor:
                 "images in the same order."
             )
     dtype = _common_dtype(*blocks)
-    return l2_normalize(torch.cat([l2_normalize(b.to(dtype)) for b in blocks], dim=-1))
+    z = torch.cat([l2_normalize(b.to(dtype)) for b in blocks], dim=-1)
+    return l2_normalize(z) if renormalize else z
 
 
-@dataclass(frozen=True, eq=False)
-class Alignment:
-    """A fitted GPUA map from VFM space (d_v) into the VLM text space (d_t).
-
-    Attributes
-    ----------
-    W : Tensor, shape (d_v, d_t)
-        The map; (semi-)orthogonal when ``reorthogonalize`` (see ``orthogonality_error``).
-    pseudo_labels : Tensor, shape (n,), long
-        ``argmax`` of the UCM correspondences of the fitting pool.
-    probs : Tensor, shape (n, K), or None
-        UCM correspondences ``n * plan``: rows sum to 1, columns to about n/K. None after
-        ``load`` of a file saved with ``include_probs=False``.
-    loss_history : tuple of float, length ths_steps + 1
-        THS loss at W0, then after each step.
-    orthogonality_error : float
-        ``||W^T W - I||_F`` (``||W W^T - I||_F`` when d_v < d_t) of the final W.
-    config : dict
-        The knobs of :func:`fit_gpua`.
-    ucm_n_iter : tuple of int
-        Sinkhorn iterations of each UCM round.
-    ucm_marginal_error : float
-        L1 column-marginal error of the last UCM plan.
-    W0 : Tensor, shape (d_v, d_t), or None
-        The Procrustes map before THS (Eq. 14), kept so that what THS changed can be shown
-        (:meth:`procrustes_only`). None in files saved before it was recorded.
-    """
-
-    W: Tensor
-    pseudo_labels: Tensor
-    probs: Tensor | None
-    loss_history: tuple[float, ...]
-    orthogonality_error: float
-    config: dict = field(default_factory=dict)
-    ucm_n_iter: tuple[int, ...] = ()
-    ucm_marginal_error: float = 0.0
-    W0: Tensor | None = field(default=None, repr=False)
-
-    def procrustes_only(self) -> Alignment:
-        """This alignment with the Procrustes map ``W0`` in place of the THS-refined ``W``.
-
-        Raises ValueError when ``W0`` was not recorded (a file from an older version).
-        """
-        if self.W0 is None:
-            raise ValueError("this alignment has no W0 (saved by an older version); re-fit it.")
-        return replace(self, W=self.W0, loss_history=self.loss_history[:1],
-                       orthogonality_error=orthogonality_error(self.W0))
-
-    @property
-    def plan(self) -> Tensor | None:
-        """UCM transport plan, shape (n, K), total mass 1 (``probs / n``)."""
-        return None if self.probs is None else self.probs / self.probs.shape[0]
-
-    def transform(self, vfm_features) -> Tensor:
-        """Map VFM features into the text space: ``normalise(Z W)``.
-
-        Parameters
-        ----------
-        vfm_features : Tensor, shape (..., d_v)
-            CLS features (m, d_v) or patch features (n, h, w, d_v); leading dims are kept.
-
-        Returns
-        -------
-        Tensor, shape (..., d_t), L2-normalised
-        """
-        z = _check_features(vfm_features, "vfm_features")
-        if z.shape[-1] != self.W.shape[0]:
-            raise ValueError(
-                f"vfm_features: expected last dimension d_v = {self.W.shape[0]} (the VFM this "
-                f"alignment was fitted on), got shape {tuple(z.shape)}; use the same VFM (and the "
-                "same concatenation) as at fit time."
-            )
-        dtype = _common_dtype(z, self.W)
-        w = self.W.to(device=z.device, dtype=dtype)
-        return l2_normalize(z.to(dtype) @ w)  # (..., d_t)
-
-    def predict_proba(self, vfm_features, text_features, *, temperature: float = 100.0) -> Tensor:
-        """Class probabilities ``softmax(tau normalise(Z W) Y^T)``, shape (..., K)."""
-        temperature = check_positive(temperature, "temperature")
-        f = self.transform(vfm_features)
-        y = check_matrix(text_features, "text_features")
-        if y.shape[1] != self.W.shape[1]:
-            raise ValueError(
-                f"text_features: expected dimension d_t = {self.W.shape[1]}, got shape "
-                f"{tuple(y.shape)}; encode the prompts with the VLM used at fit time."
-            )
-        y = l2_normalize(y.to(device=f.device, dtype=f.dtype))
-        return torch.softmax(temperature * (f @ y.T), dim=-1)  # (..., K)
-
-    def predict(self, vfm_features, text_features) -> Tensor:
-        """Predicted class indices, shape (...,), long (argmax of the cosine scores)."""
-        return self.predict_proba(vfm_features, text_features).argmax(dim=-1)
-
-    def save(self, path, *, include_probs: bool = True) -> None:
-        """Write a safetensors file: W, pseudo-labels, loss history (and probs); JSON metadata.
-
-        The metadata (safetensors header, key ``"gpua"``) holds config, d_v, d_t, diagnostics and
-        versions. ``include_probs=False`` skips the (n, K) correspondences, which can be large
-        for patch pools.
-        """
-        import safetensors
-        from safetensors.torch import save_file
-
-        tensors = {
-            "W": self.W.detach().cpu().contiguous(),
-            "pseudo_labels": self.pseudo_labels.detach().cpu().contiguous(),
-            "loss_history": torch.tensor(self.loss_history, dtype=torch.float64),
-        }
-        if include_probs and self.probs is not None:
-            tensors["probs"] = self.probs.detach().cpu().contiguous()
-        if self.W0 is not None:
-            tensors["W0"] = self.W0.detach().cpu().contiguous()
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "d_v": int(self.W.shape[0]),
-            "d_t": int(self.W.shape[1]),
-            "orthogonality_error": self.orthogonality_error,
-            "ucm_n_iter": list(self.ucm_n_iter),
-            "ucm_marginal_error": self.ucm_marginal_error,
-            "config": self.config,
-            "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__},
-        }
-        save_file(tensors, os.fspath(path), metadata={_META_KEY: json.dumps(meta)})
-
-    @classmethod
-    def load(cls, path) -> Alignment:
-        """Read a file written by :meth:`save`; raises a clear error if missing or corrupt."""
-        from safetensors import safe_open
-
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"GPUA alignment file not found: {path!r}; save one with Alignment.save(path) "
-                "or check the path."
-            )
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = json.loads((f.metadata() or {})[_META_KEY])
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-            w, labels = tensors["W"], tensors["pseudo_labels"]
-            history = tuple(float(v) for v in tensors["loss_history"].tolist())
-        except Exception as exc:
-            raise ValueError(
-                f"{path!r} is not a readable GPUA alignment file ({type(exc).__name__}: {exc}); "
-                "it may be truncated or written by another tool. Re-fit and save it again."
-            ) from exc
-        if tuple(w.shape) != (meta["d_v"], meta["d_t"]):
-            raise ValueError(f"{path!r}: W has shape {tuple(w.shape)}, metadata says otherwise.")
-        return cls(
-            W=w,
-            pseudo_labels=labels,
-            probs=tensors.get("probs"),
-            loss_history=history,
-            orthogonality_error=float(meta["orthogonality_error"]),
-            config=meta["config"],
-            ucm_n_iter=tuple(meta["ucm_n_iter"]),
-            ucm_marginal_error=float(meta["ucm_marginal_error"]),
-            W0=tensors.get("W0"),
+def _check_unit_blocks(z: Tensor) -> None:
+    """The official recipe uses Z as given: its rows must be unit blocks side by side."""
+    sq = z.pow(2).sum(dim=1)  # (n,)
+    blocks = torch.round(sq.mean())
+    if not 1 <= float(blocks) <= _MAX_BLOCKS or float((sq - blocks).abs().max()) > _BLOCK_NORM_ATOL:
+        raise ValueError(
+            "vfm_features: recipe='official' uses Z as given (the public code's Z = [VFM, VLM], "
+            "each block L2-normalised, rows of squared norm 2), so every row's squared norm must "
+            f"be a whole number of unit blocks; got squared norms in [{float(sq.min()):.4g}, "
+            f"{float(sq.max()):.4g}]. Pass concat_features(vfm, vlm, renormalize=False), or "
+            "L2-normalised features."
         )
+
+
+def _batch_size(value, n: int) -> int:
+    """THS samples per step from an int (samples) or a float in (0, 1] (fraction of n)."""
+    if isinstance(value, float):
+        value = check_range(value, "ths_batch_size", 0.0, 1.0)
+        if value == 0.0:
+            raise ValueError("ths_batch_size: expected a fraction in (0, 1] or an int >= 1, got 0.")
+        return max(1, int(value * n))  # int(): the public code's int(n * 0.75)
+    return check_int(value, "ths_batch_size", 1)
 
 
 def fit_gpua(
@@ -281,73 +161,100 @@ def fit_gpua(
     vlm_features,
     text_features,
     *,
+    recipe: str = "paper",
     lam: float = 0.9,
-    eps: float = 0.01,
-    n_ucm_iter: int = 5,
-    targets: str = "soft",
-    ths_steps: int = 200,
+    eps: float | None = None,
+    n_ucm_iter: int | None = None,
+    targets: str | None = None,
+    identity_shrink: float | None = None,
+    ths_steps: int | None = None,
     ths_k: int = 3,
     ths_margin_scale: float = 2.0,
     ths_lr: float = 5e-4,
-    ths_weight_decay: float = 0.0,
-    ths_batch_size: int | None = 256,
-    reorthogonalize: bool = True,
+    ths_lr_min: float | None = None,
+    ths_weight_decay: float | None = None,
+    ths_batch_size: int | float | None = None,
+    ths_include_positive: bool | None = None,
+    ths_hub_weight: float | None = None,
+    ths_noise_std: float | None = None,
+    ths_dropout: float | None = None,
+    reorthogonalize: bool | None = None,
     ths_reproject_every: int = 3,
     hubness_penalty: bool = True,
     temperature: float = 100.0,
-    sinkhorn_max_iter: int = 1000,
-    sinkhorn_tol: float = 1e-3,
+    sinkhorn_max_iter: int | None = None,
+    sinkhorn_tol: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Alignment:
     """Fit GPUA (UCM, Procrustes, THS) without labels.
 
+    A knob left at None takes its recipe's value (``core.methods.gpua.recipes.RECIPES``; listed
+    below as paper / official); any value passed overrides it.
+
     Parameters
     ----------
     vfm_features : Tensor, shape (n, d_v)
-        Z: VFM features of the pool (or ``concat_features(vfm, vlm)``, the paper's best setting).
+        Z: VFM features of the pool, or ``concat_features(vfm, vlm)`` (the paper's best
+        setting). L2-normalised on entry by the paper recipe; used as given by the official one
+        (pass ``concat_features(vfm, vlm, renormalize=False)``, see the module doc).
     vlm_features : Tensor, shape (n, d_t)
         X: VLM image features of the same images.
     text_features : Tensor, shape (K, d_t)
         Y: one text prototype per class, 2 <= K <= n.
+    recipe : {"paper", "official"}, default "paper"
+        Our reading of the paper, or the public code with its quirks (module doc).
     lam : float in [0, 1], default 0.9
-        Weight of the VLM semantic score against the VFM cluster score in UCM (Eq. 10).
-    eps : float > 0, default 0.01
-        Sinkhorn entropic regularisation (the public code uses 0.05 on another score scale).
-    n_ucm_iter : int >= 0, default 5
-        UCM rounds (Sinkhorn + barycentres); 0 uses the zero-shot softmax as P.
-    targets : {"soft", "hard"}, default "soft"
+        Weight of the VLM score against the VFM cluster score in UCM (Eq. 10; the code's 0.9).
+    eps : float > 0, default 0.01 / 0.05
+        UCM Sinkhorn regularisation (cosine scores / distance scores divided by 0.1).
+    n_ucm_iter : int >= 0, default 5 / 3
+        UCM rounds (Sinkhorn + centres); 0 uses the zero-shot softmax as P.
+    targets : {"soft", "hard"}, default "soft" / "hard"
         Procrustes targets: ``P Y`` (paper, Eq. 13) or ``Y[argmax P]`` (public code).
-    ths_steps : int >= 0, default 200
-        AdamW steps of the THS refinement; 0 returns the Procrustes W0.
+    identity_shrink : float in [0, 1], default 0 / 0.9
+        ``W0 <- W0 - identity_shrink * (W0 - I)``, I the (d_v, d_t) identity; 0 is off.
+    ths_steps : int >= 0, default 200 / 400
+        AdamW steps of the THS refinement; 0 returns W0.
     ths_k : int >= 1, default 3
-        Competing prototypes per sample (capped at K - 1; the positive is never one).
+        Prototypes per sample in the hinge (capped at K - 1, or K when the positive may be one).
     ths_margin_scale : float > 0, default 2.0
         ``s`` in the semantic margin ``(1 - y_l . y_c) / s``.
     ths_lr : float > 0, default 5e-4
-        Initial AdamW learning rate, cosine-decayed to 0 over ``ths_steps``.
-    ths_weight_decay : float >= 0, default 0.0
-    ths_batch_size : int or None, default 256
-        Samples per THS step, drawn with ``generator``; None (or >= n) uses full batches.
-    reorthogonalize : bool, default True
+        Initial AdamW learning rate, cosine-decayed to ``ths_lr_min`` over ``ths_steps``.
+    ths_lr_min : float >= 0, default 0 / 1e-7
+    ths_weight_decay : float >= 0, default 0 / 5e-4
+    ths_batch_size : int >= 1 or float in (0, 1], default 256 / 0.75
+        Samples per THS step (int), or a fraction of the pool (float; 1.0 = full batches), drawn
+        without replacement with ``generator``.
+    ths_include_positive : bool, default False / True
+        Take the top-k over all prototypes, the pseudo-label's included (public code), instead of
+        the k nearest competing ones (Eq. 15).
+    ths_hub_weight : float >= 0, default 1 / 2
+        Weight of the hubness term h_c (Eq. 16) in the hinge.
+    ths_noise_std, ths_dropout : float >= 0, default 0 / 0.035 and 0 / 0.05
+        THS feature augmentations, each applied to a step with probability 1/2 (0 = off).
+    reorthogonalize : bool, default True / False
         Project W back onto (semi-)orthogonal matrices during THS (one Newton-Schulz step every
         ``ths_reproject_every`` steps) and exactly at the end.
     ths_reproject_every : int >= 1, default 3
         THS steps between those projections (1 = after every step).
     hubness_penalty : bool, default True
-        Add the hubness term h_c (Eq. 16) inside the THS hinge.
+        Add the hubness term inside the THS hinge.
     temperature : float > 0, default 100.0
         Softmax temperature of the initial zero-shot correspondences P0.
-    sinkhorn_max_iter : int >= 1, default 1000
-    sinkhorn_tol : float >= 0, default 1e-3
-        L1 column-marginal tolerance of each UCM Sinkhorn (0 = run ``sinkhorn_max_iter``).
+    sinkhorn_max_iter : int >= 1, default 1000 / 50
+    sinkhorn_tol : float >= 0, default 1e-3 / 1e-5
+        Stopping rule of each UCM Sinkhorn: the L1 column-marginal error of the mass-1 plan
+        (paper; 0 = run ``sinkhorn_max_iter``), or the largest change of the mass-1 plan over
+        one iteration (official).
     generator : torch.Generator, optional
-        Draws THS minibatches (only used when n > ths_batch_size). Default: a CPU generator
-        seeded with 0, so that a fit is reproducible and independent of the global RNG; the
-        rest is deterministic.
+        Draws THS minibatches and augmentations. Default: a CPU generator seeded with 0, so
+        that a fit is reproducible and independent of the global RNG; the rest is deterministic.
 
     Returns
     -------
     Alignment
+        ``config`` holds the recipe and every resolved knob.
     """
     z = check_matrix(vfm_features, "vfm_features")
     x = check_matrix(vlm_features, "vlm_features")
@@ -359,45 +266,72 @@ def fit_gpua(
             f"{tuple(y.shape)}; encode images and prompts with the same VLM."
         )
     check_classes(y.shape[0], n, "text_features")
+    r = resolve_recipe(recipe, dict(
+        eps=eps, n_ucm_iter=n_ucm_iter, sinkhorn_max_iter=sinkhorn_max_iter,
+        sinkhorn_tol=sinkhorn_tol, targets=targets, identity_shrink=identity_shrink,
+        ths_steps=ths_steps, ths_weight_decay=ths_weight_decay, ths_lr_min=ths_lr_min,
+        ths_batch_size=ths_batch_size, ths_include_positive=ths_include_positive,
+        ths_hub_weight=ths_hub_weight, ths_noise_std=ths_noise_std, ths_dropout=ths_dropout,
+        reorthogonalize=reorthogonalize,
+    ))
     lam = check_range(lam, "lam", 0.0, 1.0)
-    eps = check_positive(eps, "eps")
-    n_ucm_iter = check_int(n_ucm_iter, "n_ucm_iter", 0)
-    if targets not in ("soft", "hard"):
+    eps = check_positive(r.eps, "eps")
+    n_ucm_iter = check_int(r.n_ucm_iter, "n_ucm_iter", 0)
+    if r.targets not in ("soft", "hard"):
         raise ValueError(
             f"targets: expected 'soft' (the paper, P Y) or 'hard' (the public code, "
-            f"Y[argmax P]), got {targets!r}."
+            f"Y[argmax P]), got {r.targets!r}."
         )
-    ths_steps = check_int(ths_steps, "ths_steps", 0)
+    identity_shrink = check_range(r.identity_shrink, "identity_shrink", 0.0, 1.0)
+    ths_steps = check_int(r.ths_steps, "ths_steps", 0)
     ths_k = check_int(ths_k, "ths_k", 1)
     ths_margin_scale = check_positive(ths_margin_scale, "ths_margin_scale")
     ths_lr = check_positive(ths_lr, "ths_lr")
-    ths_weight_decay = check_range(ths_weight_decay, "ths_weight_decay", 0.0, float("inf"))
-    if ths_batch_size is not None:
-        ths_batch_size = check_int(ths_batch_size, "ths_batch_size", 1)
+    ths_lr_min = check_range(r.ths_lr_min, "ths_lr_min", 0.0, ths_lr)
+    ths_weight_decay = check_range(r.ths_weight_decay, "ths_weight_decay", 0.0, float("inf"))
+    batch_size = _batch_size(r.ths_batch_size, n)
+    ths_hub_weight = check_range(r.ths_hub_weight, "ths_hub_weight", 0.0, float("inf"))
+    ths_noise_std = check_range(r.ths_noise_std, "ths_noise_std", 0.0, float("inf"))
+    ths_dropout = check_range(r.ths_dropout, "ths_dropout", 0.0, 0.99)
     ths_reproject_every = check_int(ths_reproject_every, "ths_reproject_every", 1)
     temperature = check_positive(temperature, "temperature")
-    sinkhorn_max_iter = check_int(sinkhorn_max_iter, "sinkhorn_max_iter", 1)
-    sinkhorn_tol = check_range(sinkhorn_tol, "sinkhorn_tol", 0.0, float("inf"))
+    sinkhorn_max_iter = check_int(r.sinkhorn_max_iter, "sinkhorn_max_iter", 1)
+    sinkhorn_tol = check_range(r.sinkhorn_tol, "sinkhorn_tol", 0.0, float("inf"))
     config = dict(
-        lam=lam, eps=eps, n_ucm_iter=n_ucm_iter, targets=targets, ths_steps=ths_steps,
-        ths_k=ths_k, ths_margin_scale=ths_margin_scale, ths_lr=ths_lr,
-        ths_weight_decay=ths_weight_decay, ths_batch_size=ths_batch_size,
-        reorthogonalize=bool(reorthogonalize), ths_reproject_every=ths_reproject_every,
+        recipe=recipe, lam=lam, eps=eps, n_ucm_iter=n_ucm_iter, targets=r.targets,
+        identity_shrink=identity_shrink, ths_steps=ths_steps, ths_k=ths_k,
+        ths_margin_scale=ths_margin_scale, ths_lr=ths_lr, ths_lr_min=ths_lr_min,
+        ths_weight_decay=ths_weight_decay, ths_batch_size=r.ths_batch_size,
+        ths_include_positive=bool(r.ths_include_positive), ths_hub_weight=ths_hub_weight,
+        ths_noise_std=ths_noise_std, ths_dropout=ths_dropout,
+        reorthogonalize=bool(r.reorthogonalize), ths_reproject_every=ths_reproject_every,
         hubness_penalty=bool(hubness_penalty), temperature=temperature,
         sinkhorn_max_iter=sinkhorn_max_iter, sinkhorn_tol=sinkhorn_tol,
     )
 
+    official = recipe == "official"
     dtype = _common_dtype(z, x, y)
-    z = l2_normalize(z.to(dtype))
+    if official:
+        z = z.to(dtype)
+        _check_unit_blocks(z)
+    else:
+        z = l2_normalize(z.to(dtype))
     x = l2_normalize(x.to(device=z.device, dtype=dtype))
     y = l2_normalize(y.to(device=z.device, dtype=dtype))
 
-    probs, n_iters, err = mine_correspondences(
+    mine = mine_correspondences_official if official else mine_correspondences
+    probs, n_iters, err = mine(
         z, x, y, lam=lam, eps=eps, n_iter=n_ucm_iter, temperature=temperature,
         sinkhorn_max_iter=sinkhorn_max_iter, sinkhorn_tol=sinkhorn_tol,
     )
+    if official and not bool(torch.isfinite(probs).all()):
+        raise ValueError(
+            f"GPUA (recipe='official'): the probability-domain Sinkhorn underflowed in {dtype} "
+            "(a class scored far below every sample's best class) and gave NaN, as the public "
+            "code would; pass float64 features, raise eps, or use recipe='paper' (log domain)."
+        )
     check_finite(probs, "UCM correspondences")
-    if sinkhorn_tol > 0 and n_ucm_iter > 0 and err > sinkhorn_tol:
+    if not official and sinkhorn_tol > 0 and n_ucm_iter > 0 and err > sinkhorn_tol:
         warnings.warn(
             f"GPUA: the last UCM Sinkhorn did not reach tol={sinkhorn_tol} in {n_iters[-1]} "
             f"iterations (column error {err:.2e}); raise sinkhorn_max_iter or eps.",
@@ -405,15 +339,20 @@ def fit_gpua(
             stacklevel=2,
         )
     labels = probs.argmax(dim=1)
-    target = probs @ y if targets == "soft" else y[labels]  # (n, d_t)
+    target = probs @ y if r.targets == "soft" else y[labels]  # (n, d_t)
     w0 = procrustes(z, target)  # (d_v, d_t), Eq. 14
+    if identity_shrink > 0:
+        eye = torch.eye(*w0.shape, dtype=w0.dtype, device=w0.device)  # top-left block
+        w0 = w0 - identity_shrink * (w0 - eye)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     ths = refine_ths(
         z, y, labels, w0, n_steps=ths_steps, k=ths_k, margin_scale=ths_margin_scale, lr=ths_lr,
         weight_decay=ths_weight_decay, hubness_penalty=hubness_penalty,
-        reorthogonalize=reorthogonalize, reproject_every=ths_reproject_every,
-        batch_size=ths_batch_size, generator=generator,
+        include_positive=bool(r.ths_include_positive), hub_weight=ths_hub_weight,
+        lr_min=ths_lr_min, noise_std=ths_noise_std, dropout=ths_dropout,
+        reorthogonalize=bool(r.reorthogonalize), reproject_every=ths_reproject_every,
+        batch_size=batch_size, generator=generator,
     )
     return Alignment(
         W=ths.W,

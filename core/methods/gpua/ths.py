@@ -14,9 +14,15 @@ text space with a (semi-)orthogonal ``W`` (d_v, d_t):
 
   ``h_c`` is the hubness of prototype c, recomputed from the current ``W`` at every step (no
   gradient): it is a by-product of the same top-k that picks N_i, so it costs nothing. Following
-  Eq. 16 it counts the same competing sets N_i that enter the hinge (the public code puts the
-  positive class in its top-3, which makes every sample push against its own prototype; we never
-  do).
+  Eq. 16 it counts the same competing sets N_i that enter the hinge.
+
+The public code's THS (``alignment_loss`` in ``alignment_utils.py``, ``refine_mapping`` in
+``gpa.py``) differs, and ``include_positive``, ``hub_weight``, ``lr_min``, ``noise_std`` and
+``dropout`` reproduce it: N_i is the top-k over *all* prototypes, so the pseudo-label's own
+prototype is often in it (its hinge term is the constant ``hub_weight * h_l``, no gradient, but
+``h_c`` counts it); ``h_c`` is weighted by 2; each step draws a random 75% subset, adds Gaussian
+noise (sigma 0.035) with probability 1/2 and applies dropout (rate 0.05, survivors scaled by
+1/0.95) with probability 1/2; the cosine decay ends at 1e-7; W is never re-projected.
 
 The refinement runs AdamW with cosine decay on a leaf copy of ``W``. After each step ``W`` can be
 pulled back to the (semi-)orthogonal matrices by one Newton-Schulz polar iteration (two products
@@ -43,7 +49,9 @@ from core.solvers.procrustes import (
     orthogonality_error,
 )
 
-__all__ = ["THSResult", "competing_neighbours", "hubness_weights", "refine_ths", "ths_loss"]
+__all__ = [
+    "THSResult", "augment", "competing_neighbours", "hubness_weights", "refine_ths", "ths_loss",
+]
 
 
 def competing_neighbours(dist: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -92,6 +100,8 @@ def ths_loss(
     k: int = 3,
     margin_scale: float = 2.0,
     hubness_penalty: bool = True,
+    include_positive: bool = False,
+    hub_weight: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """THS loss (Eq. 15 of GPUA) of mapped features against prototypes.
 
@@ -104,11 +114,17 @@ def ths_loss(
     labels : Tensor, shape (n,), long
         Pseudo-labels.
     k : int
-        Competing prototypes per sample (capped at K - 1 by the caller).
+        Competing prototypes per sample (capped at K - 1 by the caller; K with
+        ``include_positive``).
     margin_scale : float
         ``s`` in the semantic margin ``(1 - y_l . y_c) / s``.
     hubness_penalty : bool
-        Add ``h_c`` (Eq. 16, no gradient) inside the hinge.
+        Add ``hub_weight * h_c`` (Eq. 16, no gradient) inside the hinge.
+    include_positive : bool
+        Take the k nearest prototypes over all classes, the pseudo-label's included (the public
+        code); False takes the k nearest *other* prototypes (Eq. 15).
+    hub_weight : float
+        Weight of ``h_c`` in the hinge (1 in Eq. 15, 2 in the public code).
 
     Returns
     -------
@@ -121,7 +137,10 @@ def ths_loss(
     cos = (features @ text.T) / norms  # (n, K)
     # Unit vectors: ||f - y||^2 = 2 - 2 f.y; the clamp keeps sqrt's gradient finite at 0.
     dist = (2.0 - 2.0 * cos).clamp_min(1e-12).sqrt()  # (n, K)
-    nbrs = competing_neighbours(dist, labels, k)  # (n, k)
+    if include_positive:
+        nbrs = dist.detach().topk(k, dim=1, largest=False).indices  # (n, k)
+    else:
+        nbrs = competing_neighbours(dist, labels, k)  # (n, k)
     n_classes = text.shape[0]
     if hubness_penalty:
         hub = hubness_weights(nbrs, n_classes, dtype=dist.dtype)
@@ -132,8 +151,43 @@ def ths_loss(
         margin = (1.0 - cos_tt[labels[:, None], nbrs]) / margin_scale  # (n, k)
     d_pos = dist.gather(1, labels[:, None])  # (n, 1)
     d_neg = dist.gather(1, nbrs)  # (n, k)
-    loss = torch.relu(d_pos + margin + hub[nbrs] - d_neg).mean()
+    penalty = hub[nbrs] if hub_weight == 1.0 else hub_weight * hub[nbrs]  # (n, k)
+    loss = torch.relu(d_pos + margin + penalty - d_neg).mean()
     return loss, hub
+
+
+def augment(
+    z: Tensor, *, noise_std: float, dropout: float, generator: torch.Generator | None
+) -> Tensor:
+    """The public code's THS feature augmentations (``refine_mapping`` in ``gpa.py``).
+
+    With probability 1/2 add Gaussian noise of standard deviation ``noise_std``; then, with
+    probability 1/2, zero each entry with probability ``dropout`` and scale the rest by
+    ``1 / (1 - dropout)`` (``F.dropout``). A rate of 0 skips that step and draws nothing.
+
+    Parameters
+    ----------
+    z : Tensor, shape (n, d)
+    noise_std, dropout : float, 0 <= dropout < 1
+    generator : torch.Generator or None
+        CPU generator for every draw (moved to ``z``'s device); None uses the global RNG.
+
+    Returns
+    -------
+    Tensor, shape (n, d)
+        A new tensor when anything was applied, else ``z`` itself.
+    """
+
+    def coin() -> bool:  # the public code's `np.random.rand() > 0.5`
+        return float(torch.rand((), generator=generator)) < 0.5
+
+    if noise_std > 0 and coin():
+        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype)
+        z = z + noise_std * noise.to(z.device)
+    if dropout > 0 and coin():
+        keep = torch.rand(z.shape, generator=generator) >= dropout
+        z = z * keep.to(z.device) / (1.0 - dropout)
+    return z
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,6 +222,11 @@ def refine_ths(
     lr: float = 5e-4,
     weight_decay: float = 0.0,
     hubness_penalty: bool = True,
+    include_positive: bool = False,
+    hub_weight: float = 1.0,
+    lr_min: float = 0.0,
+    noise_std: float = 0.0,
+    dropout: float = 0.0,
     reorthogonalize: bool = True,
     reproject_every: int = 1,
     batch_size: int | None = None,
@@ -185,8 +244,14 @@ def refine_ths(
         Pseudo-labels from UCM.
     w_init : Tensor, shape (d_v, d_t)
         Start (the Procrustes solution ``W0``).
-    n_steps, k, margin_scale, lr, weight_decay, hubness_penalty
-        See :func:`core.methods.gpua.fit.fit_gpua`.
+    n_steps, k, margin_scale, lr, weight_decay, hubness_penalty, include_positive, hub_weight
+        See :func:`core.methods.gpua.fit.fit_gpua` (``ths_*``) and :func:`ths_loss`.
+    lr_min : float >= 0
+        The cosine decay goes from ``lr`` at step 0 towards ``lr_min`` (``CosineAnnealingLR``).
+    noise_std, dropout : float >= 0, dropout < 1
+        Augmentations of each step's features, each applied with probability 1/2 (coin flips
+        from ``generator``): Gaussian noise of this standard deviation, then dropout at this rate
+        with survivors scaled by 1 / (1 - rate). 0 = off (no random number drawn).
     reorthogonalize : bool
         One Newton-Schulz polar iteration every ``reproject_every`` steps, exact SVD polar at
         the end.
@@ -197,23 +262,29 @@ def refine_ths(
     batch_size : int or None
         Samples per step; None or >= n is full batch (the paper). Smaller batches are drawn
         without replacement with ``generator``; ``h_c`` is then the batch's hubness.
+    generator : torch.Generator, optional
+        Draws the batches and the augmentations (CPU; the draws are moved to ``z``'s device).
 
     Returns
     -------
     THSResult
     """
     n = z.shape[0]
-    k = min(k, text.shape[0] - 1)
+    k = min(k, text.shape[0] if include_positive else text.shape[0] - 1)
     w = w_init.detach().clone().requires_grad_(True)
     opt = torch.optim.AdamW([w], lr=lr, weight_decay=weight_decay) if n_steps > 0 else None
     full = batch_size is None or batch_size >= n
     kw = dict(k=k, margin_scale=margin_scale, hubness_penalty=hubness_penalty)
+    if include_positive or hub_weight != 1.0:  # keeps the paper's call (and results) unchanged
+        kw.update(include_positive=include_positive, hub_weight=hub_weight)
 
     def batch() -> tuple[Tensor, Tensor]:
         if full:
-            return z, labels
-        idx = torch.randperm(n, generator=generator)[:batch_size].to(z.device)
-        return z[idx], labels[idx]
+            zb, lb = z, labels
+        else:
+            idx = torch.randperm(n, generator=generator)[:batch_size].to(z.device)
+            zb, lb = z[idx], labels[idx]
+        return augment(zb, noise_std=noise_std, dropout=dropout, generator=generator), lb
 
     def pool_loss(w_now: Tensor) -> float:
         with torch.no_grad():
@@ -221,8 +292,8 @@ def refine_ths(
 
     history = []
     for step in range(n_steps):
-        for group in opt.param_groups:  # cosine decay from lr to 0 over n_steps
-            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
+        for group in opt.param_groups:  # cosine decay from lr towards lr_min over n_steps
+            group["lr"] = (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * step / n_steps)) + lr_min
         zb, lb = batch()
         loss, _ = ths_loss(zb @ w, text, lb, **kw)
         history.append(float(loss.detach()) if full or step else pool_loss(w.detach()))

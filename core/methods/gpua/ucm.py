@@ -19,6 +19,12 @@ dozen (a tighter 1e-4 often needs the full 1000 when the clusters are sharp).
 Barycentres are L2-normalised (DESIGN.md), unlike Eq. 12's raw means: features live on the
 sphere, so ``Z C^T`` stays a cosine on the same scale as ``X Y^T`` whatever the spread of a
 cluster. ``P0`` uses CLIP's temperature tau (Algorithm 1 writes ``Softmax(X Y^T)``).
+
+:func:`mine_correspondences_official` is the public code's UCM (``main.py`` of Yuteam14/GPUA,
+read at commit 388fe56; see its docstring for the differences, each one a quirk reproduced on
+purpose). Its SwAV Sinkhorn (:func:`_swav_sinkhorn`, probability domain with an early stop) is a
+private copy for now: OTFusion's official recipe needs the same solver, and the two should
+become one function in ``core.solvers``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ from torch import Tensor
 from core.checks import l2_normalize
 from core.solvers.sinkhorn import sinkhorn
 
-__all__ = ["mine_correspondences"]
+__all__ = ["mine_correspondences", "mine_correspondences_official"]
+
+# Constants of the public code's UCM (main.py): cdist scores are divided by this "tau", and the
+# centres start from this many most confident samples per class.
+OFFICIAL_DISTANCE_SCALE = 0.1
+OFFICIAL_N_CONFIDENT = 8
+# update_mu adds this to the class mass and to the centre norm before dividing.
+_OFFICIAL_GUARD = 1e-6
 
 
 def _barycentres(z: Tensor, probs: Tensor) -> Tensor:
@@ -85,4 +98,128 @@ def mine_correspondences(
         probs = res.plan * z.shape[0]
         n_iters.append(res.n_iter)
         err = res.marginal_error
+    return probs, tuple(n_iters), err
+
+
+def _swav_sinkhorn(scores: Tensor, *, eps: float, max_iter: int, tol: float) -> tuple[Tensor, int]:
+    """SwAV's Sinkhorn in the probability domain, with the public GPUA code's early stop.
+
+    ``Q = exp((S - rowmax S) / eps)`` transposed to (K, n) and scaled to total mass 1; then up to
+    ``max_iter`` times: rows (classes) to 1/K, columns (samples) to 1/n; stop as soon as the
+    largest entrywise change of Q over that iteration is below ``tol`` (strictly). Entries of
+    a mass-1 Q are about 1/(nK), so the same ``tol = 1e-5`` means less as the problem grows:
+    on synthetic zero-shot scores it took 50 (the cap), 47, 36 and 2 iterations at nK = 2e3,
+    4e4, 2e5 and 2e7 (``benchmarks/recipes.py``). No log domain: an entry more than ~87 eps
+    below its row's maximum underflows to 0 in float32 (~745 eps in float64), and a class whose
+    column underflows everywhere makes the plan NaN, as in the public code; the caller checks.
+
+    Parameters
+    ----------
+    scores : Tensor, shape (n, K)
+    eps : float > 0
+    max_iter : int >= 1
+    tol : float >= 0
+
+    Returns
+    -------
+    probs : Tensor, shape (n, K)
+        ``n * Q``: rows sum to 1 (the last step), columns to about n/K.
+    n_iter : int
+        Iterations run (the stopping one included).
+    """
+    q = torch.exp((scores - scores.amax(dim=1, keepdim=True)) / eps).T  # (K, n)
+    q = q / q.sum()
+    n_classes, n = q.shape
+    n_iter = 0
+    for _ in range(max_iter):
+        n_iter += 1
+        prev = q
+        q = q / q.sum(dim=1, keepdim=True) / n_classes
+        q = q / q.sum(dim=0, keepdim=True) / n
+        if float((q - prev).abs().max()) < tol:
+            break
+    return (q * n).T, n_iter
+
+
+def _confident_centres(z: Tensor, probs: Tensor, n_confident: int) -> Tensor:
+    """The public code's start (``init_mu``): per class, the ``n_confident`` samples of highest
+    probability, weighted by it, averaged, normalised. Shape (K, d_v)."""
+    weight, idx = probs.topk(n_confident, dim=0)  # (m, K) each
+    centres = torch.einsum("mk,mkd->kd", weight, z[idx]) / n_confident  # (K, d_v)
+    return centres / centres.norm(dim=1, keepdim=True)
+
+
+def _official_centres(z: Tensor, probs: Tensor) -> Tensor:
+    """The public code's ``update_mu`` (no top-k, no momentum): ``P^T Z`` over the class mass,
+    then normalised, each division guarded by adding 1e-6 (so norms are 1 - O(1e-6))."""
+    centres = (probs.T @ z) / (probs.sum(dim=0) + _OFFICIAL_GUARD)[:, None]  # (K, d_v)
+    return centres / (centres.norm(dim=1, keepdim=True) + _OFFICIAL_GUARD)
+
+
+def mine_correspondences_official(
+    z: Tensor,
+    x: Tensor,
+    text: Tensor,
+    *,
+    lam: float,
+    eps: float,
+    n_iter: int,
+    temperature: float,
+    sinkhorn_max_iter: int,
+    sinkhorn_tol: float,
+) -> tuple[Tensor, tuple[int, ...], float]:
+    """UCM as the public GPUA code runs it (``main.py``), quirks included.
+
+    The knobs have no defaults here: the official recipe's (lam 0.9, eps 0.05, 3 rounds,
+    temperature 100, at most 50 Sinkhorn iterations, tol 1e-5) live in
+    ``core.methods.gpua.recipes`` and come through ``fit_gpua``.
+
+    With ``d(a, b)`` the Euclidean distance (``torch.cdist``) and ``tau = 0.1``:
+    ``P0 = softmax(temperature X Y^T)``; C from the ``8`` most confident samples of each class
+    under P0 (weighted by P0, averaged, normalised; all n when n < 8, where the public code
+    fails); then ``n_iter`` rounds of
+
+        S = (1 - lam) * (-d(Z, C) / tau) + lam * (-d(X, Y) / tau)          (n, K)
+        P = n * SwAV-Sinkhorn(S, eps, at most sinkhorn_max_iter, stop at max|dQ| < tol)
+        C = (P^T Z / (colsum P + 1e-6)) / (norm + 1e-6)
+
+    Differences from :func:`mine_correspondences` (the paper's reading): distances instead of
+    cosines, the top-8 start instead of the P0 barycentres, the probability-domain Sinkhorn and its
+    stopping rule, and ``z`` used as given: the public code feeds ``Z = [VFM, VLM]`` with each
+    block normalised and the concatenation not renormalised (rows of norm sqrt(2)).
+
+    Parameters
+    ----------
+    z : Tensor, shape (n, d_v)
+        Used as given (not normalised here).
+    x : Tensor, shape (n, d_t)
+        L2-normalised.
+    text : Tensor, shape (K, d_t)
+        L2-normalised.
+    lam : float
+        Weight of the VLM distance score (the code's ``beta = 1 - alpha = 0.9``).
+    n_iter : int >= 0
+        UCM rounds; the code takes them per dataset from ``MAX_ITER_MAP`` (default 3).
+
+    Returns
+    -------
+    probs : Tensor, shape (n, K)
+        Rows sum to 1; ``P0`` when ``n_iter = 0``.
+    n_iters : tuple of int
+        Sinkhorn iterations per round.
+    marginal_error : float
+        L1 column-marginal error of the last plan ``probs / n`` against 1/K (0 when n_iter = 0).
+    """
+    n, n_classes = z.shape[0], text.shape[0]
+    probs = torch.softmax(temperature * (x @ text.T), dim=1)  # (n, K)
+    centres = _confident_centres(z, probs, min(OFFICIAL_N_CONFIDENT, n))
+    semantic = -torch.cdist(x, text) / OFFICIAL_DISTANCE_SCALE  # (n, K), fixed across rounds
+    n_iters, err = [], 0.0
+    for _ in range(n_iter):
+        visual = -torch.cdist(z, centres) / OFFICIAL_DISTANCE_SCALE  # (n, K)
+        score = (1.0 - lam) * visual + lam * semantic
+        probs, used = _swav_sinkhorn(score, eps=eps, max_iter=sinkhorn_max_iter, tol=sinkhorn_tol)
+        centres = _official_centres(z, probs)
+        n_iters.append(used)
+        err = float((probs.sum(dim=0) / n - 1.0 / n_classes).abs().sum())
     return probs, tuple(n_iters), err
