@@ -13,7 +13,8 @@ from PIL import Image
 
 from core.cli import main as cli_main
 from core.data import load_image_set
-from core.methods.run import SolverSettings, run_methods, sensitivity_sweep
+from core.config import GPUASettings, MethodSettings
+from core.methods.run import run_methods, sensitivity_sweep
 from core.models import load_encoder
 from core.models.tiny import tiny_test_models
 from core.pipeline.cache import FeatureCache
@@ -21,7 +22,7 @@ from core.pipeline.extraction import ExtractSettings, extract, resolve_labels
 from core.pipeline.segmentation import segment
 
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
-FAST = SolverSettings(gpua_ths_steps=5)
+FAST = MethodSettings(gpua=GPUASettings(ths_steps=5))
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,9 @@ def test_cli_run_writes_predictions(image_zip, keys, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "THS changed" in printed and "W0 alone" in printed
-    assert doc["solver_settings"]["otfusion_lam"] == 0.5  # the export says what produced it
+    # the export says what produced it, per method that ran (CLIP's temperature scales them all)
+    assert doc["solver_settings"]["otfusion"]["lam"] == 0.5
+    assert set(doc["solver_settings"]) == {"clip", "otfusion", "gpua"}
     assert {"procrustes_accuracy", "changed_by_ths"} <= set(doc["methods"]["gpua"])
     for row, img in zip(rows, doc["images"]):  # CSV and JSON describe the same predictions
         assert row["otfusion_pred"] == img["otfusion_pred"] == img["otfusion_topk"][0][0]
