@@ -62,7 +62,7 @@ CONTROLS = {
     "gpua_ths_steps": ("gpua", "ths_steps"),
     "lazsl_theta": ("lazsl", "theta"),
 }
-_CHOICES = {"gpua_targets": GPUA_TARGETS}
+_CHOICES = {"gpua_targets": ("GPUA targets", GPUA_TARGETS)}  # control -> (its name, choices)
 # What a Run reads besides the controls, with the value used when an input is not given.
 RUN_DEFAULTS = {
     "files": None, "classes_text": "", "templates_text": "", "vlm": DEFAULT_VLM,
@@ -134,8 +134,9 @@ def method_settings(controls: Mapping[str, Any],
         if key not in CONTROLS:
             raise ValueError(f"Unknown control {key!r}; expected any of {', '.join(CONTROLS)}.")
         method, name = CONTROLS[key]
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ValueError(f"{key}: expected one of {', '.join(_CHOICES[key])}, got {value!r}.")
+        if key in _CHOICES and value not in _CHOICES[key][1]:
+            what, choices = _CHOICES[key]
+            raise ValueError(f"{what}: expected one of {', '.join(choices)}, got {value!r}.")
         changes.setdefault(method, {})[name] = type(control_default(key, base))(value)
     return base.replace(**changes)
 

@@ -175,9 +175,9 @@ def lazsl_view(session: Session, index: int, class_name: str | None, *, top_k: i
                          "Run again.")
     i = int(index)
     names = session.class_names
-    s = session.settings.lazsl
+    s = session.settings
     res = lazsl_scores(feats.crops[i: i + 1, 0], feats.crops[i: i + 1, 1:], feats.attributes,
-                       feats.attribute_mask, theta=s.theta, eps=s.eps,
+                       feats.attribute_mask, theta=s.lazsl.theta, eps=s.lazsl.eps,
                        return_plans=True)
     k = names.index(class_name) if class_name in names else int(res.pred[0])
     item = ex.items[i]
@@ -195,7 +195,7 @@ def lazsl_view(session: Session, index: int, class_name: str | None, *, top_k: i
     thumbs = crop_thumbnails(view, boxes, crops, size=128)
     gallery = [(t, f"{r + 1}: {lab} ({mass:.1%} of the plan)") for r, (t, lab, (_, _, mass)) in
                enumerate(zip(thumbs, labels, rows))]
-    probs = torch.softmax(s.temperature * res.scores[0], dim=0)
+    probs = torch.softmax(s.clip.temperature * res.scores[0], dim=0)
     scores = {names[c]: float(probs[c]) for c in range(len(names))}
     kept = int(res.kept[0].sum())
     table = [f"**{md_cell(item.name)}**: crops matched to the attributes of "

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from core.cli import main as cli_main
-from core.data import load_image_set
 from core.config import GPUASettings, MethodSettings
+from core.data import load_image_set
 from core.methods.run import run_methods, sensitivity_sweep
 from core.models import load_encoder
 from core.models.tiny import tiny_test_models

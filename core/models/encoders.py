@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from core.checks import as_float_tensor, l2_normalize
+from core.config import DEFAULT_TEMPLATE
 from core.models.dense_clip import maskclip_dense, supports_dense
 from core.models.preprocess import (
     Progress,
@@ -216,7 +217,7 @@ class Encoder:
         self,
         class_names: Sequence[str],
         *,
-        templates: Sequence[str] = ("a photo of a {}.",),
+        templates: Sequence[str] = (DEFAULT_TEMPLATE,),
         batch_size: int = 256,
         progress: Progress | None = None,
     ) -> Tensor:
