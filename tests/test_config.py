@@ -38,6 +38,9 @@ def test_config_imports_only_the_standard_library():
 
 
 def test_settings_are_frozen_hashable_and_nested_per_method():
+    from core.methods.run import METHODS
+
+    assert tuple(f.name for f in fields(MethodSettings)) == METHODS  # one field per method
     s = MethodSettings()
     with pytest.raises(FrozenInstanceError):
         s.otfusion.lam = 0.5
