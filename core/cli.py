@@ -60,7 +60,8 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, dest=_dest(flag), type=type(default), default=default,
                        choices=_CHOICES.get(flag), help=f"{text} (default {default})")
     g.add_argument("--n-crops", type=int, default=config.LAZSL_CROPS,
-                   help=f"LaZSL crops per image (paper: {config.LAZSL_CROPS_PAPER})")
+                   help=f"LaZSL crops per image (default {config.LAZSL_CROPS}; paper: "
+                   f"{config.LAZSL_CROPS_PAPER})")
     g.add_argument("--attributes", default=None, help="LaZSL descriptors, DCLIP JSON file")
 
 
