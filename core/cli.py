@@ -11,56 +11,66 @@ import argparse
 import sys
 from pathlib import Path
 
+from core import config
+from core.methods.otfusion import VARIANTS
+
 METHOD_LIST = "clip,otfusion,gpua,lazsl"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vlm", default="clip-vit-b16", help="vision-language model key (see `models`)")
+    p.add_argument("--vlm", default=config.DEFAULT_VLM,
+                   help="vision-language model key (see `models`)")
     p.add_argument(
         "--vfm",
-        default="dinov2-large",
+        default=config.DEFAULT_VFM,
         help="vision-only model key, a VLM key (its image tower), or 'none' (VLM features only)",
     )
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=config.BATCH_SIZE)
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FUSIONLAB_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
 
 
+# Solver options: flag -> (method, field of its settings dataclass in core.config, help). The
+# parser's defaults and method_settings() both read this table, so a flag cannot drift from the
+# setting it sets.
+SOLVER_FLAGS = {
+    "--lam": ("otfusion", "lam", "OTFusion lambda (weight of CLIP)"),
+    "--eps": ("otfusion", "eps", "OTFusion entropic regularisation"),
+    "--n-iter": ("otfusion", "n_iter", "OTFusion outer iterations"),
+    "--variant": ("otfusion", "variant", "OTFusion variant (Table 2 ablations)"),
+    "--gpua-lam": ("gpua", "lam", "GPUA lambda (weight of CLIP in UCM)"),
+    "--gpua-eps": ("gpua", "eps", "GPUA UCM entropic regularisation"),
+    "--gpua-targets": ("gpua", "targets", "GPUA Procrustes targets (paper: soft)"),
+    "--ths-steps": ("gpua", "ths_steps", "GPUA THS refinement steps (0: Procrustes only)"),
+    "--theta": ("lazsl", "theta", "LaZSL crop/global mix"),
+}
+_CHOICES = {"--variant": VARIANTS, "--gpua-targets": config.GPUA_TARGETS}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 def _add_solver_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("solvers (paper defaults)")
-    g.add_argument("--lam", type=float, default=0.8, help="OTFusion lambda (weight of CLIP)")
-    g.add_argument("--eps", type=float, default=0.01, help="OTFusion entropic regularisation")
-    g.add_argument("--n-iter", type=int, default=10, help="OTFusion outer iterations")
-    g.add_argument(
-        "--variant",
-        default="joint",
-        choices=["joint", "semantic_only", "concat", "no_joint"],
-        help="OTFusion variant (Table 2 ablations)",
-    )
-    g.add_argument("--gpua-lam", type=float, default=0.9)
-    g.add_argument("--gpua-eps", type=float, default=0.01)
-    g.add_argument("--gpua-targets", default="soft", choices=["soft", "hard"])
-    g.add_argument("--ths-steps", type=int, default=200)
-    g.add_argument("--n-crops", type=int, default=30, help="LaZSL crops per image (paper: 90)")
-    g.add_argument("--theta", type=float, default=0.8, help="LaZSL crop/global mix")
+    defaults = config.MethodSettings()
+    g = p.add_argument_group("solvers (paper defaults, from core.config)")
+    for flag, (method, name, text) in SOLVER_FLAGS.items():
+        default = getattr(getattr(defaults, method), name)
+        g.add_argument(flag, dest=_dest(flag), type=type(default), default=default,
+                       choices=_CHOICES.get(flag), help=f"{text} (default {default})")
+    g.add_argument("--n-crops", type=int, default=config.LAZSL_CROPS,
+                   help=f"LaZSL crops per image (default {config.LAZSL_CROPS}; paper: "
+                   f"{config.LAZSL_CROPS_PAPER})")
     g.add_argument("--attributes", default=None, help="LaZSL descriptors, DCLIP JSON file")
 
 
-def _solver_settings(args):
-    from core.methods.run import SolverSettings
-
-    return SolverSettings(
-        otfusion_lam=args.lam,
-        otfusion_eps=args.eps,
-        otfusion_iter=args.n_iter,
-        otfusion_variant=args.variant,
-        gpua_lam=args.gpua_lam,
-        gpua_eps=args.gpua_eps,
-        gpua_targets=args.gpua_targets,
-        gpua_ths_steps=args.ths_steps,
-        lazsl_theta=args.theta,
-    )
+def method_settings(args) -> config.MethodSettings:
+    """The per-method settings dataclasses from the parsed solver flags (``SOLVER_FLAGS``)."""
+    changes: dict[str, dict] = {}
+    for flag, (method, name, _) in SOLVER_FLAGS.items():
+        changes.setdefault(method, {})[name] = getattr(args, _dest(flag))
+    return config.MethodSettings().replace(**changes)
 
 
 def _cache(args):
@@ -123,7 +133,7 @@ def cmd_run(args) -> int:
     extraction = extract(image_set, class_names, settings, cache=_cache(args), progress=_progress)
     for warning in extraction.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    solver = _solver_settings(args)
+    solver = method_settings(args)
     results = run_methods(extraction.features, methods, solver)
     out = Path(args.out)
     paths = write_predictions(out, extraction, results, solver)
@@ -176,7 +186,6 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 
 def _add_eval_args(parser) -> None:
     """The eval subcommand's own options (models, cache and solver options are shared)."""
-    from core.eval.harness import SWEEP_EPSS, SWEEP_LAMS
     from core.methods.run import METHODS
 
     g = parser.add_argument_group("evaluation")
@@ -194,17 +203,19 @@ def _add_eval_args(parser) -> None:
                    help="0: fit GPUA on the whole unlabeled train split; 16: GPUA*")
     g.add_argument("--gpua-fit", default="train", choices=["train", "test"],
                    help="fit GPUA on the train split (paper) or the test images (transductive)")
-    g.add_argument("--seed", type=int, default=0, help="GPUA* pool, --max-images subset, THS")
+    g.add_argument("--seed", type=int, default=config.SEED,
+                   help="GPUA* pool, --max-images subset, THS")
     g.add_argument("--sweep", action="store_true", help="also write the lam x eps table (Fig. 2)")
-    g.add_argument("--sweep-lams", default=",".join(map(str, SWEEP_LAMS)))
-    g.add_argument("--sweep-epss", default=",".join(map(str, SWEEP_EPSS)))
+    g.add_argument("--sweep-lams", default=",".join(map(str, config.SWEEP_LAMS)))
+    g.add_argument("--sweep-epss", default=",".join(map(str, config.SWEEP_EPSS)))
     g.add_argument("--attributes-dir", help="LaZSL descriptors: <dataset>.json (DCLIP format)")
     g.add_argument("--lazsl-class-names", action="store_true",
                    help="run LaZSL without descriptors (class names only; not the paper protocol)")
     g.add_argument("--max-images", type=int, default=None,
                    help="class-balanced subset of each split, for quick runs")
     g.add_argument("--template", default=None, help="prompt with {} (default: the preset's)")
-    g.add_argument("--chunk-size", type=int, default=2048, help="images read and encoded at once")
+    g.add_argument("--chunk-size", type=int, default=config.EVAL_CHUNK_SIZE,
+                   help="images read and encoded at once")
     g.add_argument("--out", default="fusionlab-eval", help="folder for the tables")
 
 
@@ -222,7 +233,7 @@ def eval_config_from_args(args):
             raise ValueError(f"--{name.replace('_', '-')}: got {value}; use a positive number.")
     vfm = None if str(args.vfm).lower() == "none" else args.vfm
     return EvalConfig(
-        methods=methods, vlm=args.vlm, vfm=vfm, solver=_solver_settings(args),
+        methods=methods, vlm=args.vlm, vfm=vfm, solver=method_settings(args),
         gpua_shots=args.gpua_shots, gpua_fit=args.gpua_fit, seed=args.seed,
         max_images=args.max_images, template=args.template, n_crops=args.n_crops,
         attributes_file=args.attributes, attributes_dir=args.attributes_dir,

@@ -4,8 +4,14 @@ Each handler returns a NamedTuple whose field names are the keys of the componen
 wires them to, so layout and handlers cannot drift apart. User mistakes raise ``gr.Error`` with
 actionable text (``demo.session.user_errors``); nothing else reaches the user as a traceback.
 
-Two speeds: :func:`run` extracts features (models, slow, once); the ``resolve_*`` handlers re-solve
-only the methods a control affects from the session's cached features (milliseconds for OTFusion).
+Two speeds: :func:`run` extracts features (models, slow, once); :func:`resolve` re-solves only the
+method a control belongs to from the session's cached features (no model, no encoding).
+
+Settings: the live controls are named once, in :data:`CONTROLS` (control key -> the method and the
+field of its settings dataclass in ``core.config``); :func:`method_settings` is the one place that
+turns control values into ``MethodSettings``, and ``demo.ui`` reads the sliders' defaults and ranges
+from ``core.config`` through the same table. Handlers take their inputs as a dict keyed by those
+names (Gradio's ``inputs_kwargs``), never as a long positional list.
 
 This module holds the core flow (Run, re-solves, paging and selection, presets and class files,
 the dev/benchmark hook); the exploration tabs' handlers are in ``demo.explore_callbacks``.
@@ -15,20 +21,20 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import gradio as gr
 
+from core.config import DEFAULT_VFM, DEFAULT_VLM, GPUA_TARGETS, LAZSL_CROPS, MethodSettings
 from core.data import ImageItem, get_preset, load_classes_file
-from core.methods import METHOD_TITLES, FeatureSet, SolverSettings, run_method, run_methods
+from core.methods import METHOD_TITLES, FeatureSet, run_method, run_methods
 from core.pipeline import Extraction, ExtractSettings, FeatureCache, extract, write_predictions
 from core.synthetic import make_synthetic
 from demo import explore_views, views
 from demo.session import (
-    DEFAULT_VFM,
-    DEFAULT_VLM,
     Session,
     check_run_request,
     gpu,
@@ -42,7 +48,39 @@ from demo.session import (
     write_thumbnails,
 )
 
-RERUN = {"otfusion": ("otfusion",), "gpua": ("gpua",), "lazsl": ("lazsl",)}
+RERUN = ("otfusion", "gpua", "lazsl")  # methods a user can tick; CLIP always runs
+APP_METHODS = ("otfusion", "gpua")  # ticked when the app opens
+# The live controls: component key -> (method, field of that method's settings in core.config).
+# Moving one re-solves its method only, from the cached features.
+CONTROLS = {
+    "lam": ("otfusion", "lam"),
+    "eps": ("otfusion", "eps"),
+    "n_iter": ("otfusion", "n_iter"),
+    "gpua_lam": ("gpua", "lam"),
+    "gpua_eps": ("gpua", "eps"),
+    "gpua_targets": ("gpua", "targets"),
+    "gpua_ths_steps": ("gpua", "ths_steps"),
+    "lazsl_theta": ("lazsl", "theta"),
+}
+_CHOICES = {"gpua_targets": ("GPUA targets", GPUA_TARGETS)}  # control -> (its name, choices)
+# What a Run reads besides the controls, with the value used when an input is not given.
+RUN_DEFAULTS = {
+    "files": None, "classes_text": "", "templates_text": "", "vlm": DEFAULT_VLM,
+    "vfm": DEFAULT_VFM, "methods": APP_METHODS, "n_crops": LAZSL_CROPS, "attributes_file": None,
+    "labels_csv": None, "compare": None, "filter_mode": "all",
+}
+RUN_INPUTS = (*RUN_DEFAULTS, *CONTROLS)  # the components the Run button sends, by key
+
+
+def controls_of(method: str) -> tuple[str, ...]:
+    """The control keys that belong to ``method`` (e.g. otfusion: lam, eps, n_iter)."""
+    return tuple(k for k, (m, _) in CONTROLS.items() if m == method)
+
+
+def control_default(key: str, settings: MethodSettings | None = None):
+    """The value of control ``key`` in ``settings`` (default: ``core.config``'s defaults)."""
+    method, name = CONTROLS[key]
+    return getattr(getattr(settings or MethodSettings(), method), name)
 
 
 class SolveOutputs(NamedTuple):
@@ -85,17 +123,22 @@ def cache_from_env(cache_dir: str | None = None) -> FeatureCache | None:
     return FeatureCache(cache_dir or os.environ.get("FUSIONLAB_CACHE_DIR") or None)
 
 
-def solver_settings(lam=0.8, eps=0.01, n_iter=10, gpua_lam=0.9, gpua_eps=0.01,
-                    gpua_targets="soft", gpua_ths_steps=200, lazsl_theta=0.8,
-                    base: SolverSettings | None = None) -> SolverSettings:
-    """SolverSettings from the UI controls (sliders send floats)."""
-    if gpua_targets not in ("soft", "hard"):
-        raise ValueError(f"GPUA targets: expected 'soft' or 'hard', got {gpua_targets!r}.")
-    return replace(
-        base or SolverSettings(), otfusion_lam=float(lam), otfusion_eps=float(eps),
-        otfusion_iter=int(n_iter), gpua_lam=float(gpua_lam), gpua_eps=float(gpua_eps),
-        gpua_targets=gpua_targets, gpua_ths_steps=int(gpua_ths_steps),
-        lazsl_theta=float(lazsl_theta))
+def method_settings(controls: Mapping[str, Any],
+                    base: MethodSettings | None = None) -> MethodSettings:
+    """``MethodSettings`` from control values keyed as :data:`CONTROLS`; controls not given keep
+    ``base``'s values (default: ``core.config``'s). Sliders send floats: each value is cast to
+    the type of the field it sets."""
+    base = base or MethodSettings()
+    changes: dict[str, dict] = {}
+    for key, value in controls.items():
+        if key not in CONTROLS:
+            raise ValueError(f"Unknown control {key!r}; expected any of {', '.join(CONTROLS)}.")
+        method, name = CONTROLS[key]
+        if key in _CHOICES and value not in _CHOICES[key][1]:
+            what, choices = _CHOICES[key]
+            raise ValueError(f"{what}: expected one of {', '.join(choices)}, got {value!r}.")
+        changes.setdefault(method, {})[name] = type(control_default(key, base))(value)
+    return base.replace(**changes)
 
 
 def _page_update(pages: int, page: int):
@@ -171,31 +214,37 @@ def _finish_session(extraction: Extraction, methods, settings, notes, progress) 
 
 
 @user_errors
-def run(files=None, classes_text="", templates_text="", vlm=DEFAULT_VLM, vfm=DEFAULT_VFM,
-        methods=("otfusion", "gpua"), lam=0.8, eps=0.01, n_iter=10, gpua_lam=0.9,
-        gpua_eps=0.01, gpua_targets="soft", gpua_ths_steps=200, n_crops=16, lazsl_theta=0.8,
-        attributes_file=None, labels_csv=None, compare=None, filter_mode="all", *,
-        cache_dir=None, progress=None) -> RunOutputs:
-    """Load images and classes, extract features (cached), run the methods, build every view."""
-    methods = tuple(m for m in (methods or ()) if m != "clip")
+def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=None) -> RunOutputs:
+    """Load images and classes, extract features (cached), run the methods, build every view.
+
+    ``inputs`` maps :data:`RUN_INPUTS` keys (the upload, classes, models, methods, crops and every
+    control of :data:`CONTROLS`) to values; keys not given take :data:`RUN_DEFAULTS` and
+    ``core.config``'s settings.
+    """
+    inputs = dict(inputs or {})
+    unknown = [k for k in inputs if k not in RUN_INPUTS]
+    if unknown:
+        raise ValueError(f"Unknown input(s) {unknown}; expected any of {', '.join(RUN_INPUTS)}.")
+    v = {**RUN_DEFAULTS, **{k: x for k, x in inputs.items() if k in RUN_DEFAULTS}}
+    solver = method_settings({k: x for k, x in inputs.items() if k in CONTROLS})
+    methods = tuple(m for m in (v["methods"] or ()) if m != "clip")
     unknown = [m for m in methods if m not in RERUN]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; choose from OTFusion, GPUA, LaZSL.")
-    if not vlm:
+    if not v["vlm"]:
         raise ValueError("Pick a vision-language model (VLM).")
-    image_set = read_images(files, labels_csv)
-    class_names, notes = resolve_classes(classes_text, image_set)
-    templates = parse_templates(templates_text)
+    image_set = read_images(v["files"], v["labels_csv"])
+    class_names, notes = resolve_classes(v["classes_text"], image_set)
+    templates = parse_templates(v["templates_text"])
+    n_crops = v["n_crops"]
     check_run_request(len(image_set.items), class_names, methods, n_crops)
     attributes = None
     if "lazsl" in methods:
-        attributes, attr_notes = resolve_attributes(attributes_file, class_names)
+        attributes, attr_notes = resolve_attributes(v["attributes_file"], class_names)
         notes += attr_notes
-    settings = ExtractSettings(vlm=vlm, vfm=vfm or None, templates=templates,
+    settings = ExtractSettings(vlm=v["vlm"], vfm=v["vfm"] or None, templates=templates,
                                n_crops=int(n_crops) if "lazsl" in methods else 0,
                                attributes=attributes)
-    solver = solver_settings(lam, eps, n_iter, gpua_lam, gpua_eps, gpua_targets,
-                             gpua_ths_steps, lazsl_theta)
     extraction = _extract(image_set, class_names, settings, cache_from_env(cache_dir),
                           pipeline_progress(progress))
     notes += list(extraction.warnings)
@@ -206,43 +255,31 @@ def run(files=None, classes_text="", templates_text="", vlm=DEFAULT_VLM, vfm=DEF
     status = (f"**Features ready** for {st['images']} images: {st['encoded']} encoded, "
               f"{st['cache_hits']} from the cache, {st['forward_passes']} forward passes, "
               f"{st['seconds']:.1f} s. Move λ, ε or the iterations to re-solve instantly.")
-    return _run_outputs(session, status, compare, filter_mode)
+    return _run_outputs(session, status, v["compare"], v["filter_mode"])
 
 
-def _resolve(session, controls: dict, rerun: tuple[str, ...], compare, filter_mode, page):
+@user_errors
+def resolve(method: str, session, controls: Mapping[str, Any], compare=None, filter_mode="all",
+            page=1) -> SolveOutputs:
+    """A control of ``method`` moved: re-solve that method only, from the cached features.
+
+    ``controls`` maps keys of :data:`CONTROLS` (those of ``method``, e.g. ``{"lam": 0.5}``) to
+    their new values; the other settings stay the session's.
+    """
+    if method not in RERUN:
+        raise ValueError(f"resolve: expected one of {', '.join(RERUN)}, got {method!r}.")
     if not isinstance(session, Session):
         return SolveOutputs(*([gr.skip()] * len(SolveOutputs._fields)))
-    settings = solver_settings(**controls, base=session.settings)
+    others = [k for k in controls if k in CONTROLS and CONTROLS[k][0] != method]
+    if others:
+        raise ValueError(f"resolve({method!r}): controls {others} belong to another method.")
+    settings = method_settings(controls, base=session.settings)
     results = dict(session.results)
-    for m in rerun:
-        if m in results:
-            results[m] = run_method(m, session.extraction.features, settings)
+    if method in results:
+        results[method] = run_method(method, session.extraction.features, settings)
     memo = {k: v for k, v in session.memo.items() if k[0] != "captions"}  # captions show preds
     new = replace(session, settings=settings, results=results, memo=memo)
     return _solve_outputs(new, compare, filter_mode, page)
-
-
-@user_errors
-def resolve_otfusion(session, lam, eps, n_iter, compare=None, filter_mode="all", page=1):
-    """λ / ε / iterations moved: re-solve OTFusion only, from the cached features."""
-    return _resolve(session, dict(lam=lam, eps=eps, n_iter=n_iter), RERUN["otfusion"], compare,
-                    filter_mode, page)
-
-
-@user_errors
-def resolve_gpua(session, gpua_lam, gpua_eps, gpua_targets, gpua_ths_steps, compare=None,
-                 filter_mode="all", page=1):
-    """GPUA settings moved: re-fit GPUA only (seconds; no re-encoding)."""
-    return _resolve(session, dict(gpua_lam=gpua_lam, gpua_eps=gpua_eps, gpua_targets=gpua_targets,
-                                  gpua_ths_steps=gpua_ths_steps), RERUN["gpua"], compare,
-                    filter_mode, page)
-
-
-@user_errors
-def resolve_lazsl(session, lazsl_theta, compare=None, filter_mode="all", page=1):
-    """LaZSL theta moved: re-score LaZSL only."""
-    return _resolve(session, dict(lazsl_theta=lazsl_theta), RERUN["lazsl"], compare, filter_mode,
-                    page)
 
 
 @user_errors
@@ -352,6 +389,6 @@ def load_synthetic(n_images=1000, n_classes=100, seed=0, compare=None, filter_mo
                             settings=ExtractSettings(vlm="synthetic", vfm="synthetic"),
                             stats={"images": len(items)})
     session = _finish_session(extraction, ("clip", "otfusion", "gpua"),
-                              SolverSettings(gpua_ths_steps=50), [], None)
+                              MethodSettings().replace(gpua={"ths_steps": 50}), [], None)
     return _run_outputs(session, f"Synthetic session: {len(items)} images x {k} classes.",
                         compare, filter_mode)

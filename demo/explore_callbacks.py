@@ -8,11 +8,13 @@ of the components ``demo.ui`` wires them to; user mistakes raise ``gr.Error``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple
 
 import gradio as gr
 
-from core.methods import METHOD_TITLES, FeatureSet, SolverSettings, gpua_inputs, run_methods
+from core.config import MethodSettings, OTFusionSettings
+from core.methods import METHOD_TITLES, FeatureSet, gpua_inputs, run_methods
 from core.metrics import modality_gap
 from core.pipeline import segment
 from core.synthetic import make_synthetic
@@ -21,6 +23,8 @@ from demo.callbacks import cache_from_env, pipeline_progress
 from demo.session import Session, gpu, user_errors
 
 SEGMENT_POOL = 8  # images whose patches GPUA is fitted on when segmenting one
+SEGMENT_MAX_THS_STEPS = 100  # patch pools are larger than image sets: cap the THS refinement
+PLAYGROUND_THS_STEPS = 100  # GPUA in the playground regenerates on every slider release
 
 
 class EmbeddingOutputs(NamedTuple):
@@ -84,7 +88,7 @@ def segment_image(session, index, visible=None, threshold=0.0, alpha=0.5, *, cac
     if ("seg", index) not in session.memo:
         n = len(session.names)
         pool = sorted({index} | set(range(min(n, SEGMENT_POOL))))
-        steps = min(100, session.settings.gpua_ths_steps)
+        steps = min(SEGMENT_MAX_THS_STEPS, session.settings.gpua.ths_steps)
         session.memo[("seg", index)] = _segment(session.extraction, index, pool,
                                                 cache_from_env(cache_dir), steps,
                                                 pipeline_progress(progress))
@@ -129,7 +133,7 @@ class PlaygroundOutputs(NamedTuple):
 
 @user_errors
 def playground(n_classes=10, n_samples=500, gap=0.8, vlm_noise=2.95, vfm_noise=2.0, seed=0,
-               projection="pca", lam=0.8) -> PlaygroundOutputs:
+               projection="pca", lam=OTFusionSettings.lam) -> PlaygroundOutputs:
     """Synthetic CLIP-like and DINO-like features: CLIP vs OTFusion vs GPUA, maps and gaps."""
     n_classes, n_samples = int(n_classes), int(n_samples)
     if n_samples < n_classes:
@@ -139,10 +143,11 @@ def playground(n_classes=10, n_samples=500, gap=0.8, vlm_noise=2.95, vfm_noise=2
                           vlm_noise=float(vlm_noise), vfm_noise=float(vfm_noise))
     feats = FeatureSet(vlm_image=data.vlm_image, text=data.vlm_text, vfm_image=data.vfm_image,
                        labels=data.labels)
-    settings = SolverSettings(otfusion_lam=float(lam), gpua_ths_steps=100)
+    settings = MethodSettings().replace(otfusion={"lam": float(lam)},
+                                        gpua={"ths_steps": PLAYGROUND_THS_STEPS})
     results = run_methods(feats, ("otfusion", "gpua"), settings)
     acc = {METHOD_TITLES[m]: r.accuracy for m, r in results.items()}
-    mapped = results["gpua"].details.transform(gpua_inputs(feats, settings))
+    mapped = results["gpua"].details.transform(gpua_inputs(feats, settings.gpua))
     names = list(data.class_names)
     truth = [names[t] for t in data.labels.tolist()]
     before, after = plots.embedding_maps(
@@ -159,3 +164,8 @@ def playground(n_classes=10, n_samples=500, gap=0.8, vlm_noise=2.95, vfm_noise=2
     return PlaygroundOutputs(
         plots.accuracy_figure(acc, title="Accuracy on synthetic features"), before, after,
         plots.modality_gap_figure(gaps, height=240), note)
+
+
+# The playground's inputs as the app opens them (demo.ui's sliders read these): its signature.
+PLAYGROUND_DEFAULTS = {name: p.default
+                       for name, p in inspect.signature(playground).parameters.items()}

@@ -37,20 +37,14 @@ TRUE_CLASS = "true class"
 # ----------------------------------------------------------------------------- embedding map
 
 
-def _gpua_settings_key(session: Session) -> tuple:
-    s = session.settings
-    return (s.gpua_lam, s.gpua_eps, s.gpua_targets, s.gpua_ths_steps, s.gpua_ths_k,
-            s.gpua_reorthogonalize, s.gpua_concat_vlm, s.seed)
-
-
 def mapped_features(session: Session) -> torch.Tensor:
     """GPUA-mapped VFM features (n, d_t) of the session (fits GPUA once if it was not run)."""
-    key = ("mapped", _gpua_settings_key(session))
+    key = ("mapped", session.settings.gpua)  # the frozen GPUASettings: what the map depends on
     if key not in session.memo:
         res = session.results.get("gpua")
         if res is None:
             res = run_method("gpua", session.extraction.features, session.settings)
-        z = gpua_inputs(session.extraction.features, session.settings)
+        z = gpua_inputs(session.extraction.features, session.settings.gpua)
         session.memo[key] = res.details.transform(z)
     return session.memo[key]
 
@@ -58,7 +52,7 @@ def mapped_features(session: Session) -> torch.Tensor:
 def _projection(session: Session, which: str, method: str):
     feats = session.extraction.features
     key = ("xy", which, method) if which == "before" else (
-        "xy", which, method, _gpua_settings_key(session))
+        "xy", which, method, session.settings.gpua)
     if key not in session.memo:
         image = feats.vlm_image if which == "before" else mapped_features(session)
         stacked = torch.cat([torch.nn.functional.normalize(image, dim=1),
@@ -189,7 +183,7 @@ def lazsl_view(session: Session, index: int, class_name: str | None, *, top_k: i
     names = session.class_names
     s = session.settings
     res = lazsl_scores(feats.crops[i: i + 1, 0], feats.crops[i: i + 1, 1:], feats.attributes,
-                       feats.attribute_mask, theta=s.lazsl_theta, eps=s.lazsl_eps,
+                       feats.attribute_mask, theta=s.lazsl.theta, eps=s.lazsl.eps,
                        return_plans=True)
     k = names.index(class_name) if class_name in names else int(res.pred[0])
     item = ex.items[i]
@@ -207,7 +201,7 @@ def lazsl_view(session: Session, index: int, class_name: str | None, *, top_k: i
     thumbs = crop_thumbnails(view, boxes, crops, size=128)
     gallery = [(t, f"{r + 1}: {lab} ({mass:.1%} of the plan)") for r, (t, lab, (_, _, mass)) in
                enumerate(zip(thumbs, labels, rows))]
-    probs = torch.softmax(s.temperature * res.scores[0], dim=0)
+    probs = torch.softmax(s.clip.temperature * res.scores[0], dim=0)
     scores = {names[c]: float(probs[c]) for c in range(len(names))}
     kept = int(res.kept[0].sum())
     table = [f"**{md_cell(item.name)}**: crops matched to the attributes of "

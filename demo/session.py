@@ -22,10 +22,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from core.config import DEFAULT_TEMPLATE, LAZSL_CROPS, LAZSL_CROPS_PAPER, MethodSettings
 from core.data import ImageSet, NoImagesError, decode_image, load_attributes, load_image_set
 from core.data import parse_classes as _parse_classes
-from core.methods import METHOD_TITLES, MethodResult, SolverSettings
-from core.models import WeightsUnavailableError, ensure_weights, get_spec, list_models
+from core.methods import METHOD_TITLES, MethodResult
+from core.models import WeightsUnavailableError, ensure_weights, get_spec
 from core.pipeline import Extraction
 from demo.examples import example_paths
 
@@ -36,8 +37,6 @@ VIEW_SIDE = 768  # images decoded for overlays and crop views
 SESSION_ROOT = Path(tempfile.gettempdir()) / "fusionlab-sessions"
 SESSION_MAX_AGE_S = 6 * 3600  # work folders older than this are swept at the next Run
 TRANSDUCTIVE = ("otfusion", "gpua")  # methods that spread the images over the classes
-DEFAULT_VLM = "clip-vit-b16"
-DEFAULT_VFM = "dinov2-base"
 
 try:  # Hugging Face ZeroGPU: the model step runs on a GPU slot; a no-op everywhere else
     import spaces
@@ -59,7 +58,8 @@ class Session:
         Features of the user's images (the expensive part; never recomputed by sliders).
     methods : tuple of str
         Methods run, CLIP first.
-    settings : SolverSettings
+    settings : MethodSettings
+        The settings of every method (``core.config``) that produced ``results``.
     results : dict method -> MethodResult
     workdir : str
         Private folder: ``thumbs/`` (one JPEG per image) and ``export-*/`` downloads.
@@ -73,7 +73,7 @@ class Session:
 
     extraction: Extraction
     methods: tuple[str, ...]
-    settings: SolverSettings
+    settings: MethodSettings
     results: dict[str, MethodResult]
     workdir: str
     thumbs: tuple[str, ...]
@@ -239,12 +239,12 @@ def parse_templates(text: str | None) -> tuple[str, ...]:
     lines = [" ".join(t.split()) for t in (text or "").splitlines()]
     lines = [t for t in lines if t]
     if not lines:
-        return ("a photo of a {}.",)
+        return (DEFAULT_TEMPLATE,)
     bad = [t for t in lines if t.count("{}") != 1]
     if bad:
         raise ValueError(
             f"Prompt template {bad[0]!r} needs exactly one {{}} where the class name goes, e.g. "
-            "'a photo of a {}.'"
+            f"{DEFAULT_TEMPLATE!r}"
         )
     return tuple(dict.fromkeys(lines))
 
@@ -286,24 +286,12 @@ def check_run_request(n_images: int, class_names: Sequence[str], methods: Sequen
     if "lazsl" in methods and int(n_crops) < 1:
         raise ValueError(
             "LaZSL needs crops: set 'LaZSL crops per image' (Advanced) to at least 1 (the paper "
-            "uses 90; 16-32 is a good CPU compromise), or untick LaZSL."
+            f"uses {LAZSL_CROPS_PAPER}; the default {LAZSL_CROPS} is a good CPU compromise), or "
+            "untick LaZSL."
         )
 
 
 # ----------------------------------------------------------------------------- models
-
-
-def model_choices(kind: str, extra: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """Dropdown choices: the visible registry entries plus explicitly enabled hidden ones."""
-    extra_specs = [get_spec(k) for k in extra]
-    if kind == "vlm":
-        specs = [s for s in extra_specs if s.kind == "vlm"] + list_models("vlm")
-        return [(s.display_name, s.key) for s in specs]
-    vfms = [s for s in extra_specs if s.kind == "vfm"] + list_models("vfm")
-    towers = [s for s in extra_specs if s.kind == "vlm"] + list_models("vlm")
-    return [(s.display_name, s.key) for s in vfms] + [
-        (f"{s.display_name} - image tower", s.key) for s in towers
-    ]
 
 
 def missing_weights(keys: Sequence[str]) -> list[str]:

@@ -26,13 +26,25 @@ from pathlib import Path
 
 import gradio as gr
 
+from core.config import (
+    DEFAULT_TEMPLATE,
+    DEFAULT_VFM,
+    DEFAULT_VLM,
+    GPUA_TARGETS,
+    LAZSL_CROPS,
+    LAZSL_CROPS_PAPER,
+    LAZSL_CROPS_UI,
+    MethodSettings,
+    OTFusionSettings,
+    ui_range,
+)
 from core.data import PRESETS
-from core.models import get_spec
+from core.models import get_spec, model_choices
 from demo import callbacks as cb
 from demo import explore_callbacks as ex
 from demo import explore_views, views
 from demo.examples import EXAMPLES_DIR, example_rows
-from demo.session import DEFAULT_VFM, DEFAULT_VLM, delete_session, model_choices, weights_banner
+from demo.session import delete_session, weights_banner
 
 TITLE = "VLM x VFM Fusion Lab"
 INTRO = (
@@ -116,7 +128,7 @@ def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
         placeholder="cat\ndog\nbird   (empty: use the zip's folder names)")
     c["class_upload"] = gr.UploadButton("Load a class file (.txt / .json)", size="sm",
                                         file_types=[".txt", ".json"])
-    c["templates_text"] = gr.Textbox("a photo of a {}.", label="Prompt template(s), one per line",
+    c["templates_text"] = gr.Textbox(DEFAULT_TEMPLATE, label="Prompt template(s), one per line",
                                      lines=1, max_lines=6)
     rows = example_rows()
     if rows:
@@ -124,37 +136,49 @@ def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
                     label="Examples (drawn by the project)",
                     example_labels=[Path(r[0][0]).stem for r in rows])
     gr.Markdown("### 3 · Models")
-    c["vlm"] = gr.Dropdown(model_choices("vlm", extra), value=vlm_default,
+    c["vlm"] = gr.Dropdown(model_choices("vlm", extra=extra), value=vlm_default,
                            label="Vision-language model (VLM)")
-    c["vfm"] = gr.Dropdown(model_choices("vfm", extra), value=vfm_default,
+    c["vfm"] = gr.Dropdown(model_choices("vfm", extra=extra), value=vfm_default,
                            label="Vision foundation model (VFM)")
     gr.Markdown("### 4 · Methods")
     c["methods"] = gr.CheckboxGroup([("OTFusion", "otfusion"), ("GPUA", "gpua"),
-                                     ("LaZSL", "lazsl")], value=["otfusion", "gpua"],
+                                     ("LaZSL", "lazsl")], value=list(cb.APP_METHODS),
                                     label="Methods", info="CLIP zero-shot always runs as the "
                                     "baseline.")
     c["run_button"] = gr.Button("Run", variant="primary", size="lg", elem_classes="run-button",
                                 elem_id="run-button")
     gr.Markdown("### 5 · Live settings\nThese re-solve from the cached features, no new Run.")
-    c["lam"] = gr.Slider(0.0, 2.0, 0.8, step=0.05, label="λ (OTFusion: weight of CLIP)",
-                         elem_id="lam-slider")
-    c["eps"] = gr.Slider(0.002, 0.2, 0.01, step=0.001, label="ε (OTFusion: entropic smoothing)")
-    c["n_iter"] = gr.Slider(1, 30, 10, step=1, label="OTFusion iterations")
+    c["lam"] = _slider("lam", "λ (OTFusion: weight of CLIP)")
+    c["eps"] = _slider("eps", "ε (OTFusion: entropic smoothing)")
+    c["n_iter"] = _slider("n_iter", "OTFusion iterations")
     with gr.Accordion("Advanced (GPUA, LaZSL, labels)", open=False):
         gr.Markdown("**GPUA** (moving these re-fits GPUA on the cached features)")
-        c["gpua_lam"] = gr.Slider(0.0, 1.0, 0.9, step=0.05, label="GPUA λ (weight of CLIP)")
-        c["gpua_eps"] = gr.Slider(0.002, 0.2, 0.01, step=0.001, label="GPUA ε")
-        c["gpua_targets"] = gr.Radio(["soft", "hard"], value="soft",
-                                     label="Procrustes targets (paper: soft; public code: hard)")
-        c["gpua_ths_steps"] = gr.Slider(0, 500, 200, step=10, label="THS refinement steps")
+        c["gpua_lam"] = _slider("gpua_lam", "GPUA λ (weight of CLIP)")
+        c["gpua_eps"] = _slider("gpua_eps", "GPUA ε")
+        c["gpua_targets"] = gr.Radio(list(GPUA_TARGETS), value=cb.control_default("gpua_targets"),
+                                     label="Procrustes targets (paper: soft; public code: hard)",
+                                     elem_id="gpua-targets-radio")
+        c["gpua_ths_steps"] = _slider("gpua_ths_steps", "THS refinement steps")
         gr.Markdown("**LaZSL** (crops need a new Run; θ re-scores instantly)")
-        c["n_crops"] = gr.Slider(1, 90, 16, step=1, label="LaZSL crops per image (paper: 90)")
-        c["lazsl_theta"] = gr.Slider(0.0, 1.0, 0.8, step=0.05, label="LaZSL θ (crop vs global)")
+        low, high, step = LAZSL_CROPS_UI
+        c["n_crops"] = gr.Slider(low, high, LAZSL_CROPS, step=step,
+                                 label=f"LaZSL crops per image (paper: {LAZSL_CROPS_PAPER})",
+                                 elem_id="n-crops-slider")
+        c["lazsl_theta"] = _slider("lazsl_theta", "LaZSL θ (crop vs global)")
         c["attributes_file"] = gr.File(label="Attribute JSON {class: [descriptor, ...]}",
                                        file_types=[".json"], height=90)
         gr.Markdown("**Labels** (optional, overrides folder names)")
         c["labels_csv"] = gr.File(label="Labels CSV (filename,label)", file_types=[".csv", ".txt"],
                                   height=90)
+
+
+def _slider(key: str, label: str) -> gr.Slider:
+    """The slider of live control ``key`` (``cb.CONTROLS``): default and range from core.config;
+    elem_id ``<key>-slider`` (e.g. ``lam-slider``, ``gpua-ths-steps-slider``)."""
+    method, name = cb.CONTROLS[key]
+    low, high, step = ui_range(type(getattr(MethodSettings(), method)), name)
+    return gr.Slider(low, high, cb.control_default(key), step=step, label=label,
+                     elem_id=f"{key.replace('_', '-')}-slider")
 
 
 def _tabs(c) -> None:
@@ -235,19 +259,23 @@ def _tabs(c) -> None:
     with gr.Tab("Playground", id="playground"):
         gr.Markdown("Synthetic CLIP-like and DINO-like features with a modality gap: no model "
                     "weights needed, works offline. Move a slider to re-generate.")
+        d = ex.PLAYGROUND_DEFAULTS
         with gr.Row():
-            c["play_classes"] = gr.Slider(2, 30, 10, step=1, label="Classes")
-            c["play_samples"] = gr.Slider(50, 3000, 500, step=50, label="Samples")
-            c["play_seed"] = gr.Slider(0, 99, 0, step=1, label="Seed")
+            c["play_classes"] = gr.Slider(2, 30, d["n_classes"], step=1, label="Classes")
+            c["play_samples"] = gr.Slider(50, 3000, d["n_samples"], step=50, label="Samples")
+            c["play_seed"] = gr.Slider(0, 99, d["seed"], step=1, label="Seed")
         with gr.Row():
-            c["play_gap"] = gr.Slider(0.0, 2.0, 0.8, step=0.05, label="Modality gap")
-            c["play_vlm_noise"] = gr.Slider(0.0, 5.0, 2.95, step=0.05, label="CLIP image noise")
-            c["play_vfm_noise"] = gr.Slider(0.0, 4.0, 2.0, step=0.05, label="DINO noise")
+            c["play_gap"] = gr.Slider(0.0, 2.0, d["gap"], step=0.05, label="Modality gap")
+            c["play_vlm_noise"] = gr.Slider(0.0, 5.0, d["vlm_noise"], step=0.05,
+                                            label="CLIP image noise")
+            c["play_vfm_noise"] = gr.Slider(0.0, 4.0, d["vfm_noise"], step=0.05,
+                                            label="DINO noise")
         with gr.Row():
             c["play_projection"] = gr.Radio(
-                explore_views.PROJECTIONS[:1] + explore_views.PROJECTIONS[2:], value="pca",
-                label="Projection", scale=2)
-            c["play_lam"] = gr.Slider(0.0, 2.0, 0.8, step=0.05, label="OTFusion λ", scale=1)
+                explore_views.PROJECTIONS[:1] + explore_views.PROJECTIONS[2:],
+                value=d["projection"], label="Projection", scale=2)
+            low, high, step = ui_range(OTFusionSettings, "lam")
+            c["play_lam"] = gr.Slider(low, high, d["lam"], step=step, label="OTFusion λ", scale=1)
             c["play_button"] = gr.Button("Generate", variant="primary", scale=0)
         c["play_note"] = gr.Markdown()
         with gr.Row():
@@ -265,31 +293,26 @@ def _out(c, fields) -> list:
 def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
     view = [c["compare"], c["filter_mode"], c["page"]]
 
-    def run(files, classes_text, templates_text, vlm, vfm, methods, lam, eps, n_iter, gpua_lam,
-            gpua_eps, gpua_targets, gpua_ths_steps, n_crops, lazsl_theta, attributes_file,
-            labels_csv, compare, filter_mode, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-        return cb.run(files, classes_text, templates_text, vlm, vfm, methods, lam, eps, n_iter,
-                      gpua_lam, gpua_eps, gpua_targets, gpua_ths_steps, n_crops, lazsl_theta,
-                      attributes_file, labels_csv, compare, filter_mode, progress=progress)
+    def run(progress=gr.Progress(), **inputs):  # noqa: B008 (Gradio's idiom)
+        return cb.run(inputs, progress=progress)
 
-    run_inputs = ["files", "classes_text", "templates_text", "vlm", "vfm", "methods", "lam", "eps",
-                  "n_iter", "gpua_lam", "gpua_eps", "gpua_targets", "gpua_ths_steps", "n_crops",
-                  "lazsl_theta", "attributes_file", "labels_csv", "compare", "filter_mode"]
-    c["run_button"].click(run, [c[k] for k in run_inputs], _out(c, cb.RunOutputs._fields),
-                          api_name="run", concurrency_id="models", concurrency_limit=1)
+    # Inputs by name (Gradio's inputs_kwargs): the API's parameter names are cb.RUN_INPUTS.
+    c["run_button"].click(run, inputs_kwargs={k: c[k] for k in cb.RUN_INPUTS},
+                          outputs=_out(c, cb.RunOutputs._fields), api_name="run",
+                          concurrency_id="models", concurrency_limit=1)
     solve_out = _out(c, cb.SolveOutputs._fields)
-    gr.on([c["lam"].release, c["eps"].release, c["n_iter"].release], cb.resolve_otfusion,
-          [c["session"], c["lam"], c["eps"], c["n_iter"], *view], solve_out, api_name="resolve",
-          concurrency_id="solve", concurrency_limit=4, trigger_mode="always_last",
-          show_progress="minimal")
-    gr.on([c["gpua_lam"].release, c["gpua_eps"].release, c["gpua_targets"].input,
-           c["gpua_ths_steps"].release], cb.resolve_gpua,
-          [c["session"], c["gpua_lam"], c["gpua_eps"], c["gpua_targets"], c["gpua_ths_steps"],
-           *view], solve_out, api_name="resolve_gpua", concurrency_id="solve",
-          trigger_mode="always_last")
-    c["lazsl_theta"].release(cb.resolve_lazsl, [c["session"], c["lazsl_theta"], *view], solve_out,
-                             api_name="resolve_lazsl", concurrency_id="solve",
-                             trigger_mode="always_last")
+    # One re-solve per method, fired by its own controls (a radio on input, sliders on release).
+    resolve_options = {
+        "otfusion": dict(api_name="resolve", concurrency_limit=4, show_progress="minimal"),
+        "gpua": dict(api_name="resolve_gpua"),
+        "lazsl": dict(api_name="resolve_lazsl"),
+    }
+    for method, options in resolve_options.items():
+        keys = cb.controls_of(method)
+        triggers = [c[k].input if isinstance(c[k], gr.Radio) else c[k].release for k in keys]
+        gr.on(triggers, _resolver(method), [c["session"], *view],
+              inputs_kwargs={k: c[k] for k in keys}, outputs=solve_out, concurrency_id="solve",
+              trigger_mode="always_last", **options)
     c["compare"].input(cb.refresh_views, [c["session"], *view], solve_out, api_name="refresh",
                        concurrency_id="solve")
 
@@ -348,6 +371,16 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
                                c["filter_mode"]], _out(c, cb.RunOutputs._fields),
                               api_name="load_synthetic", api_visibility="undocumented",
                               concurrency_id="models")
+
+
+def _resolver(method: str):
+    """The handler re-solving ``method``: view inputs by position, its controls by name."""
+
+    def resolve(session, compare, filter_mode, page, **controls):
+        return cb.resolve(method, session, controls, compare, filter_mode, page)
+
+    resolve.__name__ = f"resolve_{method}"
+    return resolve
 
 
 def _warm_imports() -> None:

@@ -161,16 +161,17 @@ def details_markdown(session: Session, index: int | None) -> str:
 
 
 def settings_text(method: str, s) -> str:
-    """The hyper-parameters that produced one method's column, so a summary says what it shows."""
+    """The hyper-parameters that produced one method's column, so a summary says what it shows.
+    ``s`` is the session's ``core.config.MethodSettings``."""
     if method == "otfusion":
-        return (f"λ {s.otfusion_lam:g}, ε {s.otfusion_eps:g}, {s.otfusion_iter} iter, "
-                f"{s.otfusion_variant}")
+        o = s.otfusion
+        return f"λ {o.lam:g}, ε {o.eps:g}, {o.n_iter} iter, {o.variant}"
     if method == "gpua":
-        return (f"λ {s.gpua_lam:g}, ε {s.gpua_eps:g}, {s.gpua_targets} targets, "
-                f"THS {s.gpua_ths_steps} steps")
+        g = s.gpua
+        return f"λ {g.lam:g}, ε {g.eps:g}, {g.targets} targets, THS {g.ths_steps} steps"
     if method == "lazsl":
-        return f"θ {s.lazsl_theta:g}, ε {s.lazsl_eps:g}"
-    return f"τ {s.temperature:g}"
+        return f"θ {s.lazsl.theta:g}, ε {s.lazsl.eps:g}"
+    return f"τ {s.clip.temperature:g}"
 
 
 def summary_markdown(session: Session) -> str:
@@ -263,10 +264,10 @@ def convergence_view(session: Session):
     if res is None:
         return None, "Tick **OTFusion** and Run to see its convergence."
     history = list(res.details.history)
-    s = session.settings
+    s = session.settings.otfusion
     note = (f"OTFusion ran {res.details.n_iter} outer iteration(s) "
             f"({'converged' if res.details.converged else 'stopped at the limit'}) with "
-            f"λ = {s.otfusion_lam:g}, ε = {s.otfusion_eps:g}.")
+            f"λ = {s.lam:g}, ε = {s.eps:g}.")
     if not any(h.accuracy is not None for h in history):
         note += " Accuracy per iteration is drawn when every image has a label."
     if res.details.sinkhorn_fallbacks:

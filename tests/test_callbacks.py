@@ -61,7 +61,8 @@ def _run(keys, files, cache_dir, **options):
     args = dict(vlm=keys["clip_vit"], vfm=keys["dinov2"], methods=["otfusion", "gpua", "lazsl"],
                 n_crops=4, gpua_ths_steps=20, cache_dir=cache_dir)
     args.update(options)
-    return cb.run(files=[str(f) for f in files], **args)
+    cache_dir = args.pop("cache_dir")
+    return cb.run(dict(files=[str(f) for f in files], **args), cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -103,27 +104,28 @@ def test_resolve_reruns_otfusion_only_and_never_encodes(ran, keys):
     s = ran.session
     encoders = [load_encoder(keys["clip_vit"]), load_encoder(keys["dinov2"])]
     forwards = [e.n_forward for e in encoders]
-    out = cb.resolve_otfusion(s, lam=0.0, eps=0.1, n_iter=3)
+    out = cb.resolve("otfusion", s, {"lam": 0.0, "eps": 0.1, "n_iter": 3})
     new = out.session
     assert [e.n_forward for e in encoders] == forwards  # no forward pass at all
-    assert new.settings.otfusion_lam == 0.0 and new.settings.otfusion_iter == 3
+    assert new.settings.otfusion.lam == 0.0 and new.settings.otfusion.n_iter == 3
     assert not torch.allclose(new.results["otfusion"].probs, s.results["otfusion"].probs)
     for m in ("clip", "gpua", "lazsl"):  # untouched methods are the very same objects
         assert new.results[m] is s.results[m]
-    assert s.settings.otfusion_lam == 0.8  # the old session is not mutated
+    assert s.settings.otfusion.lam == 0.8  # the old session is not mutated
     captions = [cap for _, cap in out.gallery]
     assert captions == views.captions(new)
     # GPUA and LaZSL controls re-solve their own method only.
-    g = cb.resolve_gpua(new, gpua_lam=0.5, gpua_eps=0.05, gpua_targets="hard", gpua_ths_steps=0)
+    g = cb.resolve("gpua", new, {"gpua_lam": 0.5, "gpua_eps": 0.05, "gpua_targets": "hard",
+                                 "gpua_ths_steps": 0})
     assert g.session.results["otfusion"] is new.results["otfusion"]
     assert g.session.results["gpua"] is not new.results["gpua"]
-    z = cb.resolve_lazsl(new, lazsl_theta=0.2)
+    z = cb.resolve("lazsl", new, {"lazsl_theta": 0.2})
     assert z.session.results["lazsl"] is not new.results["lazsl"]
     assert [e.n_forward for e in encoders] == forwards
 
 
 def test_resolve_before_any_run_is_a_quiet_no_op():
-    out = cb.resolve_otfusion(None, 0.5, 0.01, 10)
+    out = cb.resolve("otfusion", None, {"lam": 0.5, "eps": 0.01, "n_iter": 10})
     assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in out)
 
 
@@ -208,8 +210,8 @@ def test_missing_weights_fail_fast_with_the_fix(labelled_zip, tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     start = time.perf_counter()
     with pytest.raises(gr.Error) as excinfo:
-        cb.run(files=[str(labelled_zip)], vlm="clip-vit-b16", vfm="dinov2-base",
-               methods=["otfusion"], cache_dir=str(tmp_path / "fresh-cache"))
+        cb.run(dict(files=[str(labelled_zip)], vlm="clip-vit-b16", vfm="dinov2-base",
+                    methods=["otfusion"]), cache_dir=str(tmp_path / "fresh-cache"))
     assert time.perf_counter() - start < 10
     message = _error(excinfo)
     assert "CLIP ViT-B/16" in message and "python -m core download" in message
@@ -248,7 +250,7 @@ def test_presets_class_files_and_synthetic_sessions(tmp_path):
     assert cb.classes_file_selected(str(path)) == "cat\ndog"
     syn = cb.load_synthetic(60, 6, 0, d_vlm=16, d_vfm=24)
     assert len(syn.session.names) == 60 and syn.session.has_labels
-    re = cb.resolve_otfusion(syn.session, 0.2, 0.02, 5)
+    re = cb.resolve("otfusion", syn.session, {"lam": 0.2, "eps": 0.02, "n_iter": 5})
     assert re.session.results["otfusion"].accuracy is not None
 
 

@@ -28,10 +28,9 @@ from core.models import (
     get_spec,
     list_models,
     load_encoder,
+    model_choices,
     preload_from_hub_lines,
     register_model,
-    vfm_choices,
-    vlm_choices,
 )
 from core.models import load as encoders
 from core.models.encoders import Encoder
@@ -133,13 +132,28 @@ def test_unknown_key_lists_valid_ones():
 
 
 def test_choices_and_listing():
-    vfm_keys = [key for _, key in vfm_choices()]
-    vlm_keys = [key for _, key in vlm_choices()]
+    vfm_keys = [key for _, key in model_choices("vfm")]
+    vlm_keys = [key for _, key in model_choices("vlm")]
     assert "dinov2-base" in vfm_keys and set(vlm_keys) <= set(vfm_keys)  # VLM image towers too
+    assert vfm_keys[-len(vlm_keys):] == vlm_keys  # towers after the vision-only models
     assert not set(TINY.values()) & set(vfm_keys)
     assert set(TINY.values()) <= {s.key for s in list_models(include_hidden=True)}
     with pytest.raises(ValueError, match="kind"):
         list_models("clip")
+    with pytest.raises(ValueError, match="kind"):
+        model_choices("clip")
+
+
+def test_model_choices_lists_extra_hidden_entries_first_once():
+    extra = [TINY["dinov2"], TINY["clip_vit"], "dinov2-base"]
+    vlms = [key for _, key in model_choices("vlm", extra=extra)]
+    vfms = [key for _, key in model_choices("vfm", extra=extra)]
+    assert vlms[0] == TINY["clip_vit"] and TINY["dinov2"] not in vlms
+    assert vfms[0] == TINY["dinov2"] and vfms[1] == "dinov2-base"  # extra first, in order
+    assert len(vfms) == len(set(vfms))  # a visible key given as extra is listed once
+    assert vfms.index(TINY["clip_vit"]) > vfms.index("dinov2-large")  # a tower, after the VFMs
+    hidden = {key for _, key in model_choices("vfm", include_hidden=True)}
+    assert set(TINY.values()) <= hidden
 
 
 def test_spec_validation_and_registration():

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from core.cli import main as cli_main
+from core.config import GPUASettings, MethodSettings
 from core.data import get_preset
 from core.data.benchmarks import (
     LAYOUTS,
@@ -30,13 +31,13 @@ from core.data.benchmarks import (
 from core.eval.harness import DatasetReport, EvalConfig, MethodRow, evaluate_dataset, extract_split
 from core.eval.paper_numbers import DATASETS, TABLES, reported
 from core.eval.report import markdown_report, summary_markdown, sweep_markdown, write_report
-from core.methods.run import SolverSettings
 from core.models import get_spec
 from core.models.tiny import tiny_test_models
 from core.pipeline.cache import FeatureCache
 from core.pipeline.extraction import ExtractSettings
 
-FAST = SolverSettings(gpua_ths_steps=5)  # THS steps are the slow part of GPUA; 5 exercise it
+# THS steps are the slow part of GPUA; 5 exercise it
+FAST = MethodSettings(gpua=GPUASettings(ths_steps=5))
 AVG_TOL = 0.05  # the papers print averages rounded to 0.01 or 0.1
 
 

@@ -4,7 +4,8 @@ from dataclasses import replace
 
 import torch
 
-from core.methods.run import FeatureSet, SolverSettings, run_method
+from core.config import GPUASettings, MethodSettings
+from core.methods.run import FeatureSet, run_method
 from core.synthetic.features import make_synthetic
 
 
@@ -16,9 +17,9 @@ def _features(n=300, k=10, seed=0) -> FeatureSet:
 
 def test_gpua_reports_the_procrustes_map_it_started_from():
     feats = _features()
-    settings = SolverSettings(gpua_ths_steps=60)
+    settings = MethodSettings(gpua=GPUASettings(ths_steps=60))
     refined = run_method("gpua", feats, settings)
-    plain = run_method("gpua", feats, replace(settings, gpua_ths_steps=0))
+    plain = run_method("gpua", feats, settings.replace(gpua={"ths_steps": 0}))
     d = refined.diagnostics
     # W0 alone is exactly what a run without THS predicts
     assert torch.equal(d["procrustes_pred"], plain.pred)
@@ -29,6 +30,6 @@ def test_gpua_reports_the_procrustes_map_it_started_from():
 
 def test_gpua_diagnostics_without_labels_leave_accuracy_out():
     feats = replace(_features(), labels=None)
-    d = run_method("gpua", feats, SolverSettings(gpua_ths_steps=20)).diagnostics
+    d = run_method("gpua", feats, MethodSettings(gpua=GPUASettings(ths_steps=20))).diagnostics
     assert d["procrustes_accuracy"] is None and d["procrustes_pred"].shape == (300,)
     assert run_method("otfusion", feats).diagnostics == {}

@@ -14,8 +14,9 @@ from PIL import Image
 
 from core.checks import l2_normalize
 from core.cli import main as cli_main
+from core.config import GPUASettings, MethodSettings
 from core.data import load_image_set
-from core.methods.run import SolverSettings, run_methods, sensitivity_sweep
+from core.methods.run import run_methods, sensitivity_sweep
 from core.models import get_spec, load_encoder
 from core.models.tiny import tiny_test_models
 from core.pipeline.cache import FeatureCache, kind_key, model_key
@@ -24,7 +25,7 @@ from core.pipeline.features import text_hashes
 from core.pipeline.segmentation import NOT_SEEN, segment
 
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
-FAST = SolverSettings(gpua_ths_steps=5)
+FAST = MethodSettings(gpua=GPUASettings(ths_steps=5))
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +255,9 @@ def test_cli_run_writes_predictions(image_zip, keys, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "THS changed" in printed and "W0 alone" in printed
-    assert doc["solver_settings"]["otfusion_lam"] == 0.5  # the export says what produced it
+    # the export says what produced it, per method that ran (CLIP's temperature scales them all)
+    assert doc["solver_settings"]["otfusion"]["lam"] == 0.5
+    assert set(doc["solver_settings"]) == {"clip", "otfusion", "gpua"}
     assert {"procrustes_accuracy", "changed_by_ths"} <= set(doc["methods"]["gpua"])
     for row, img in zip(rows, doc["images"]):  # CSV and JSON describe the same predictions
         assert row["otfusion_pred"] == img["otfusion_pred"] == img["otfusion_topk"][0][0]

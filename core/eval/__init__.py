@@ -24,9 +24,9 @@ number beside it and the difference, n images, settings, extraction vs solve sec
 ``sweep_*.md/.csv`` with ``--sweep`` (OTFusion lam x eps, Fig. 2), ``summary_*`` with ``--all``.
 
 Memory: images are read ``--chunk-size`` files at a time; a split's features stay in memory
-(ImageNet val with ViT-B/16 + DINOv2-L: 0.3 GB; + 3.2 GB for 30 LaZSL crops); use
-``--gpua-shots 16`` on ImageNet (its full train split needs ~16 GB). Code: ``harness`` (one dataset
-through every method), ``report`` (tables), ``paper_numbers``
-(the papers' reported numbers); the command line is in ``core.cli``.
+(ImageNet val with ViT-B/16 + DINOv2-L: 0.3 GB; + 1.7 GB for the default 16 LaZSL crops, 9.3 GB
+for the paper's 90); use ``--gpua-shots 16`` on ImageNet (its full train split needs ~16 GB).
+Code: ``harness`` (one dataset through every method), ``report`` (tables), ``paper_numbers`` (the
+papers' reported numbers); the command line is in ``core.cli``; defaults in ``core.config``.
 Features are cached per image content, so reruns with other solver settings only re-solve.
 """

@@ -4,7 +4,7 @@
 ``core.eval``). Memory: images are read and encoded ``chunk_size`` files at a time (raw bytes
 of one chunk: ~230 MB for 2,048 ImageNet JPEGs); the features of a whole split stay in memory:
 n x (d_vlm + d_vfm) x 4 bytes (ImageNet val, ViT-B/16 + DINOv2-L: 50k x 1536 x 4 = 0.3 GB), plus
-n x (1 + n_crops) x d_vlm x 4 for LaZSL (30 crops: 3.2 GB on ImageNet val). GPUA on the full
+n x (1 + n_crops) x d_vlm x 4 for LaZSL (16 crops: 1.7 GB on ImageNet val). GPUA on the full
 ImageNet train split (1.28 M images) needs ~16 GB: use ``gpua_shots=16`` there. Features are
 cached per image content (``core.pipeline.cache``), so a rerun with other solver settings only
 re-solves.
@@ -15,11 +15,23 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from core.config import (
+    BATCH_SIZE,
+    DEFAULT_VFM,
+    DEFAULT_VLM,
+    EVAL_CHUNK_SIZE,
+    LAZSL_CROPS,
+    LAZSL_CROPS_PAPER,
+    SEED,
+    SWEEP_EPSS,
+    SWEEP_LAMS,
+    MethodSettings,
+)
 from core.data import ImageSet, SkippedFile, load_attributes
 from core.data.benchmarks import (
     BenchmarkData,
@@ -30,41 +42,32 @@ from core.data.benchmarks import (
     open_benchmark,
 )
 from core.eval.paper_numbers import reported, reported_all
-from core.methods.run import (
-    METHOD_TITLES,
-    METHODS,
-    FeatureSet,
-    SolverSettings,
-    fit_gpua_with,
-    gpua_inputs,
-)
+from core.methods.run import METHOD_TITLES, METHODS, FeatureSet, fit_gpua_with, gpua_inputs
 
-SWEEP_LAMS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0)
-SWEEP_EPSS = (0.005, 0.01, 0.05, 0.1)
-LAZSL_PAPER_CROPS = 90
 Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Everything a run depends on besides the data (defaults: the papers' settings)."""
+    """Everything a run depends on besides the data (defaults from ``core.config``: the papers'
+    solver settings; LaZSL with ``LAZSL_CROPS`` crops, noted in the report as not the paper's)."""
 
     methods: tuple[str, ...] = METHODS
-    vlm: str = "clip-vit-b16"
-    vfm: str | None = "dinov2-large"
-    solver: SolverSettings = field(default_factory=SolverSettings)
+    vlm: str = DEFAULT_VLM
+    vfm: str | None = DEFAULT_VFM
+    solver: MethodSettings = field(default_factory=MethodSettings)
     gpua_shots: int = 0  # 0: the whole train split (GPUA); 16: GPUA*
     gpua_fit: str = "train"  # or "test" (transductive)
-    seed: int = 0
+    seed: int = SEED  # GPUA* pool, max_images subsets and GPUA's THS (overrides solver's)
     max_images: int | None = None  # class-balanced subset of each split, for quick runs
     template: str | None = None  # overrides the preset's prompt (not the paper protocol)
-    n_crops: int = 30
+    n_crops: int = LAZSL_CROPS
     attributes_file: str | None = None
     attributes_dir: str | None = None
     lazsl_class_names: bool = False
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     device: str | None = None
-    chunk_size: int = 2048
+    chunk_size: int = EVAL_CHUNK_SIZE
     sweep: bool = False
     sweep_lams: tuple[float, ...] = SWEEP_LAMS
     sweep_epss: tuple[float, ...] = SWEEP_EPSS
@@ -130,7 +133,7 @@ class SplitFeatures:
 
 
 def extract_split(entries: Sequence[SplitEntry], class_names, settings, *, cache=None,
-                  chunk_size: int = 2048, progress: Progress | None = None,
+                  chunk_size: int = EVAL_CHUNK_SIZE, progress: Progress | None = None,
                   desc: str = "images") -> SplitFeatures:
     """Features of a split, ``chunk_size`` files at a time (see the module note on memory)."""
     from core.pipeline.extraction import extract
@@ -190,12 +193,13 @@ def _attributes(data: BenchmarkData, config: EvalConfig, notes: list[str]):
     return attrs
 
 
-def _fit_gpua(pool: FeatureSet, test: FeatureSet, settings: SolverSettings):
-    align = fit_gpua_with(pool, settings, text=test.text)
-    z_test = gpua_inputs(test, settings)
-    probs = align.predict_proba(z_test, test.text, temperature=settings.temperature)  # (n, K)
+def _fit_gpua(pool: FeatureSet, test: FeatureSet, settings: MethodSettings):
+    align = fit_gpua_with(pool, settings.gpua, text=test.text)
+    z_test = gpua_inputs(test, settings.gpua)
+    probs = align.predict_proba(z_test, test.text,
+                                temperature=settings.clip.temperature)  # (n, K)
     before = None  # the Procrustes map alone, to report what THS changed
-    if settings.gpua_ths_steps > 0:
+    if settings.gpua.ths_steps > 0:
         before = align.procrustes_only().predict(z_test, test.text)
     return probs.argmax(dim=-1), before
 
@@ -229,7 +233,7 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
     if config.gpua_fit not in ("train", "test"):
         raise ValueError(f"gpua_fit: expected 'train' or 'test', got {config.gpua_fit!r}.")
     notes = list(data.notes)
-    solver = replace(config.solver, seed=config.seed)
+    solver = config.solver.replace(gpua={"seed": config.seed})
     template = config.template or data.template
     if config.template and data.is_preset:
         notes.append(f"prompt overridden with {config.template!r}: not the paper protocol.")
@@ -243,9 +247,9 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
         if attrs is None and config.lazsl_class_names:
             lazsl_title = "LaZSL (class names)"
         run_lazsl = attrs is not None or config.lazsl_class_names
-        if run_lazsl and config.n_crops != LAZSL_PAPER_CROPS:
+        if run_lazsl and config.n_crops != LAZSL_CROPS_PAPER:
             notes.append(f"LaZSL with {config.n_crops} crops per image (paper: "
-                         f"{LAZSL_PAPER_CROPS}; --n-crops).")
+                         f"{LAZSL_CROPS_PAPER}; --n-crops).")
     base = ExtractSettings(vlm=config.vlm, vfm=config.vfm, templates=(template,),
                            batch_size=config.batch_size, device=config.device)
     test_entries = data.splits["test"]
@@ -282,7 +286,7 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
             skipped += split.skipped
             extraction["train"] = split.describe()
             seconds["train"] = round(split.seconds, 3)
-            if not solver.gpua_concat_vlm:
+            if not solver.gpua.concat_vlm:
                 gpua_protocol += "-vfm-only"
             notes.append(f"GPUA fitted on {pool.n_images:,} unlabeled train images ({pool_note})"
                          "; evaluated on the test split.")
@@ -294,7 +298,7 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
     for method in ["clip"] + [m for m in config.methods if m != "clip"]:
         title, protocol = METHOD_TITLES[method], "zero-shot"
         if method == "otfusion":
-            protocol = "clip_only" if config.vfm is None else solver.otfusion_variant
+            protocol = "clip_only" if config.vfm is None else solver.otfusion.variant
         elif method == "gpua":
             if config.gpua_shots and pool is not None:
                 title = f"GPUA* ({config.gpua_shots}-shot)"
@@ -336,7 +340,7 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
         "vlm": config.vlm, "vfm": config.vfm, "template": template, "methods": list(config.methods),
         "gpua_shots": config.gpua_shots, "gpua_fit": config.gpua_fit, "seed": config.seed,
         "max_images": config.max_images, "n_crops": config.n_crops if run_lazsl else 0,
-        "solver": asdict(solver), "extraction": extraction,
+        "solver": solver.as_dict(), "extraction": extraction,
     }
     return DatasetReport(
         dataset=data.key, display_name=data.display_name, n_classes=len(data.class_names),

@@ -1,5 +1,6 @@
 """The methods: CLIP zero-shot, OTFusion, GPUA (``gpua/``) and LaZSL, and :mod:`run`, which solves
-every method on one cached :class:`FeatureSet` (what a slider re-runs)."""
+every method on one cached :class:`FeatureSet` (what a slider re-runs). Their settings live in
+``core.config`` (``MethodSettings``, one frozen dataclass per method)."""
 
 from core.methods.lazsl import explain, lazsl_scores
 from core.methods.run import (
@@ -7,7 +8,6 @@ from core.methods.run import (
     METHODS,
     FeatureSet,
     MethodResult,
-    SolverSettings,
     gpua_inputs,
     run_method,
     run_methods,
@@ -15,6 +15,6 @@ from core.methods.run import (
 )
 
 __all__ = [
-    "METHOD_TITLES", "METHODS", "FeatureSet", "MethodResult", "SolverSettings", "run_method",
+    "METHOD_TITLES", "METHODS", "FeatureSet", "MethodResult", "run_method",
     "run_methods", "sensitivity_sweep", "gpua_inputs", "explain", "lazsl_scores",
 ]

@@ -56,6 +56,7 @@ from core.checks import (
     check_range,
     l2_normalize,
 )
+from core.config import LAZSL_CROP_SCALE, LAZSL_CROPS_PAPER, LaZSLSettings
 from core.solvers.sinkhorn import sinkhorn
 
 __all__ = ["LazslResult", "crop_boxes", "explain", "lazsl_scores", "seed_from_hash"]
@@ -119,7 +120,8 @@ def seed_from_hash(sha256_hex: str) -> int:
 
 
 def crop_boxes(
-    width: int, height: int, *, n_crops: int = 90, scale=(0.6, 0.9), seed: int
+    width: int, height: int, *, n_crops: int = LAZSL_CROPS_PAPER, scale=LAZSL_CROP_SCALE,
+    seed: int
 ) -> Tensor:
     """Random square crops, LaZSL's visual set: side ~ U(alpha, beta) x short edge.
 
@@ -128,7 +130,8 @@ def crop_boxes(
     width, height : int
         Image size in pixels.
     n_crops : int
-        Number of crops M (90 in the paper; fewer is faster on CPU).
+        Number of crops M (default ``LAZSL_CROPS_PAPER``, 90 as in the paper; the app, CLI and
+        eval extract ``core.config.LAZSL_CROPS`` by default: fewer is cheaper on CPU).
     scale : (float, float)
         (alpha, beta) with 0 < alpha <= beta <= 1. Sides are integers drawn uniformly in
         [ceil(alpha * short), floor(beta * short)] (at least 1 pixel on tiny images).
@@ -294,8 +297,8 @@ def lazsl_scores(
     attribute_features,
     attribute_mask,
     *,
-    theta: float = 0.8,
-    eps: float = 0.1,
+    theta: float = LaZSLSettings.theta,
+    eps: float = LaZSLSettings.eps,
     max_iter: int = 100,
     tol: float | None = None,
     recipe: str = "paper",

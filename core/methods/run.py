@@ -1,19 +1,25 @@
 """Every method on one set of cached features: CLIP zero-shot, OTFusion, GPUA, LaZSL.
 
 This is the fast half of the pipeline: it never sees a model or an image, only the tensors in a
-:class:`FeatureSet`, so the app re-runs it in milliseconds when a slider moves, the playground runs
-it on synthetic features, and the CLI / evaluation harness run it on real ones.
+:class:`FeatureSet`, so the app re-runs it when a slider moves, the playground runs it on synthetic
+features, and the CLI / evaluation harness run it on real ones.
+
+Settings come as one :class:`core.config.MethodSettings` (one frozen dataclass per method, defaults
+in ``core.config``); this module is the one place that maps them onto the solvers' keywords.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from core.checks import l2_normalize
+from core.config import SWEEP_EPSS, SWEEP_LAMS, GPUASettings, MethodSettings
+from core.methods.gpua.fit import concat_features, fit_gpua
+from core.methods.lazsl import lazsl_scores
+from core.methods.otfusion import otfusion
 from core.methods.zeroshot import zeroshot_probs
 from core.metrics import accuracy
 
@@ -63,31 +69,6 @@ class FeatureSet:
 
 
 @dataclass(frozen=True)
-class SolverSettings:
-    """Hyper-parameters of every method (paper defaults)."""
-
-    temperature: float = 100.0  # CLIP logit scale tau
-    # OTFusion (paper defaults: lam 0.8, eps 0.01, 3 Sinkhorn iterations, up to 10 outer)
-    otfusion_lam: float = 0.8
-    otfusion_eps: float = 0.01
-    otfusion_iter: int = 10
-    otfusion_sinkhorn_iter: int = 3
-    otfusion_variant: str = "joint"
-    # GPUA (paper defaults: lam 0.9, eps 0.01, soft targets, Z = [VFM, VLM] concatenated)
-    gpua_lam: float = 0.9
-    gpua_eps: float = 0.01
-    gpua_targets: str = "soft"
-    gpua_ths_steps: int = 200
-    gpua_ths_k: int = 3
-    gpua_reorthogonalize: bool = True
-    gpua_concat_vlm: bool = True
-    # LaZSL (public-code defaults: theta 0.8, eps 0.1)
-    lazsl_theta: float = 0.8
-    lazsl_eps: float = 0.1
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class MethodResult:
     """One method's answer on a FeatureSet.
 
@@ -129,71 +110,70 @@ def labelled_accuracy(pred: Tensor, labels: Tensor | None) -> float | None:
     return accuracy(pred[known], labels[known])
 
 
-def gpua_inputs(features: FeatureSet, settings: SolverSettings) -> Tensor:
-    """Z for GPUA: the VFM features, concatenated with the VLM's and renormalised (paper's best)."""
-    z = features.vfm_or_vlm()
-    if settings.gpua_concat_vlm and features.vfm_image is not None:
-        z = l2_normalize(torch.cat([l2_normalize(z), l2_normalize(features.vlm_image)], dim=1))
-    return z
+def gpua_inputs(features: FeatureSet, settings: GPUASettings) -> Tensor:
+    """Z for GPUA, shape (n, d_v) or (n, d_v + d_t): the VFM features, or with
+    ``settings.concat_vlm`` the paper's best ``concat_features(VFM, VLM)``. Without a VFM the
+    VLM's own image features stand in (and are not concatenated with themselves)."""
+    if settings.concat_vlm and features.vfm_image is not None:
+        return concat_features(features.vfm_image, features.vlm_image)
+    return features.vfm_or_vlm()
 
 
-def _run_clip(features: FeatureSet, settings: SolverSettings):
-    probs = zeroshot_probs(features.vlm_image, features.text, temperature=settings.temperature)
+def _run_clip(features: FeatureSet, settings: MethodSettings):
+    probs = zeroshot_probs(features.vlm_image, features.text,
+                           temperature=settings.clip.temperature)
     return probs, None
 
 
-def _run_otfusion(features: FeatureSet, settings: SolverSettings):
-    from core.methods.otfusion import otfusion
-
-    y = zeroshot_probs(features.vlm_image, features.text, temperature=settings.temperature)
+def _run_otfusion(features: FeatureSet, settings: MethodSettings):
+    s = settings.otfusion
+    y = zeroshot_probs(features.vlm_image, features.text, temperature=settings.clip.temperature)
     labels = features.labels
     if labels is not None and bool((labels < 0).any()):
         labels = None  # history accuracy needs every label; the app reports accuracy separately
     res = otfusion(
         vfm_features=[features.vfm_or_vlm()],
         vlm_probs=[y],
-        lam=settings.otfusion_lam,
-        eps=settings.otfusion_eps,
-        n_iter=settings.otfusion_iter,
-        sinkhorn_iter=settings.otfusion_sinkhorn_iter,
-        variant=settings.otfusion_variant,
+        lam=s.lam,
+        eps=s.eps,
+        n_iter=s.n_iter,
+        sinkhorn_iter=s.sinkhorn_iter,
+        variant=s.variant,
         labels=labels,
     )
     return res.probs, res
 
 
-def fit_gpua_with(pool: FeatureSet, settings: SolverSettings, text: Tensor | None = None):
-    """``core.methods.gpua.fit.fit_gpua`` on a pool's features with the GPUA knobs of ``settings``.
+def fit_gpua_with(pool: FeatureSet, settings: GPUASettings, text: Tensor | None = None):
+    """``fit_gpua`` on a pool's features with ``settings`` (the one settings-to-keywords map).
 
     ``text`` (K, d_t) defaults to the pool's prototypes (the eval harness passes the test split's).
+    UCM's initial correspondences P0 use ``fit_gpua``'s own temperature (``TEMPERATURE``), not
+    ``MethodSettings.clip.temperature``: that is what every release so far has done.
     Returns the fitted ``Alignment``.
     """
-    from core.methods.gpua.fit import fit_gpua
-
     return fit_gpua(
         vfm_features=gpua_inputs(pool, settings),
         vlm_features=pool.vlm_image,
         text_features=pool.text if text is None else text,
-        lam=settings.gpua_lam,
-        eps=settings.gpua_eps,
-        targets=settings.gpua_targets,
-        ths_steps=settings.gpua_ths_steps,
-        ths_k=settings.gpua_ths_k,
-        reorthogonalize=settings.gpua_reorthogonalize,
+        lam=settings.lam,
+        eps=settings.eps,
+        targets=settings.targets,
+        ths_steps=settings.ths_steps,
+        ths_k=settings.ths_k,
+        reorthogonalize=settings.reorthogonalize,
         generator=torch.Generator().manual_seed(settings.seed),
     )
 
 
-def _run_gpua(features: FeatureSet, settings: SolverSettings):
-    align = fit_gpua_with(features, settings)
-    z = gpua_inputs(features, settings)
-    probs = align.predict_proba(z, features.text, temperature=settings.temperature)
+def _run_gpua(features: FeatureSet, settings: MethodSettings):
+    align = fit_gpua_with(features, settings.gpua)
+    z = gpua_inputs(features, settings.gpua)
+    probs = align.predict_proba(z, features.text, temperature=settings.clip.temperature)
     return probs, align
 
 
-def _run_lazsl(features: FeatureSet, settings: SolverSettings):
-    from core.methods.lazsl import lazsl_scores
-
+def _run_lazsl(features: FeatureSet, settings: MethodSettings):
     if features.crops is None or features.attributes is None:
         raise ValueError(
             "LaZSL needs crop features and attribute features; extract them with n_crops > 0 "
@@ -204,25 +184,25 @@ def _run_lazsl(features: FeatureSet, settings: SolverSettings):
         features.crops[:, 1:],
         features.attributes,
         features.attribute_mask,
-        theta=settings.lazsl_theta,
-        eps=settings.lazsl_eps,
+        theta=settings.lazsl.theta,
+        eps=settings.lazsl.eps,
         return_plans=False,
     )
     # Scores are transport-weighted cosines; CLIP's logit scale turns them into probabilities
     # comparable with the baseline's.
-    probs = torch.softmax(settings.temperature * res.scores, dim=-1)
+    probs = torch.softmax(settings.clip.temperature * res.scores, dim=-1)
     return probs, res
 
 
 _RUNNERS = {"clip": _run_clip, "otfusion": _run_otfusion, "gpua": _run_gpua, "lazsl": _run_lazsl}
 
 
-def _gpua_diagnostics(features: FeatureSet, settings: SolverSettings, align, pred: Tensor) -> dict:
+def _gpua_diagnostics(features: FeatureSet, settings: MethodSettings, align, pred: Tensor) -> dict:
     """What THS did on top of the Procrustes map: it can help (the paper) or fit the UCM
     pseudo-labels' mistakes (seen on synthetic data), so the app shows both."""
-    if settings.gpua_ths_steps == 0 or getattr(align, "W0", None) is None:
+    if settings.gpua.ths_steps == 0 or getattr(align, "W0", None) is None:
         return {}
-    before = align.procrustes_only().predict(gpua_inputs(features, settings), features.text)
+    before = align.procrustes_only().predict(gpua_inputs(features, settings.gpua), features.text)
     return {
         "procrustes_pred": before,
         "procrustes_accuracy": labelled_accuracy(before, features.labels),
@@ -233,13 +213,23 @@ def _gpua_diagnostics(features: FeatureSet, settings: SolverSettings, align, pre
 _DIAGNOSTICS = {"gpua": _gpua_diagnostics}
 
 
+def _check_settings(settings) -> MethodSettings:
+    if settings is None:
+        return MethodSettings()
+    if not isinstance(settings, MethodSettings):
+        raise ValueError(f"settings: expected a core.config.MethodSettings, got "
+                         f"{type(settings).__name__}; build one as MethodSettings(otfusion="
+                         "OTFusionSettings(lam=...), ...).")
+    return settings
+
+
 def run_method(
-    method: str, features: FeatureSet, settings: SolverSettings | None = None
+    method: str, features: FeatureSet, settings: MethodSettings | None = None
 ) -> MethodResult:
-    """Run one method on cached features."""
+    """Run one method on cached features with ``settings`` (default: ``MethodSettings()``)."""
     if method not in _RUNNERS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}.")
-    settings = settings or SolverSettings()
+    settings = _check_settings(settings)
     start = time.perf_counter()
     probs, details = _RUNNERS[method](features, settings)
     seconds = time.perf_counter() - start
@@ -257,7 +247,7 @@ def run_method(
 
 
 def run_methods(
-    features: FeatureSet, methods=METHODS, settings: SolverSettings | None = None
+    features: FeatureSet, methods=METHODS, settings: MethodSettings | None = None
 ) -> dict[str, MethodResult]:
     """Run several methods; the CLIP baseline always runs first (every view compares to it)."""
     order = ["clip"] + [m for m in methods if m != "clip"]
@@ -270,23 +260,22 @@ def run_methods(
 def sensitivity_sweep(
     features: FeatureSet,
     *,
-    lams=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0),
-    epss=(0.005, 0.01, 0.05, 0.1),
-    settings: SolverSettings | None = None,
+    lams=SWEEP_LAMS,
+    epss=SWEEP_EPSS,
+    settings: MethodSettings | None = None,
 ) -> list[dict]:
     """OTFusion over a lam x eps grid (the paper's Fig. 2), on cached features.
 
     Returns rows ``{"lam", "eps", "accuracy" (None without labels), "agreement_with_clip"}``;
     without labels the agreement with the baseline still shows how far fusion moves predictions.
     """
-    settings = settings or SolverSettings()
+    settings = _check_settings(settings)
     base = run_method("clip", features, settings).pred
     rows = []
     for eps in epss:
         for lam in lams:
-            res = run_method(
-                "otfusion", features, replace(settings, otfusion_lam=lam, otfusion_eps=eps)
-            )
+            res = run_method("otfusion", features,
+                             settings.replace(otfusion={"lam": lam, "eps": eps}))
             rows.append(
                 {
                     "lam": float(lam),

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from core.checks import check_classes, check_matrix, check_positive, l2_normalize
+from core.config import DEFAULT_TEMPLATE, TEMPERATURE
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -29,8 +30,6 @@ __all__ = [
     "zeroshot_logits",
     "zeroshot_probs",
 ]
-
-DEFAULT_TEMPLATE = "a photo of a {}."
 
 # LaZSL's connective rule: descriptors that already carry a verb or an article read better after
 # "which" / "which is" than after the default "which has".
@@ -54,7 +53,7 @@ def _check_pair(image_features, text_features) -> tuple[Tensor, Tensor]:
     return x, t
 
 
-def zeroshot_logits(image_features, text_features, *, temperature: float = 100.0) -> Tensor:
+def zeroshot_logits(image_features, text_features, *, temperature: float = TEMPERATURE) -> Tensor:
     """Scaled cosine similarities ``temperature * cos(x_i, t_k)``.
 
     Parameters
@@ -75,7 +74,7 @@ def zeroshot_logits(image_features, text_features, *, temperature: float = 100.0
     return temperature * (l2_normalize(x) @ l2_normalize(t).T)  # (n, k)
 
 
-def zeroshot_probs(image_features, text_features, *, temperature: float = 100.0) -> Tensor:
+def zeroshot_probs(image_features, text_features, *, temperature: float = TEMPERATURE) -> Tensor:
     """CLIP zero-shot class probabilities (Eq. 1 of OTFusion).
 
     Parameters

@@ -10,15 +10,14 @@ from core.models.registry import (
     ModelSpec,
     get_spec,
     list_models,
+    model_choices,
     register_model,
-    vfm_choices,
-    vlm_choices,
 )
 from core.models.tiny import tiny_test_models
 
 __all__ = [
     "MODELS", "ModelSpec", "Encoder", "WeightsUnavailableError", "register_model", "get_spec",
-    "list_models", "vlm_choices", "vfm_choices", "load_encoder", "download_models",
+    "list_models", "model_choices", "load_encoder", "download_models",
     "preload_from_hub_lines", "resolve_device", "ensure_weights", "tiny_test_models",
     "CropGeometry", "crop_box", "crop_geometry",
 ]

@@ -3,21 +3,20 @@
 An entry of `MODELS` fully decides a model (STYLE.md rule 7): its library, weights, preprocessing,
 token layout and output dimension. Nothing is keyed on name strings.
 
-Any VLM's image tower is also a VFM: `vfm_choices` lists the VLM keys after the DINO ones, and
-loading a VLM key gives the same encoder, whose `encode_images` (the projected image embedding) is
-then used as the VFM feature ("CLIP-only" rows of OTFusion). Loading lives in `core.models.load`;
+Any VLM's image tower is also a VFM: `model_choices("vfm")` lists the VLM keys after the DINO ones,
+and loading a VLM key gives the same encoder, whose `encode_images` (the projected image embedding)
+is then used as the VFM feature ("CLIP-only" rows of OTFusion). Loading lives in `core.models.load`;
 tests register tiny random-initialised entries of the same architectures (`core.models.tiny`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 __all__ = [
-    "MODELS", "ModelSpec", "register_model", "get_spec", "list_models", "vlm_choices",
-    "vfm_choices",
+    "MODELS", "ModelSpec", "register_model", "get_spec", "list_models", "model_choices",
 ]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP training set statistics
@@ -216,18 +215,23 @@ def list_models(kind: str | None = None, *, include_hidden: bool = False) -> lis
     ]
 
 
-def vlm_choices(*, include_hidden: bool = False) -> list[tuple[str, str]]:
-    """(label, key) pairs of the VLMs, for a dropdown."""
-    return [(s.display_name, s.key) for s in list_models("vlm", include_hidden=include_hidden)]
+def model_choices(kind: str, *, extra: Sequence[str] = (),
+                  include_hidden: bool = False) -> list[tuple[str, str]]:
+    """(label, key) pairs for a model picker of ``kind`` ("vlm" or "vfm").
 
+    A VFM picker lists the vision-only models, then every VLM's image tower. ``extra`` names
+    hidden entries to list first (e.g. the tiny test models); ``include_hidden`` lists all.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind: expected one of {_KINDS}, got {kind!r}.")
+    extra_specs = [get_spec(k) for k in extra]
 
-def vfm_choices(*, include_hidden: bool = False) -> list[tuple[str, str]]:
-    """(label, key) pairs usable as a VFM: the vision-only models, then every VLM's image tower."""
-    vfms = [(s.display_name, s.key) for s in list_models("vfm", include_hidden=include_hidden)]
-    towers = [
-        (f"{s.display_name} - image tower", s.key)
-        for s in list_models("vlm", include_hidden=include_hidden)
-    ]
-    return vfms + towers
+    def specs(of: str) -> list[ModelSpec]:
+        found = [s for s in extra_specs if s.kind == of]
+        found += list_models(of, include_hidden=include_hidden)
+        return list({s.key: s for s in found}.values())  # first occurrence wins, in order
 
-
+    choices = [(s.display_name, s.key) for s in specs(kind)]
+    if kind == "vfm":
+        choices += [(f"{s.display_name} - image tower", s.key) for s in specs("vlm")]
+    return choices

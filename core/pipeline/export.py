@@ -9,10 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict
 from pathlib import Path
 
-from core.methods.run import METHOD_TITLES, MethodResult, SolverSettings
+from core.config import MethodSettings
+from core.methods.run import METHOD_TITLES, MethodResult
 
 TOP_K = 3
 
@@ -61,14 +61,23 @@ def _scalar_diagnostics(result: MethodResult) -> dict:
             if v is None or isinstance(v, (int, float))}
 
 
-def _json_text(extraction, results, rows, solver: SolverSettings | None) -> str:
+def _solver_record(solver: MethodSettings | None, methods) -> dict | None:
+    """The settings of the methods that ran, nested per method: ``{"otfusion": {"lam": ...}}``
+    (CLIP's always: its temperature also scales every other method's probabilities)."""
+    if solver is None:
+        return None
+    record = solver.as_dict()
+    return {m: record[m] for m in record if m == "clip" or m in methods}
+
+
+def _json_text(extraction, results, rows, solver: MethodSettings | None) -> str:
     settings = extraction.settings
     doc = {
         "vlm": settings.vlm,
         "vfm": settings.vfm,
         "templates": list(settings.templates),
         "classes": list(extraction.class_names),
-        "solver_settings": None if solver is None else asdict(solver),
+        "solver_settings": _solver_record(solver, results),
         "methods": {
             m: {"title": METHOD_TITLES.get(m, m), "accuracy": r.accuracy, "seconds": r.seconds,
                 **_scalar_diagnostics(r)}
@@ -77,7 +86,7 @@ def _json_text(extraction, results, rows, solver: SolverSettings | None) -> str:
         "skipped": [{"file": s.name, "reason": s.reason} for s in extraction.skipped],
         "images": rows,
     }
-    # No indent: json's C encoder only runs without one (5x faster at 1,000 images), and the app
+    # No indent: json's C encoder only runs without one (benchmarks/README.md, App), and the app
     # rewrites this file on every slider move.
     return json.dumps(doc)
 
@@ -88,14 +97,14 @@ def predictions_csv(extraction, results: dict[str, MethodResult]) -> str:
 
 
 def predictions_json(extraction, results: dict[str, MethodResult],
-                     solver: SolverSettings | None = None) -> str:
+                     solver: MethodSettings | None = None) -> str:
     """JSON text: models, templates, classes, the solver settings that produced the results (when
     given), per-method accuracy and timings, skipped files, and per-image top-k."""
     return _json_text(extraction, results, prediction_rows(extraction, results), solver)
 
 
 def write_predictions(out_dir, extraction, results: dict[str, MethodResult],
-                      solver: SolverSettings | None = None) -> list[Path]:
+                      solver: MethodSettings | None = None) -> list[Path]:
     """Write ``predictions.csv`` and ``predictions.json`` into ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from core.config import BATCH_SIZE, DEFAULT_TEMPLATE, DEFAULT_VFM, DEFAULT_VLM, LAZSL_CROP_SCALE
 from core.data import ImageItem, ImageSet, SkippedFile, decode_many
 from core.methods.lazsl import crop_boxes, seed_from_hash
 from core.methods.run import FeatureSet
 from core.methods.zeroshot import (
-    DEFAULT_TEMPLATE,
     descriptor_sentences,
     ensemble_text_features,
     format_prompts,
@@ -42,24 +42,25 @@ DECODE_MAX_SIDE = 1024  # LaZSL's smallest crop (0.6 x short side) still gets >=
 
 @dataclass(frozen=True)
 class ExtractSettings:
-    """What to compute (and what the feature cache is keyed on).
+    """What to compute (and what the feature cache is keyed on); defaults from ``core.config``.
 
     vlm : registry key of the vision-language model (image + text towers).
     vfm : registry key of the vision-only model, a VLM key (its image tower), or None (no VFM: the
           VLM's own image features stand in, the paper's "CLIP-only" row).
     templates : prompt templates with "{}"; several are ensembled.
-    n_crops : LaZSL crops per image; 0 skips the LaZSL features.
+    n_crops : LaZSL crops per image; 0 skips the LaZSL features (entry points that run LaZSL
+              pass ``core.config.LAZSL_CROPS``, or the paper's ``LAZSL_CROPS_PAPER``).
     crop_scale : LaZSL crop side range as fractions of the short side.
     attributes : optional ``{class: [descriptor, ...]}``; classes without any use their name.
     """
 
-    vlm: str = "clip-vit-b16"
-    vfm: str | None = "dinov2-large"
+    vlm: str = DEFAULT_VLM
+    vfm: str | None = DEFAULT_VFM
     templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
     n_crops: int = 0
-    crop_scale: tuple[float, float] = (0.6, 0.9)
+    crop_scale: tuple[float, float] = LAZSL_CROP_SCALE
     attributes: Mapping[str, Sequence[str]] | None = field(default=None, hash=False, compare=False)
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     device: str | None = None
 
 

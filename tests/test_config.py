@@ -1,0 +1,222 @@
+"""core.config is the one source of defaults: its dataclasses behave, and no entry point (CLI
+parser, eval config, extraction settings, solver signatures, the app's controls) restates a
+value that differs from it."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import FrozenInstanceError, fields
+from pathlib import Path
+
+import pytest
+
+from core import config
+from core.config import (
+    GPUASettings,
+    LaZSLSettings,
+    MethodSettings,
+    OTFusionSettings,
+    ZeroShotSettings,
+    recipe,
+    ui_range,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- the dataclasses
+
+
+def test_config_imports_only_the_standard_library():
+    tree = ast.parse((ROOT / "core" / "config.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"__future__", "dataclasses"}, imported
+
+
+def test_settings_are_frozen_hashable_and_nested_per_method():
+    from core.methods.run import METHODS
+
+    assert tuple(f.name for f in fields(MethodSettings)) == METHODS  # one field per method
+    s = MethodSettings()
+    with pytest.raises(FrozenInstanceError):
+        s.otfusion.lam = 0.5
+    assert hash(s) == hash(MethodSettings())  # usable as a memo key
+    record = s.as_dict()
+    assert set(record) == {"clip", "otfusion", "gpua", "lazsl"}
+    assert record["otfusion"]["lam"] == OTFusionSettings().lam
+    assert record["gpua"]["seed"] == config.SEED
+
+
+def test_replace_changes_only_the_named_fields_and_rejects_unknown_ones():
+    s = MethodSettings()
+    t = s.replace(otfusion={"lam": 0.3}, gpua=GPUASettings(ths_steps=5))
+    assert t.otfusion == OTFusionSettings(lam=0.3) and t.gpua == GPUASettings(ths_steps=5)
+    assert t.clip is s.clip and t.lazsl is s.lazsl and s == MethodSettings()
+    with pytest.raises(ValueError, match="unknown method"):
+        s.replace(sinkhorn={"eps": 1})
+    with pytest.raises(ValueError, match="unknown field.*'lambda'"):
+        s.replace(otfusion={"lambda": 0.3})
+    with pytest.raises(ValueError, match="expected a OTFusionSettings"):
+        MethodSettings(otfusion=GPUASettings())
+
+
+def test_recipes_are_named_sets_of_defaults():
+    assert recipe("otfusion") == OTFusionSettings() and recipe("gpua", "paper") == GPUASettings()
+    with pytest.raises(ValueError, match="paper"):
+        recipe("otfusion", "nope")
+    with pytest.raises(ValueError, match="otfusion, gpua"):
+        recipe("lazsl")
+
+
+def test_ui_ranges_contain_their_defaults():
+    for cls in (OTFusionSettings, GPUASettings, LaZSLSettings):
+        for f in fields(cls):
+            if "ui" in f.metadata:
+                low, high, step = ui_range(cls, f.name)
+                assert low <= f.default <= high and step > 0, (cls.__name__, f.name)
+    with pytest.raises(ValueError, match="slider"):
+        ui_range(OTFusionSettings, "variant")
+    low, high, _ = config.LAZSL_CROPS_UI
+    assert low <= config.LAZSL_CROPS <= high == config.LAZSL_CROPS_PAPER
+
+
+# ----------------------------------------------------------------------------- nobody restates
+
+
+def _defaults(fn) -> dict:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def test_solver_signatures_agree_with_config():
+    from core.methods.gpua.fit import Alignment, fit_gpua
+    from core.methods.lazsl import crop_boxes, lazsl_scores
+    from core.methods.otfusion import otfusion
+    from core.methods.run import sensitivity_sweep
+    from core.methods.zeroshot import zeroshot_probs
+
+    o, g, z = OTFusionSettings(), GPUASettings(), LaZSLSettings()
+    d = _defaults(otfusion)
+    assert (d["lam"], d["eps"], d["n_iter"], d["sinkhorn_iter"], d["variant"]) == (
+        o.lam, o.eps, o.n_iter, o.sinkhorn_iter, o.variant)
+    d = _defaults(fit_gpua)
+    assert (d["lam"], d["eps"], d["targets"], d["ths_steps"], d["ths_k"],
+            d["reorthogonalize"], d["temperature"]) == (
+        g.lam, g.eps, g.targets, g.ths_steps, g.ths_k, g.reorthogonalize, config.TEMPERATURE)
+    assert _defaults(Alignment.predict_proba)["temperature"] == config.TEMPERATURE
+    d = _defaults(lazsl_scores)
+    assert (d["theta"], d["eps"]) == (z.theta, z.eps)
+    d = _defaults(crop_boxes)
+    assert (d["n_crops"], d["scale"]) == (config.LAZSL_CROPS_PAPER, config.LAZSL_CROP_SCALE)
+    assert _defaults(zeroshot_probs)["temperature"] == ZeroShotSettings().temperature
+    d = _defaults(sensitivity_sweep)
+    assert (d["lams"], d["epss"]) == (config.SWEEP_LAMS, config.SWEEP_EPSS)
+
+
+def test_cli_parser_defaults_are_configs():
+    from core.cli import build_parser, eval_config_from_args, method_settings
+    from core.eval.harness import EvalConfig
+
+    args = build_parser().parse_args(["run", "--images", "x", "--classes", "a, b"])
+    assert method_settings(args) == MethodSettings()
+    assert (args.vlm, args.vfm, args.n_crops, args.batch_size) == (
+        config.DEFAULT_VLM, config.DEFAULT_VFM, config.LAZSL_CROPS, config.BATCH_SIZE)
+    # eval: every field of the parsed config is EvalConfig's default, which is config's
+    args = build_parser().parse_args(["eval", "--dataset", "x"])
+    assert eval_config_from_args(args) == EvalConfig()
+    e = EvalConfig()
+    assert (e.vlm, e.vfm, e.solver, e.seed, e.n_crops, e.batch_size, e.chunk_size,
+            e.sweep_lams, e.sweep_epss) == (
+        config.DEFAULT_VLM, config.DEFAULT_VFM, MethodSettings(), config.SEED,
+        config.LAZSL_CROPS, config.BATCH_SIZE, config.EVAL_CHUNK_SIZE, config.SWEEP_LAMS,
+        config.SWEEP_EPSS)
+
+
+def test_cli_solver_flags_set_the_field_they_name():
+    from core.cli import SOLVER_FLAGS, build_parser, method_settings
+
+    for flag, (method, name, _) in SOLVER_FLAGS.items():
+        default = getattr(getattr(MethodSettings(), method), name)
+        value = {float: 0.123, int: 7, str: "hard" if method == "gpua" else "concat"}[
+            type(default)]
+        args = build_parser().parse_args(["run", "--images", "x", "--classes", "a, b", flag,
+                                          str(value)])
+        assert method_settings(args) == MethodSettings().replace(**{method: {name: value}}), flag
+
+
+def test_extract_settings_defaults_are_configs():
+    from core.pipeline.extraction import ExtractSettings
+
+    s = ExtractSettings()
+    assert (s.vlm, s.vfm, s.templates, s.crop_scale, s.batch_size) == (
+        config.DEFAULT_VLM, config.DEFAULT_VFM, (config.DEFAULT_TEMPLATE,),
+        config.LAZSL_CROP_SCALE, config.BATCH_SIZE)
+    assert s.n_crops == 0  # LaZSL features only when an entry point asks for them
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    """String literals of a module, docstrings excluded (examples there are documentation)."""
+    tree = ast.parse(path.read_text())
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings]
+
+
+def test_no_module_spells_the_default_models_or_template():
+    # The registry defines the model keys; everything else names the defaults through config.
+    exempt = {ROOT / "core" / "config.py", ROOT / "core" / "models" / "registry.py"}
+    watched = {config.DEFAULT_VLM, config.DEFAULT_VFM, config.DEFAULT_TEMPLATE}
+    offenders = []
+    for path in sorted([*(ROOT / "core").rglob("*.py"), *(ROOT / "demo").glob("*.py")]):
+        if path in exempt:
+            continue
+        offenders += [f"{path.relative_to(ROOT)}:{line}: {value!r}"
+                      for line, value in _string_constants(path) if value in watched]
+    assert not offenders, "\n".join(offenders)
+
+
+def _components(demo) -> dict:
+    return {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+
+def test_app_controls_read_their_defaults_and_ranges_from_config():
+    from demo import callbacks as cb
+    from demo import explore_callbacks as ex
+    from demo import ui
+
+    demo = ui.build_app()
+    found = _components(demo)
+    settings = MethodSettings()
+    for key, (method, name) in cb.CONTROLS.items():
+        cls = type(getattr(settings, method))
+        default = getattr(getattr(settings, method), name)
+        if key == "gpua_targets":
+            radio = found["gpua-targets-radio"]
+            assert radio.value == default
+            assert [v for _, v in radio.choices] == list(config.GPUA_TARGETS)
+            continue
+        slider = found[f"{key.replace('_', '-')}-slider"]
+        assert (slider.minimum, slider.maximum, slider.step) == ui_range(cls, name), key
+        assert slider.value == default, key
+    crops = found["n-crops-slider"]
+    assert (crops.minimum, crops.maximum, crops.step) == config.LAZSL_CROPS_UI
+    assert crops.value == config.LAZSL_CROPS and str(config.LAZSL_CROPS_PAPER) in crops.label
+    # models, template and methods of a Run, as the app opens and as the handler defaults them
+    values = {b.label: getattr(b, "value", None) for b in demo.blocks.values()
+              if getattr(b, "label", None)}
+    assert values["Vision-language model (VLM)"] == config.DEFAULT_VLM == cb.RUN_DEFAULTS["vlm"]
+    assert values["Vision foundation model (VFM)"] == config.DEFAULT_VFM == cb.RUN_DEFAULTS["vfm"]
+    assert values["Prompt template(s), one per line"] == config.DEFAULT_TEMPLATE
+    assert values["Methods"] == list(cb.APP_METHODS) == list(cb.RUN_DEFAULTS["methods"])
+    assert cb.RUN_DEFAULTS["n_crops"] == config.LAZSL_CROPS
+    assert values["OTFusion λ"] == ex.PLAYGROUND_DEFAULTS["lam"] == OTFusionSettings().lam

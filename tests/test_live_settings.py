@@ -1,0 +1,384 @@
+"""What each method actually receives, through every entry point: run_methods, the CLI, the eval
+harness and the app's handlers.
+
+The solvers are wrapped where ``core.methods.run`` calls them (``otfusion``, ``fit_gpua``,
+``lazsl_scores``); the wrappers record the tensors and keywords and call the real solver. Each
+test sets non-default values at the entry point and checks that exactly those arrive, with the
+right features; and that, when nothing is set, what arrives is ``core.config``'s defaults. (A wrong
+method configuration once slipped through because nothing tested this layer.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import core.methods.run as run_module
+import core.pipeline.extraction as extraction_module
+from core import config
+from core.config import (
+    GPUASettings,
+    LaZSLSettings,
+    MethodSettings,
+    OTFusionSettings,
+    ZeroShotSettings,
+)
+from core.methods.gpua.fit import concat_features
+from core.methods.run import METHODS, FeatureSet, run_methods
+from core.methods.zeroshot import zeroshot_probs
+from core.models.tiny import tiny_test_models
+from core.synthetic import make_synthetic
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
+
+# Non-default values for every knob an entry point exposes (each differs from core.config's).
+CUSTOM = MethodSettings(
+    clip=ZeroShotSettings(temperature=50.0),
+    otfusion=OTFusionSettings(lam=0.5, eps=0.05, n_iter=4, sinkhorn_iter=2, variant="concat"),
+    gpua=GPUASettings(lam=0.7, eps=0.02, targets="hard", ths_steps=7, ths_k=2,
+                      reorthogonalize=False, seed=3),
+    lazsl=LaZSLSettings(theta=0.6, eps=0.2),
+)
+GPUA_KEYWORDS = {"vfm_features", "vlm_features", "text_features", "lam", "eps", "targets",
+                 "ths_steps", "ths_k", "reorthogonalize", "generator"}
+COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
+
+
+class Spy:
+    """Wraps the solvers as ``core.methods.run`` sees them; records (args, kwargs) per call."""
+
+    def __init__(self, monkeypatch):
+        self.calls: dict[str, list] = {"otfusion": [], "fit_gpua": [], "lazsl_scores": []}
+        for name in self.calls:
+            real = getattr(run_module, name)
+            monkeypatch.setattr(run_module, name, self._wrap(name, real))
+
+    def _wrap(self, name, real):
+        def spy(*args, **kwargs):
+            self.calls[name].append((args, kwargs))
+            return real(*args, **kwargs)
+
+        return spy
+
+    def one(self, name):
+        assert len(self.calls[name]) == 1, f"{name} called {len(self.calls[name])} times"
+        return self.calls[name][0]
+
+
+@pytest.fixture()
+def spy(monkeypatch):
+    return Spy(monkeypatch)
+
+
+def _feature_set(n=60, k=4, m=5, a=3, *, vfm=True, seed=0) -> FeatureSet:
+    d = make_synthetic(n, k, seed=seed, d_vlm=16, d_vfm=24, difficulty="hard")
+    g = torch.Generator().manual_seed(seed)
+    unit = torch.nn.functional.normalize
+    crops = unit(d.vlm_image[:, None] + 0.3 * torch.randn(n, m, 16, generator=g), dim=-1)
+    attrs = unit(d.vlm_text[:, None] + 0.3 * torch.randn(k, a, 16, generator=g), dim=-1)
+    mask = torch.ones(k, a, dtype=torch.bool)
+    mask[0, -1] = False
+    return FeatureSet(vlm_image=d.vlm_image, text=d.vlm_text,
+                      vfm_image=d.vfm_image if vfm else None,
+                      crops=torch.cat([d.vlm_image[:, None], crops], dim=1), attributes=attrs,
+                      attribute_mask=mask, labels=d.labels)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same tensor, or (where an entry point concatenates chunks) equal values and shape."""
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))
+
+
+def _check_otfusion(call, feats: FeatureSet, s: MethodSettings, *, labels="same"):
+    args, kw = call
+    assert args == ()
+    (vfm,) = kw["vfm_features"]
+    assert _same(vfm, feats.vfm_or_vlm())  # the VFM; the VLM's image features without one
+    (y,) = kw["vlm_probs"]
+    assert _same(y, zeroshot_probs(feats.vlm_image, feats.text, temperature=s.clip.temperature))
+    o = s.otfusion
+    assert (kw["lam"], kw["eps"], kw["n_iter"], kw["sinkhorn_iter"], kw["variant"]) == (
+        o.lam, o.eps, o.n_iter, o.sinkhorn_iter, o.variant)
+    if labels == "same":
+        assert _same(kw["labels"], feats.labels)
+    elif labels is None:
+        assert kw["labels"] is None
+
+
+def _check_gpua(call, pool: FeatureSet, s: GPUASettings, *, text=None):
+    args, kw = call
+    assert args == () and set(kw) == GPUA_KEYWORDS  # no other knob is passed (temperature: P0
+    # uses fit_gpua's own default, config.TEMPERATURE; see core.methods.run.fit_gpua_with)
+    z = kw["vfm_features"]
+    if s.concat_vlm and pool.vfm_image is not None:  # Z = [VFM, VLM], blockwise renormalised
+        assert z.shape == (pool.n_images, pool.vfm_image.shape[1] + pool.vlm_image.shape[1])
+        assert _same(z, concat_features(pool.vfm_image, pool.vlm_image))
+    else:
+        assert _same(z, pool.vfm_or_vlm())
+    assert _same(kw["vlm_features"], pool.vlm_image)
+    assert _same(kw["text_features"], pool.text if text is None else text)
+    assert (kw["lam"], kw["eps"], kw["targets"], kw["ths_steps"], kw["ths_k"],
+            kw["reorthogonalize"]) == (s.lam, s.eps, s.targets, s.ths_steps, s.ths_k,
+                                       s.reorthogonalize)
+    assert kw["generator"].initial_seed() == s.seed
+
+
+def _check_lazsl(call, feats: FeatureSet, s: LaZSLSettings, n_crops: int):
+    (glob, crops, attrs, mask), kw = call
+    assert _same(glob, feats.crops[:, 0]) and _same(crops, feats.crops[:, 1:])
+    assert crops.shape == (feats.n_images, n_crops, feats.vlm_image.shape[1])
+    assert _same(attrs, feats.attributes) and _same(mask, feats.attribute_mask)
+    assert (kw["theta"], kw["eps"]) == (s.theta, s.eps)
+
+
+# ----------------------------------------------------------------------------- run_methods
+
+
+@pytest.mark.parametrize("settings", [None, CUSTOM], ids=["defaults", "custom"])
+def test_run_methods_passes_each_method_its_own_settings_and_features(spy, settings):
+    feats = _feature_set()
+    results = run_methods(feats, METHODS, settings)
+    s = settings or MethodSettings()  # the defaults are core.config's
+    _check_otfusion(spy.one("otfusion"), feats, s)
+    _check_gpua(spy.one("fit_gpua"), feats, s.gpua)
+    _check_lazsl(spy.one("lazsl_scores"), feats, s.lazsl, n_crops=5)
+    # every probability comes out of the VLM's temperature
+    t = s.clip.temperature
+    torch.testing.assert_close(results["clip"].probs,
+                               zeroshot_probs(feats.vlm_image, feats.text, temperature=t))
+    lazsl = results["lazsl"]
+    torch.testing.assert_close(lazsl.probs, torch.softmax(t * lazsl.details.scores, dim=-1))
+
+
+def test_gpua_inputs_follow_concat_vlm_and_a_missing_vfm(spy):
+    feats = _feature_set()
+    run_methods(feats, ("gpua",), CUSTOM.replace(gpua={"concat_vlm": False}))
+    _check_gpua(spy.calls["fit_gpua"][-1], feats, CUSTOM.replace(gpua={"concat_vlm": False}).gpua)
+    assert spy.calls["fit_gpua"][-1][1]["vfm_features"] is feats.vfm_image
+    clip_only = _feature_set(vfm=False)
+    run_methods(clip_only, ("otfusion", "gpua"), CUSTOM)
+    assert spy.calls["fit_gpua"][-1][1]["vfm_features"] is clip_only.vlm_image  # not [X, X]
+    assert spy.calls["otfusion"][-1][1]["vfm_features"][0] is clip_only.vlm_image
+
+
+def test_unlabelled_images_keep_otfusion_history_label_free(spy):
+    feats = _feature_set()
+    labels = feats.labels.clone()
+    labels[0] = -1
+    partly = dataclasses.replace(feats, labels=labels)
+    run_methods(partly, ("otfusion",), CUSTOM)
+    _check_otfusion(spy.one("otfusion"), partly, CUSTOM, labels=False)
+
+
+def test_sensitivity_sweep_varies_only_lam_and_eps(spy):
+    feats = _feature_set()
+    run_module.sensitivity_sweep(feats, lams=(0.1, 0.9), epss=(0.03,), settings=CUSTOM)
+    calls = spy.calls["otfusion"]
+    assert [(kw["lam"], kw["eps"]) for _, kw in calls] == [(0.1, 0.03), (0.9, 0.03)]
+    assert all((kw["n_iter"], kw["variant"]) == (4, "concat") for _, kw in calls)
+
+
+def test_run_methods_rejects_the_old_flat_settings():
+    with pytest.raises(ValueError, match="MethodSettings"):
+        run_methods(_feature_set(), ("clip",), {"otfusion_lam": 0.5})
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def _png(color, seed, size=(64, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color)[None, None] + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return tiny_test_models()
+
+
+@pytest.fixture(scope="module")
+def image_zip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("live") / "set.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for c, (name, color) in enumerate(COLORS.items()):
+            for i in range(4):
+                zf.writestr(f"set/{name}/{i}.png", _png(color, 10 * c + i))
+    return path
+
+
+@pytest.fixture()
+def extractions(monkeypatch):
+    """Every ``extract`` call's settings and result (entry points import it at call time)."""
+    seen = []
+    real = extraction_module.extract
+
+    def spy(image_set, class_names, settings=None, **kw):
+        out = real(image_set, class_names, settings, **kw)
+        seen.append((settings, out))
+        return out
+
+    monkeypatch.setattr(extraction_module, "extract", spy)
+    return seen
+
+
+CLI_CUSTOM = ["--lam", "0.5", "--eps", "0.05", "--n-iter", "4", "--variant", "concat",
+              "--gpua-lam", "0.7", "--gpua-eps", "0.02", "--gpua-targets", "hard",
+              "--ths-steps", "7", "--theta", "0.6", "--n-crops", "3"]
+
+
+@pytest.mark.parametrize("flags", [[], CLI_CUSTOM], ids=["defaults", "custom"])
+def test_cli_run_passes_the_flags_to_the_methods(spy, extractions, keys, image_zip, tmp_path,
+                                                 flags):
+    from core.cli import main
+
+    code = main(["run", "--images", str(image_zip), "--classes", ", ".join(COLORS),
+                 "--vlm", keys["clip_vit"], "--vfm", keys["dinov2"], "--no-cache",
+                 "--methods", "clip,otfusion,gpua,lazsl", "--out", str(tmp_path / "out"),
+                 *flags])
+    assert code == 0
+    (extract_settings, ex), = extractions
+    n_crops = 3 if flags else config.LAZSL_CROPS
+    assert extract_settings.n_crops == n_crops
+    assert (extract_settings.vlm, extract_settings.vfm) == (keys["clip_vit"], keys["dinov2"])
+    expected = MethodSettings() if not flags else MethodSettings().replace(
+        otfusion={"lam": 0.5, "eps": 0.05, "n_iter": 4, "variant": "concat"},
+        gpua={"lam": 0.7, "eps": 0.02, "targets": "hard", "ths_steps": 7},
+        lazsl={"theta": 0.6})
+    feats = ex.features
+    _check_otfusion(spy.one("otfusion"), feats, expected)
+    _check_gpua(spy.one("fit_gpua"), feats, expected.gpua)
+    _check_lazsl(spy.one("lazsl_scores"), feats, expected.lazsl, n_crops=n_crops)
+
+
+# ----------------------------------------------------------------------------- the eval harness
+
+
+def _folder_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(1)
+    for c, color in COLORS.items():
+        for split, n in (("train", 3), ("test", 2)):
+            for i in range(n):
+                arr = np.clip(np.array(color) + rng.normal(0, 25, (32, 32, 3)), 0, 255)
+                path = root / split / c / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr.astype(np.uint8)).save(path)
+    return root
+
+
+def test_eval_harness_passes_the_config_to_the_methods(spy, extractions, keys, tmp_path):
+    from core.eval.harness import EvalConfig, evaluate_dataset
+
+    folder = _folder_dataset(tmp_path / "colours")
+    cfg = EvalConfig(vlm=keys["clip_vit"], vfm=keys["dinov2"], solver=CUSTOM, seed=5, n_crops=3,
+                     lazsl_class_names=True, batch_size=8)
+    report = evaluate_dataset(str(folder), None, cfg)
+    assert all(r.status == "ok" for r in report.rows), report.rows
+    (test_settings, test_ex), (train_settings, train_ex) = extractions
+    assert test_settings.n_crops == 3 and train_settings.n_crops == 0  # crops on the test split
+    expected = CUSTOM.replace(gpua={"seed": 5})  # the harness's seed drives GPUA's THS too
+    test = test_ex.features
+    # labels: the harness's come from the split file, so only check they were given
+    _check_otfusion(spy.one("otfusion"), test, expected, labels="given")
+    assert spy.one("otfusion")[1]["labels"].shape == (test.n_images,)
+    _check_lazsl(spy.one("lazsl_scores"), test, expected.lazsl, n_crops=3)
+    # GPUA is fitted on the train split's features, against the test split's prototypes
+    _check_gpua(spy.one("fit_gpua"), train_ex.features, expected.gpua, text=test.text)
+    assert report.settings["solver"] == expected.as_dict()  # the report says what ran
+    assert report.row("otfusion").protocol == "concat"
+
+
+def test_eval_harness_defaults_are_configs(spy, extractions, keys, tmp_path):
+    from core.eval.harness import EvalConfig, evaluate_dataset
+
+    folder = _folder_dataset(tmp_path / "colours")
+    cfg = EvalConfig(vlm=keys["clip_vit"], vfm=keys["dinov2"], methods=("otfusion", "lazsl"),
+                     lazsl_class_names=True)
+    report = evaluate_dataset(str(folder), None, cfg)
+    (test_settings, test_ex), = extractions
+    assert test_settings.n_crops == config.LAZSL_CROPS
+    assert test_settings.batch_size == config.BATCH_SIZE
+    _check_otfusion(spy.one("otfusion"), test_ex.features, MethodSettings(), labels="given")
+    _check_lazsl(spy.one("lazsl_scores"), test_ex.features, LaZSLSettings(),
+                 n_crops=config.LAZSL_CROPS)
+    assert any(f"{config.LAZSL_CROPS} crops per image (paper: {config.LAZSL_CROPS_PAPER}" in n
+               for n in report.notes)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+@pytest.fixture()
+def cb(monkeypatch, extractions):
+    """demo.callbacks, its ``extract`` (imported at module level there) spied as well."""
+    from demo import callbacks
+
+    monkeypatch.setattr(callbacks, "extract", extraction_module.extract)
+    return callbacks
+
+
+def test_app_run_and_resolve_pass_the_controls_to_the_methods(spy, extractions, cb, keys,
+                                                              image_zip, tmp_path):
+
+    controls = {"lam": 0.5, "eps": 0.05, "n_iter": 4.0, "gpua_lam": 0.7, "gpua_eps": 0.02,
+                "gpua_targets": "hard", "gpua_ths_steps": 7.0, "lazsl_theta": 0.6}
+    out = cb.run({"files": [str(image_zip)], "vlm": keys["clip_vit"], "vfm": keys["dinov2"],
+                  "methods": ["otfusion", "gpua", "lazsl"], "n_crops": 3.0, **controls},
+                 cache_dir=str(tmp_path / "cache"))
+    expected = MethodSettings().replace(
+        otfusion={"lam": 0.5, "eps": 0.05, "n_iter": 4},
+        gpua={"lam": 0.7, "eps": 0.02, "targets": "hard", "ths_steps": 7},
+        lazsl={"theta": 0.6})
+    assert out.session.settings == expected
+    assert isinstance(out.session.settings.otfusion.n_iter, int)  # sliders send floats
+    (extract_settings, ex), = extractions
+    assert extract_settings.n_crops == 3
+    feats = ex.features
+    _check_otfusion(spy.one("otfusion"), feats, expected)
+    _check_gpua(spy.one("fit_gpua"), feats, expected.gpua)
+    _check_lazsl(spy.one("lazsl_scores"), feats, expected.lazsl, n_crops=3)
+
+    # a slider re-solves its method only, with the session's other settings unchanged
+    again = cb.resolve("otfusion", out.session, {"lam": 0.2})
+    assert len(spy.calls["otfusion"]) == 2 and len(spy.calls["fit_gpua"]) == 1
+    _check_otfusion(spy.calls["otfusion"][-1], feats, expected.replace(otfusion={"lam": 0.2}))
+    cb.resolve("gpua", again.session, {"gpua_targets": "soft"})
+    _check_gpua(spy.calls["fit_gpua"][-1], feats,
+                expected.replace(gpua={"targets": "soft"}).gpua)
+    assert len(spy.calls["otfusion"]) == 2 and len(extractions) == 1  # no re-encoding
+
+
+def test_app_run_defaults_are_configs(spy, extractions, cb, keys, image_zip, tmp_path):
+
+    out = cb.run({"files": [str(image_zip)], "vlm": keys["clip_vit"], "vfm": keys["dinov2"],
+                  "methods": ["otfusion", "lazsl"]}, cache_dir=str(tmp_path / "cache"))
+    assert out.session.settings == MethodSettings()
+    (extract_settings, ex), = extractions
+    assert extract_settings.n_crops == config.LAZSL_CROPS
+    assert extract_settings.templates == (config.DEFAULT_TEMPLATE,)
+    _check_otfusion(spy.one("otfusion"), ex.features, MethodSettings())
+    _check_lazsl(spy.one("lazsl_scores"), ex.features, LaZSLSettings(),
+                 n_crops=config.LAZSL_CROPS)
+
+
+def test_app_rejects_unknown_inputs_and_controls_of_another_method(cb, image_zip):
+    import gradio as gr
+
+    with pytest.raises(gr.Error) as excinfo:
+        cb.run({"files": [str(image_zip)], "lambda": 0.5})
+    assert "Unknown input" in str(excinfo.value.message)
+    with pytest.raises(ValueError, match="GPUA targets: expected one of soft, hard"):
+        cb.method_settings({"gpua_targets": "medium"})
+    session = cb.load_synthetic(30, 3, 0, d_vlm=8, d_vfm=8).session
+    with pytest.raises(gr.Error) as excinfo:
+        cb.resolve("otfusion", session, {"gpua_lam": 0.5})
+    assert "belong to another method" in str(excinfo.value.message)
