@@ -94,6 +94,7 @@ def _defaults(fn) -> dict:
 
 def test_solver_signatures_agree_with_config():
     from core.methods.gpua.fit import Alignment, fit_gpua
+    from core.methods.gpua.recipes import RECIPES as GPUA_SOLVER_RECIPES
     from core.methods.lazsl import crop_boxes, lazsl_scores
     from core.methods.otfusion import otfusion
     from core.methods.run import sensitivity_sweep
@@ -104,9 +105,12 @@ def test_solver_signatures_agree_with_config():
     assert (d["lam"], d["eps"], d["n_iter"], d["sinkhorn_iter"], d["variant"]) == (
         o.lam, o.eps, o.n_iter, o.sinkhorn_iter, o.variant)
     d = _defaults(fit_gpua)
-    assert (d["lam"], d["eps"], d["targets"], d["ths_steps"], d["ths_k"],
-            d["reorthogonalize"], d["temperature"]) == (
-        g.lam, g.eps, g.targets, g.ths_steps, g.ths_k, g.reorthogonalize, config.TEMPERATURE)
+    assert (d["lam"], d["ths_k"], d["temperature"], d["recipe"]) == (
+        g.lam, g.ths_k, config.TEMPERATURE, "paper")
+    # fit_gpua's recipe-dependent knobs default to None and take the paper recipe's values
+    paper = GPUA_SOLVER_RECIPES["paper"]
+    assert (paper.eps, paper.targets, paper.ths_steps, paper.reorthogonalize) == (
+        g.eps, g.targets, g.ths_steps, g.reorthogonalize)
     assert _defaults(Alignment.predict_proba)["temperature"] == config.TEMPERATURE
     d = _defaults(lazsl_scores)
     assert (d["theta"], d["eps"]) == (z.theta, z.eps)
