@@ -19,6 +19,7 @@ Weights are random (timing does not depend on them): a real-size architecture th
 
     python benchmarks/encode.py                                   # ViT-B/16 + tiny, defaults
     python benchmarks/encode.py --model clip-vit-b32 --n-images 128 --batch-size 32
+    python benchmarks/encode.py --fast-paths --batch-size 16 --repeats 3   # CPU candidates
 """
 
 from __future__ import annotations
@@ -137,7 +138,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-images", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--fast-paths", action="store_true",
+                        help="instead: fp32 / int8 / channels-last x 2 and 1 threads, "
+                             "interleaved, with worst cosine to fp32 on natural images")
     args = parser.parse_args(argv)
+    if args.fast_paths:
+        from benchmarks.fast_paths import bench_fast_paths
+        from core.models.realsize import realsize_models
+
+        for key in realsize_models().values():
+            for row in bench_fast_paths(key, batch_size=args.batch_size, repeats=args.repeats,
+                                        threads=[2, 1]):
+                print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in row.items()), flush=True)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -6,11 +6,12 @@ and `TransformersEncoder` add the forward passes. Text goes in as finished sente
 ``core.methods.zeroshot.format_prompts`` / ``ensemble_text_features``, which the pipeline applies.
 Build them with `core.models.load.load_encoder`, which also checks the weights.
 
-Every ``encode_*`` method runs under ``torch.inference_mode()`` (autocast to bf16/fp16 on CUDA
-only), in batches, and returns float32 CPU tensors, L2-normalised along the last dimension, that
-are ordinary tensors (usable later in autograd, e.g. by GPUA's refinement). Images are prepared
-by `core.models.preprocess` on a few threads while the model runs (pass a lazy, thread-safe sequence
-whose ``__getitem__`` decodes a file to overlap decoding too).
+Every ``encode_*`` method runs under ``torch.inference_mode()`` in the encoder's ``precision``
+("fp32": exact; "int8": Linear layers dynamically quantised, CPU; "bf16" / "fp16": autocast, CUDA;
+see `core.models.load.load_encoder`), in batches, and returns float32 CPU tensors, L2-normalised
+along the last dimension, that are ordinary tensors (usable later in autograd, e.g. by GPUA's
+refinement). Images are prepared by `core.models.preprocess` on a few threads while the model runs
+(pass a lazy, thread-safe sequence whose ``__getitem__`` decodes a file to overlap decoding too).
 """
 
 from __future__ import annotations
@@ -50,18 +51,23 @@ class Encoder:
     device : torch.device
     n_forward : int
         Number of batched forward passes run so far (tests use it to prove a cache hit).
+    precision : str
+        "fp32", "int8", "bf16" or "fp16" (see the module docstring); part of the feature cache key.
     """
 
-    def __init__(self, spec, model: torch.nn.Module, device: torch.device):
+    def __init__(self, spec, model: torch.nn.Module, device: torch.device, *,
+                 precision: str = "fp32"):
         self.spec = spec
         self.model = model
         self.device = device
+        self.precision = precision
         self.n_forward = 0
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(key={self.spec.key!r}, device={str(self.device)!r})"
+        return (f"{type(self).__name__}(key={self.spec.key!r}, device={str(self.device)!r}, "
+                f"precision={self.precision!r})")
 
     @property
     def grid_size(self) -> tuple[int, int] | None:
@@ -259,10 +265,11 @@ class Encoder:
         return l2_normalize(torch.cat(outputs))
 
     def _autocast(self):
-        if self.device.type != "cuda":
+        # Only the half precisions autocast; "fp32" and "int8" run the model as it is.
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if dtype is None:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ----------------------------------------------------------------------------- model hooks
     def _forward_global(self, x: Tensor) -> Tensor:  # (B, 3, S, S) -> (B, d)
@@ -304,8 +311,9 @@ class Encoder:
 class OpenClipEncoder(Encoder):
     """An open_clip CLIP-style model (image and text towers)."""
 
-    def __init__(self, spec, model, device, tokenizer_factory: Callable[[], Callable]):
-        super().__init__(spec, model, device)
+    def __init__(self, spec, model, device, tokenizer_factory: Callable[[], Callable], *,
+                 precision: str = "fp32"):
+        super().__init__(spec, model, device, precision=precision)
         self._tokenizer_factory = tokenizer_factory
         self._tokenizer = None
         self._tokenizer_lock = threading.Lock()
@@ -324,7 +332,10 @@ class OpenClipEncoder(Encoder):
     _forward_patches = _forward_dense
 
     def _forward_text(self, tokens: Tensor) -> Tensor:
-        return self.model.encode_text(tokens.to(self.device))  # (B, d_joint)
+        tokens = tokens.to(self.device)
+        if not _short_text_ok(self.model):
+            return self.model.encode_text(tokens)  # (B, d_joint)
+        return _encode_text_trimmed(self.model, tokens)
 
     def _text_tokenizer(self):
         with self._tokenizer_lock:
@@ -355,6 +366,36 @@ class TransformersEncoder(Encoder):
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _short_text_ok(model) -> bool:
+    """True for an OpenAI-style CLIP text tower: causal mask, pooled at the EOT (argmax) token.
+
+    There the padding after the last EOT of a batch cannot change any feature (the causal mask
+    hides later positions), so `_encode_text_trimmed` may drop it.
+    """
+    mask = getattr(model, "attn_mask", None)
+    return (getattr(model, "text_pool_type", None) == "argmax" and mask is not None
+            and mask.ndim == 2 and bool(torch.isneginf(mask.triu(1)).equal(
+                torch.ones_like(mask, dtype=torch.bool).triu(1))))
+
+
+def _encode_text_trimmed(model, tokens: Tensor) -> Tensor:
+    """open_clip ``CLIP.encode_text`` on the first L positions, L = last EOT of the batch + 1.
+
+    Prompts are ~10-20 tokens of a 77-token context, so this is several times faster and equal
+    up to float rounding (tests compare it with ``encode_text``). It also runs the int8 twin,
+    whose quantised Linear layers have no ``.weight`` tensor for open_clip's dtype probe.
+    tokens : (B, context_length) long. Returns (B, d_joint).
+    """
+    length = int(tokens.argmax(dim=-1).max()) + 1  # EOT has the largest id in CLIP's BPE
+    tokens = tokens[:, :length]
+    x = model.token_embedding(tokens) + model.positional_embedding[:length]  # (B, L, width)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]  # (B, width), EOT
+    projection = model.text_projection
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
 def _count(items: Sequence, name: str) -> int:
     try:
         n = len(items)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import warnings
 
 import torch
 
@@ -30,9 +31,19 @@ from core.models.hub import (
 )
 from core.models.registry import ModelSpec, get_spec
 
-__all__ = ["load_encoder", "download_models", "preload_from_hub_lines", "resolve_device"]
+__all__ = [
+    "load_encoder", "download_models", "preload_from_hub_lines", "resolve_device", "PRECISIONS",
+    "check_precision",
+]
+
+# Encoder precisions and the devices they run on. "fp32" is exact and the default; "int8"
+# (Linear layers dynamically quantised) is the fast CPU path, see benchmarks/README.md; the half
+# precisions autocast on CUDA (on this project's 2-core CPU bf16 autocast was 0.6x fp32).
+PRECISIONS = {"fp32": ("cpu", "cuda", "mps"), "int8": ("cpu",), "bf16": ("cuda",),
+              "fp16": ("cuda",)}
 
 _LOADED: dict[tuple[ModelSpec, str], Encoder] = {}  # shared read-only models, never user data
+_LOADED_FAST: dict[tuple[ModelSpec, str, str], Encoder] = {}  # their non-fp32 twins
 _LOAD_LOCK = threading.Lock()
 
 
@@ -48,25 +59,71 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def load_encoder(key: str, *, device: str | torch.device | None = None) -> Encoder:
-    """Load (once per process and device) the encoder of registry entry ``key``.
+def load_encoder(
+    key: str, *, device: str | torch.device | None = None, precision: str = "fp32"
+) -> Encoder:
+    """Load (once per process, device and precision) the encoder of registry entry ``key``.
+
+    ``precision``: "fp32" (exact, default), "int8" (CPU: every ``nn.Linear`` dynamically
+    quantised to int8, `torch.ao.quantization.quantize_dynamic`; about 1.6x faster, cosine to fp32
+    >= 0.999 measured in benchmarks/encode.py), "bf16" or "fp16" (CUDA autocast). Features of
+    different precisions are cached apart.
 
     Raises
     ------
     ValueError
-        Unknown key (the message lists the valid ones).
+        Unknown key (the message lists the valid ones), or a precision the device cannot run.
     WeightsUnavailableError
         Weights not cached and not downloadable now; raised within seconds, never replaced by
         random weights.
     """
     spec = get_spec(key)
     dev = resolve_device(device)
+    check_precision(precision, dev)
     with _LOAD_LOCK:
         encoder = _LOADED.get((spec, str(dev)))
         if encoder is None:
             encoder = _build(spec, dev)
             _LOADED[(spec, str(dev))] = encoder
+        if precision != "fp32":
+            fast = _LOADED_FAST.get((spec, str(dev), precision))
+            if fast is None:
+                fast = _with_precision(encoder, precision)
+                _LOADED_FAST[(spec, str(dev), precision)] = fast
+            return fast
     return encoder
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """ValueError unless ``precision`` is one of `PRECISIONS` and runs on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {tuple(PRECISIONS)}, got {precision!r}.")
+    if device.type not in PRECISIONS[precision]:
+        fits = [p for p, devices in PRECISIONS.items() if device.type in devices]
+        raise ValueError(
+            f"precision {precision!r} runs on {' / '.join(PRECISIONS[precision])}, not on "
+            f"{device.type}; pick one of {fits} for this device."
+        )
+
+
+def _with_precision(encoder: Encoder, precision: str) -> Encoder:
+    """A twin of the fp32 ``encoder`` (same preprocessing and tokenizer) in ``precision``."""
+    twin = copy.copy(encoder)  # shallow: shares spec, tokenizer; gets its own model and counter
+    twin.precision = precision
+    twin.n_forward = 0
+    if precision == "int8":
+        # A quantised copy: the fp32 model stays exact for fp32 callers. Only nn.Linear is
+        # swapped (exact type match), so MultiheadAttention's packed in-projection and its
+        # out_proj stay fp32 (the MaskCLIP dense path reads their weights).
+        # torch.ao.quantization warns that it moves to torchao (not a dependency here); the
+        # eager dynamic path still works in torch 2.14 and is what benchmarks/encode.py measures.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            twin.model = torch.ao.quantization.quantize_dynamic(
+                encoder.model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+    return twin
 
 
 def download_models(keys: list[str]) -> list[str]:

@@ -53,9 +53,16 @@ def _digest(obj) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def model_key(spec) -> str:
-    """Cache name of a model: ``"<registry key>-<16 hex digest of its identity>"``."""
-    return f"{spec.key}-{_digest([FEATURE_VERSION, spec.identity()])[:16]}"
+def model_key(spec, precision: str = "fp32") -> str:
+    """Cache name of a model: ``"<registry key>-<16 hex digest of its identity>"``.
+
+    A ``precision`` other than "fp32" ("int8", "bf16", ...) enters the digest, so its features
+    never mix with exact ones; fp32 keys are those written before precisions existed.
+    """
+    identity = [FEATURE_VERSION, spec.identity()]
+    if precision != "fp32":
+        identity.append(precision)
+    return f"{spec.key}-{_digest(identity)[:16]}"
 
 
 def kind_key(kind: str, settings: Mapping | None = None) -> str:

@@ -33,16 +33,18 @@ from core.pipeline.cache import FeatureCache, feature_shape, kind_key, model_key
 class LazyEncoder:
     """Loads the model on first use, so fully cached runs never touch the weights."""
 
-    def __init__(self, key: str, device: str | None):
+    def __init__(self, key: str, device: str | None, *, precision: str = "fp32"):
         self.spec = get_spec(key)
         self._device = device
+        self.precision = precision
         self._encoder = None
         self._baseline = 0
 
     @property
     def encoder(self):
         if self._encoder is None:
-            self._encoder = load_encoder(self.spec.key, device=self._device)
+            self._encoder = load_encoder(self.spec.key, device=self._device,
+                                         precision=self.precision)
             # Loaded models are shared by every call in the process: count from here.
             self._baseline = int(getattr(self._encoder, "n_forward", 0))
         return self._encoder
@@ -69,7 +71,8 @@ class FeatureRequest:
     cache : FeatureCache or None
         None computes everything and stores nothing.
     model : LazyEncoder or Encoder
-        Only ``model.spec`` is used here (the cache key); the caller's compute runs the model.
+        Only ``model.spec`` and ``model.precision`` are used here (the cache key); the caller's
+        compute runs the model.
     kind : str
         "global", "crops", "dense", "patches", "text", "sentence", ...
     hashes : sequence of str, length n
@@ -101,7 +104,7 @@ class FeatureRequest:
     ):
         self.cache = cache
         self.kind = kind
-        self.model_key = model_key(model.spec)
+        self.model_key = model_key(model.spec, getattr(model, "precision", "fp32"))
         self.kind_key = kind_key(kind, settings)
         if expected_shape is None:
             expected_shape = feature_shape(model.spec, kind, settings)

@@ -1,0 +1,101 @@
+"""Class prompt encoding at real size: 1,000 ImageNet classes x OpenAI's 80 templates.
+
+CLIP ViT-B/16 text tower with random weights (`core.models.realsize`). A sample of the 80,000
+prompts, spread evenly over classes and templates, is timed in interleaved rounds (A, B, C, A,
+...) for: open_clip's ``encode_text`` on the full 77-token context (the path before this
+benchmark), our trimmed forward in fp32 (``Encoder.encode_sentences``: the padding after the last
+end-of-text token is dropped, exact under the causal mask), and the same in int8. The full
+80,000 is extrapolated from the sample, and said so. Then the pipeline's cached text path
+(``core.pipeline.extraction``) runs twice on ``--cache-classes`` classes x 80 templates in a fresh
+cache: the second run must hit the cache with zero forward passes.
+
+    python benchmarks/text.py --sample 1024 --repeats 2 --cache-classes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.models import load_encoder  # noqa: E402
+from core.models.realsize import realsize_models  # noqa: E402
+from core.pipeline import extraction  # noqa: E402
+from core.pipeline.cache import FeatureCache  # noqa: E402
+from core.pipeline.features import LazyEncoder  # noqa: E402
+
+TEMPLATES = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sample", type=int, default=1024, help="prompts timed per round")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cache-classes", type=int, default=20)
+    args = parser.parse_args(argv)
+    key = realsize_models()["clip"]
+    prompts = [t.format(c) for c in IMAGENET_CLASSNAMES for t in TEMPLATES]  # 80,000
+    pick = np.linspace(0, len(prompts) - 1, args.sample).round().astype(int)
+    sample = [prompts[i] for i in pick]
+    fp32 = load_encoder(key, device="cpu")
+    int8 = load_encoder(key, device="cpu", precision="int8")
+    tokens = fp32._text_tokenizer()(sample)
+
+    def full_context():  # open_clip's encode_text on all 77 positions, batched like ours
+        with torch.inference_mode():
+            for i in range(0, len(tokens), args.batch_size):
+                fp32.model.encode_text(tokens[i:i + args.batch_size])
+
+    paths = {
+        "fp32 full context (before)": full_context,
+        "fp32 trimmed": lambda: fp32.encode_sentences(sample, batch_size=args.batch_size),
+        "int8 trimmed": lambda: int8.encode_sentences(sample, batch_size=args.batch_size),
+    }
+    times = {name: [] for name in paths}
+    loads = []
+    for _ in range(args.repeats):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            loads.append(os.getloadavg()[0])
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(fp32.model.encode_text(tokens[:256]), dim=-1)
+    cos = {"fp32 trimmed": fp32.encode_sentences(sample[:256]),
+           "int8 trimmed": int8.encode_sentences(sample[:256])}
+    n_tokens = int(tokens.argmax(-1).max()) + 1
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(sample)} of "
+          f"{len(prompts)} prompts (longest {n_tokens} tokens of 77), batch {args.batch_size}, "
+          f"best of {args.repeats} interleaved rounds; load average {np.mean(loads):.1f}")
+    base = min(times["fp32 full context (before)"])
+    print(f"{'path':28s} {'prompts/s':>10s} {'speedup':>8s} {'80k est. min':>13s} "
+          f"{'worst cos':>10s}")
+    for name, t in times.items():
+        rate = len(sample) / min(t)
+        worst = float((cos[name] * ref).sum(-1).min()) if name in cos else 1.0
+        print(f"{name:28s} {rate:10.1f} {base / min(t):8.2f} {len(prompts) / rate / 60:13.1f} "
+              f"{worst:10.6f}")
+
+    classes = tuple(IMAGENET_CLASSNAMES[:args.cache_classes])
+    with tempfile.TemporaryDirectory() as root:
+        for run in ("first", "second"):
+            model = LazyEncoder(key, "cpu")
+            start = time.perf_counter()
+            extraction._text_features(model, FeatureCache(root), classes, TEMPLATES)
+            print(f"pipeline text features, {len(classes)} classes x {len(TEMPLATES)} templates, "
+                  f"{run} run: {time.perf_counter() - start:.2f} s, "
+                  f"{model.n_forward} forward passes")
+
+
+if __name__ == "__main__":
+    main()
