@@ -1,2 +1,4 @@
-"""The Gradio app: layout (ui.py), pure handlers (callbacks.py, explore_callbacks.py), what
-each tab shows (views.py, explore_views.py), figures (plots.py), overlays."""
+"""The Gradio app: layout and wiring (ui.py); the per-session record (state.py); the Run and the
+live re-solves (run.py) and the input controls (inputs.py); one module per tab holding its
+handlers and view builders (predictions, metrics, embedding, dynamics, segmentation, lazsl,
+playground); figures (plots.py), image overlays (overlays.py), example sets (examples.py)."""

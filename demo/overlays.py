@@ -79,6 +79,18 @@ def _as_numpy(x, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected an array or tensor, got {type(x).__name__}.") from exc
 
 
+MIN_VIEW_SIDE = 480  # small images are enlarged for display so labels and overlays stay legible
+
+
+def enlarged(image: Image.Image, resample) -> Image.Image:
+    """``image`` scaled up so its longer side is at least :data:`MIN_VIEW_SIDE` (else as is)."""
+    side = max(image.size)
+    if side >= MIN_VIEW_SIDE:
+        return image
+    f = MIN_VIEW_SIDE / side
+    return image.resize((round(image.width * f), round(image.height * f)), resample)
+
+
 def _check_image(image, name: str = "image") -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ValueError(f"{name}: expected a PIL.Image, got {type(image).__name__}.")

@@ -265,11 +265,12 @@ def convergence_figure(history: list[dict], *, title: str = "Convergence",
 
 
 def sensitivity_figure(rows: list[dict], *, x: str = "lam", title: str | None = None,
-                       height: int = 380) -> go.Figure:
+                       current: float | None = None, height: int = 380) -> go.Figure:
     """Accuracy (or changed fraction) against ``lam`` or ``eps``, one line per other value (Fig. 2).
 
     ``rows``: one ``{"lam", "eps", "accuracy" | "changed_fraction"}`` dict per solve; ``x`` is the
-    swept parameter, "lam" or "eps" (drawn on a log axis).
+    swept parameter, "lam" or "eps" (drawn on a log axis). ``current``: the value in use, marked
+    by a dashed vertical line labelled "current".
     """
     if x not in ("lam", "eps"):
         raise ValueError(f"x: expected 'lam' or 'eps', got {x!r}.")
@@ -297,6 +298,11 @@ def sensitivity_figure(rows: list[dict], *, x: str = "lam", title: str | None = 
     _theme(fig, title=title or f"Sensitivity to {'λ' if x == 'lam' else 'ε'}", height=height)
     fig.update_xaxes(title_text=x_title, type="log" if x == "eps" else "linear")
     fig.update_yaxes(title_text=y_title)
+    if current is not None:
+        symbol = "λ" if x == "lam" else "ε"
+        fig.add_vline(x=float(current), line=dict(color="#333333", width=1.5, dash="dash"),
+                      annotation_text=f"current {symbol} = {float(current):g}",
+                      annotation_position="top")
     return fig
 
 

@@ -1,7 +1,9 @@
 """Gradio layout and wiring: inputs on the left, one tab per view on the right.
 
-Handlers live in ``demo.callbacks`` (core flow) and ``demo.explore_callbacks`` (exploration
-tabs), plain functions; this module only places components and connects them. Components are kept
+Handlers live in one module per tab (``demo.predictions``, ``demo.metrics``, ``demo.embedding``,
+``demo.dynamics``, ``demo.segmentation``, ``demo.lazsl``, ``demo.playground``), the Run and the
+live re-solves in ``demo.run`` and the input controls in ``demo.inputs``: plain functions; this
+module only places components and connects them. Components are kept
 in a dict keyed by the field names of the handlers' output tuples, so each event's outputs are
 ``[c[f] for f in Outputs._fields]``.
 
@@ -40,11 +42,11 @@ from core.config import (
 )
 from core.data import PRESETS
 from core.models import get_spec, model_choices
-from demo import callbacks as cb
-from demo import explore_callbacks as ex
-from demo import explore_views, views
+from demo import dynamics, embedding, inputs, lazsl, playground, predictions, segmentation
+from demo import run as flow
 from demo.examples import EXAMPLES_DIR, example_rows
-from demo.session import delete_session, weights_banner
+from demo.inputs import weights_banner
+from demo.state import delete_session
 
 TITLE = "VLM x VFM Fusion Lab"
 INTRO = (
@@ -59,7 +61,28 @@ CSS = """
 .notes-panel {border-left: 4px solid #f0ad4e; padding: 4px 12px; background: #fffaf0;}
 .banner-panel {border-left: 4px solid #d12b2b; padding: 4px 12px; background: #fff5f5;}
 .run-button {margin-top: 8px;}
+.run-failed {border-left: 4px solid #d12b2b; padding: 4px 12px; background: #fff5f5;}
 #fusion-gallery .caption-label {font-size: 11px;}
+"""
+# Browser-side fixes Gradio has no option for. (1) Enter in a slider's number box applies the
+# value: blurring the box fires the slider's release event, which re-solves. (2) Plotly figures
+# drawn in a hidden tab keep a clipped size until the window resizes: after a tab switch, send one.
+JS = """
+() => {
+  document.addEventListener('keydown', (e) => {
+    const box = e.target;
+    if (e.key === 'Enter' && box instanceof HTMLInputElement && box.type === 'number') {
+      box.blur();
+    }
+  }, true);
+  document.addEventListener('click', (e) => {
+    if (e.target instanceof Element && e.target.closest('[role=tab]')) {
+      for (const ms of [50, 300]) {
+        setTimeout(() => window.dispatchEvent(new Event('resize')), ms);
+      }
+    }
+  }, true);
+}
 """
 _TRUE = ("1", "true", "yes", "on")
 
@@ -99,9 +122,12 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
             with gr.Column(scale=3, min_width=600):
                 c["status"] = gr.Markdown(
                     "The image tabs need the model weights named above; the **Playground** works "
-                    "now." if banner else "Upload images (or pick an example), then press **Run**.")
+                    "now." if banner else "Upload images (or pick an example), then press **Run**.",
+                    elem_id="status")
                 c["notes"] = gr.Markdown(visible=False, elem_classes="notes-panel")
-                with gr.Tabs(selected="playground" if banner else "predictions"):
+                _live_settings(c)
+                with gr.Tabs(selected="playground" if banner else "predictions",
+                             elem_id="tabs") as c["tabs"]:
                     _tabs(c)
         if dev_api:
             with gr.Row(visible=False):
@@ -142,29 +168,18 @@ def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
                            label="Vision foundation model (VFM)")
     gr.Markdown("### 4 · Methods")
     c["methods"] = gr.CheckboxGroup([("OTFusion", "otfusion"), ("GPUA", "gpua"),
-                                     ("LaZSL", "lazsl")], value=list(cb.APP_METHODS),
+                                     ("LaZSL", "lazsl")], value=list(flow.APP_METHODS),
                                     label="Methods", info="CLIP zero-shot always runs as the "
                                     "baseline.")
     c["run_button"] = gr.Button("Run", variant="primary", size="lg", elem_classes="run-button",
                                 elem_id="run-button")
-    gr.Markdown("### 5 · Live settings\nThese re-solve from the cached features, no new Run.")
-    c["lam"] = _slider("lam", "λ (OTFusion: weight of CLIP)")
-    c["eps"] = _slider("eps", "ε (OTFusion: entropic smoothing)")
-    c["n_iter"] = _slider("n_iter", "OTFusion iterations")
-    with gr.Accordion("Advanced (GPUA, LaZSL, labels)", open=False):
-        gr.Markdown("**GPUA** (moving these re-fits GPUA on the cached features)")
-        c["gpua_lam"] = _slider("gpua_lam", "GPUA λ (weight of CLIP)")
-        c["gpua_eps"] = _slider("gpua_eps", "GPUA ε")
-        c["gpua_targets"] = gr.Radio(list(GPUA_TARGETS), value=cb.control_default("gpua_targets"),
-                                     label="Procrustes targets (paper: soft; public code: hard)",
-                                     elem_id="gpua-targets-radio")
-        c["gpua_ths_steps"] = _slider("gpua_ths_steps", "THS refinement steps")
-        gr.Markdown("**LaZSL** (crops need a new Run; θ re-scores instantly)")
+    with gr.Accordion("Advanced (LaZSL crops, attributes, labels)", open=False):
+        gr.Markdown("**LaZSL** (crops need a new Run; θ, beside the summary, re-scores "
+                    "instantly)")
         low, high, step = LAZSL_CROPS_UI
         c["n_crops"] = gr.Slider(low, high, LAZSL_CROPS, step=step,
                                  label=f"LaZSL crops per image (paper: {LAZSL_CROPS_PAPER})",
                                  elem_id="n-crops-slider")
-        c["lazsl_theta"] = _slider("lazsl_theta", "LaZSL θ (crop vs global)")
         c["attributes_file"] = gr.File(label="Attribute JSON {class: [descriptor, ...]}",
                                        file_types=[".json"], height=90)
         gr.Markdown("**Labels** (optional, overrides folder names)")
@@ -172,22 +187,44 @@ def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
                                   height=90)
 
 
+def _live_settings(c) -> None:
+    """The live controls right above the summary they change (visible together at 1400x900);
+    moving one re-solves its method only, from the cached features (no new Run)."""
+    with gr.Group(elem_id="live-settings"):
+        with gr.Row(equal_height=True):
+            c["lam"] = _slider("lam", "OTFusion λ (weight of CLIP)")
+            c["eps"] = _slider("eps", "OTFusion ε (smoothing)")
+            c["n_iter"] = _slider("n_iter", "OTFusion iterations")
+        with gr.Accordion("GPUA and LaZSL live settings", open=False, elem_id="more-settings"):
+            with gr.Row(equal_height=True):
+                c["gpua_lam"] = _slider("gpua_lam", "GPUA λ (weight of CLIP)")
+                c["gpua_eps"] = _slider("gpua_eps", "GPUA ε")
+                c["gpua_ths_steps"] = _slider("gpua_ths_steps", "GPUA THS refinement steps")
+            with gr.Row(equal_height=True):
+                c["gpua_targets"] = gr.Radio(
+                    list(GPUA_TARGETS), value=flow.control_default("gpua_targets"),
+                    label="GPUA Procrustes targets (paper: soft; public code: hard)",
+                    elem_id="gpua-targets-radio")
+                c["lazsl_theta"] = _slider("lazsl_theta", "LaZSL θ (crop vs global)")
+    c["summary"] = gr.Markdown(elem_id="summary")
+
+
 def _slider(key: str, label: str) -> gr.Slider:
-    """The slider of live control ``key`` (``cb.CONTROLS``): default and range from core.config;
+    """The slider of live control ``key`` (``flow.CONTROLS``): default and range from core.config;
     elem_id ``<key>-slider`` (e.g. ``lam-slider``, ``gpua-ths-steps-slider``)."""
-    method, name = cb.CONTROLS[key]
+    method, name = flow.CONTROLS[key]
     low, high, step = ui_range(type(getattr(MethodSettings(), method)), name)
-    return gr.Slider(low, high, cb.control_default(key), step=step, label=label,
+    return gr.Slider(low, high, flow.control_default(key), step=step, label=label,
                      elem_id=f"{key.replace('_', '-')}-slider")
 
 
 def _tabs(c) -> None:
     with gr.Tab("Predictions", id="predictions"):
-        c["summary"] = gr.Markdown(elem_id="summary")
         with gr.Row():
             c["compare"] = gr.Dropdown([("OTFusion", "otfusion")], value="otfusion",
                                        label="Compare with CLIP", scale=1)
-            c["filter_mode"] = gr.Radio(list(views.FILTERS), value="all", label="Show", scale=2)
+            c["filter_mode"] = gr.Radio(list(predictions.FILTERS), value="all", label="Show",
+                                        scale=2)
             c["page"] = gr.Slider(1, 2, 1, step=1, label="Page", visible=False, scale=1)
         c["gallery_info"] = gr.Markdown()
         c["gallery"] = gr.Gallery(label="Predictions", columns=5, height=600, object_fit="contain",
@@ -206,22 +243,22 @@ def _tabs(c) -> None:
                                    object_fit="contain")
     with gr.Tab("Embedding", id="embedding"):
         with gr.Row():
-            c["projection"] = gr.Radio(explore_views.PROJECTIONS, value="pca", label="Projection",
-                                       info=explore_views.PROJECTION_INFO, scale=2)
+            c["projection"] = gr.Radio(embedding.PROJECTIONS, value="pca", label="Projection",
+                                       info=embedding.PROJECTION_INFO, scale=2)
             c["color_by"] = gr.Dropdown([("predicted by CLIP zero-shot", "clip")], value="clip",
                                         label="Colour images by", scale=1)
             c["draw_button"] = gr.Button("Draw maps", variant="primary", scale=0)
         with gr.Row():
-            c["embed_before"] = gr.Plot(label="Before")
-            c["embed_after"] = gr.Plot(label="After")
+            c["embed_before"] = gr.Plot(label="Before", elem_id="embed-before")
+            c["embed_after"] = gr.Plot(label="After", elem_id="embed-after")
         c["gap_plot"] = gr.Plot(label="Modality gap")
-        c["embed_note"] = gr.Markdown("Press **Draw maps** after a Run. Hover a point for its file "
-                                      "and top-3; the image clicked in the gallery is ringed.")
+        c["embed_note"] = gr.Markdown(embedding.NOT_DRAWN, elem_id="embed-note")
     with gr.Tab("Dynamics", id="dynamics"):
         c["dynamics_note"] = gr.Markdown("Run with OTFusion ticked to see its convergence.",
                                          elem_id="dynamics-note")
         c["convergence_plot"] = gr.Plot(label="Convergence")
         c["sweep_button"] = gr.Button("Run the λ / ε sensitivity sweep (cached features)")
+        c["sweep_note"] = gr.Markdown(dynamics.SWEEP_NOT_RUN, elem_id="sweep-note")
         with gr.Row():
             c["sweep_lam"] = gr.Plot(label="Sensitivity to λ")
             c["sweep_eps"] = gr.Plot(label="Sensitivity to ε")
@@ -255,11 +292,11 @@ def _tabs(c) -> None:
             c["class_scores"] = gr.Label(label="LaZSL class scores", num_top_classes=5, scale=1)
         c["crop_gallery"] = gr.Gallery(label="Top crops and their attributes", columns=6,
                                        height=220, object_fit="contain")
-        c["lazsl_table"] = gr.Markdown()
+        c["lazsl_table"] = gr.Markdown(elem_id="lazsl-table")
     with gr.Tab("Playground", id="playground"):
         gr.Markdown("Synthetic CLIP-like and DINO-like features with a modality gap: no model "
                     "weights needed, works offline. Move a slider to re-generate.")
-        d = ex.PLAYGROUND_DEFAULTS
+        d = playground.PLAYGROUND_DEFAULTS
         with gr.Row():
             c["play_classes"] = gr.Slider(2, 30, d["n_classes"], step=1, label="Classes")
             c["play_samples"] = gr.Slider(50, 3000, d["n_samples"], step=50, label="Samples")
@@ -272,7 +309,7 @@ def _tabs(c) -> None:
                                             label="DINO noise")
         with gr.Row():
             c["play_projection"] = gr.Radio(
-                explore_views.PROJECTIONS[:1] + explore_views.PROJECTIONS[2:],
+                embedding.PROJECTIONS[:1] + embedding.PROJECTIONS[2:],
                 value=d["projection"], label="Projection", scale=2)
             low, high, step = ui_range(OTFusionSettings, "lam")
             c["play_lam"] = gr.Slider(low, high, d["lam"], step=step, label="OTFusion λ", scale=1)
@@ -292,15 +329,20 @@ def _out(c, fields) -> list:
 
 def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
     view = [c["compare"], c["filter_mode"], c["page"]]
+    lazsl_in = [c["session"], c["lazsl_pick"], c["lazsl_class"]]
+    lazsl_out = _out(c, lazsl.LazslOutputs._fields)
 
     def run(progress=gr.Progress(), **inputs):  # noqa: B008 (Gradio's idiom)
-        return cb.run(inputs, progress=progress)
+        return flow.run_in_app(inputs, progress=progress)
 
-    # Inputs by name (Gradio's inputs_kwargs): the API's parameter names are cb.RUN_INPUTS.
-    c["run_button"].click(run, inputs_kwargs={k: c[k] for k in cb.RUN_INPUTS},
-                          outputs=_out(c, cb.RunOutputs._fields), api_name="run",
-                          concurrency_id="models", concurrency_limit=1)
-    solve_out = _out(c, cb.SolveOutputs._fields)
+    # Inputs by name (Gradio's inputs_kwargs): the API's parameter names are flow.RUN_INPUTS.
+    # A failed Run returns the message in the status line and skips every other output, so the
+    # previous record's views stay as they were (no blank gallery, no error badges).
+    c["run_button"].click(run, inputs_kwargs={k: c[k] for k in flow.RUN_INPUTS},
+                          outputs=_out(c, flow.RunOutputs._fields), api_name="run",
+                          concurrency_id="models", concurrency_limit=1).success(
+        lazsl.lazsl_explain, lazsl_in, lazsl_out, api_visibility="private")
+    solve_out = _out(c, flow.SolveOutputs._fields)
     # One re-solve per method, fired by its own controls (a radio on input, sliders on release).
     resolve_options = {
         "otfusion": dict(api_name="resolve", concurrency_limit=4, show_progress="minimal"),
@@ -308,49 +350,52 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
         "lazsl": dict(api_name="resolve_lazsl"),
     }
     for method, options in resolve_options.items():
-        keys = cb.controls_of(method)
+        keys = flow.controls_of(method)
         triggers = [c[k].input if isinstance(c[k], gr.Radio) else c[k].release for k in keys]
-        gr.on(triggers, _resolver(method), [c["session"], *view],
-              inputs_kwargs={k: c[k] for k in keys}, outputs=solve_out, concurrency_id="solve",
-              trigger_mode="always_last", **options)
-    c["compare"].input(cb.refresh_views, [c["session"], *view], solve_out, api_name="refresh",
+        event = gr.on(triggers, _resolver(method), [c["session"], *view],
+                      inputs_kwargs={k: c[k] for k in keys}, outputs=solve_out,
+                      concurrency_id="solve", trigger_mode="always_last", **options)
+        if method == "lazsl":  # the explanation shows the record's θ: redraw it
+            event.success(lazsl.lazsl_explain, lazsl_in, lazsl_out, api_visibility="private")
+    c["compare"].input(flow.refresh_views, [c["session"], *view], solve_out, api_name="refresh",
                        concurrency_id="solve")
 
     def first_page(session, compare, filter_mode):
-        return cb.show_page(session, compare, filter_mode, 1)
+        return predictions.show_page(session, compare, filter_mode, 1)
 
-    page_out = _out(c, cb.PageOutputs._fields)
+    page_out = _out(c, predictions.PageOutputs._fields)
     c["filter_mode"].input(first_page, [c["session"], c["compare"], c["filter_mode"]], page_out,
                            api_name="filter", concurrency_id="solve")
-    c["page"].release(cb.show_page, [c["session"], *view], page_out, api_name="page",
+    c["page"].release(predictions.show_page, [c["session"], *view], page_out, api_name="page",
                       concurrency_id="solve")
 
     def select(session, shown, evt: gr.SelectData):
-        return cb.select_image(session, shown, evt.index)
+        return predictions.select_image(session, shown, evt.index)
 
     embed_in = [c["session"], c["projection"], c["color_by"], c["selected"]]
-    embed_out = _out(c, ex.EmbeddingOutputs._fields)
-    c["gallery"].select(select, [c["session"], c["shown"]], _out(c, cb.SelectOutputs._fields),
+    embed_out = _out(c, embedding.EmbeddingOutputs._fields)
+    c["gallery"].select(select, [c["session"], c["shown"]],
+                        _out(c, predictions.SelectOutputs._fields),
                         api_visibility="private").then(
-        ex.embedding_highlight, embed_in, embed_out, api_visibility="private")
-    gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input], ex.embedding,
-          embed_in, embed_out, api_name="embedding", concurrency_id="heavy",
-          concurrency_limit=2)
-    c["sweep_button"].click(ex.sweep, [c["session"]], _out(c, ex.SweepOutputs._fields),
+        embedding.embedding_highlight, embed_in, embed_out, api_visibility="private")
+    gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input],
+          embedding.embedding, embed_in, embed_out, api_name="embedding",
+          concurrency_id="heavy", concurrency_limit=2)
+    c["sweep_button"].click(dynamics.sweep, [c["session"]], _out(c, dynamics.SweepOutputs._fields),
                             api_name="sweep", concurrency_id="heavy")
 
     def seg(session, index, visible, threshold, alpha, progress=gr.Progress()):  # noqa: B008
-        return ex.segment_image(session, index, visible, threshold, alpha, progress=progress)
+        return segmentation.segment_image(session, index, visible, threshold, alpha,
+                                          progress=progress)
 
     seg_in = [c["session"], c["seg_pick"], c["seg_classes"], c["seg_threshold"], c["seg_alpha"]]
-    seg_out = _out(c, ex.SegmentOutputs._fields)
+    seg_out = _out(c, segmentation.SegmentOutputs._fields)
     c["seg_button"].click(seg, seg_in, seg_out, api_name="segment", concurrency_id="models")
     gr.on([c["seg_pick"].change, c["seg_classes"].input, c["seg_threshold"].release,
-           c["seg_alpha"].release], ex.redraw_segmentation, seg_in, seg_out,
+           c["seg_alpha"].release], segmentation.redraw_segmentation, seg_in, seg_out,
           api_name="redraw_segmentation", concurrency_id="solve", trigger_mode="always_last")
     gr.on([c["lazsl_button"].click, c["lazsl_pick"].change, c["lazsl_class"].input],
-          ex.lazsl_explain, [c["session"], c["lazsl_pick"], c["lazsl_class"]],
-          _out(c, ex.LazslOutputs._fields), api_name="explain", concurrency_id="solve",
+          lazsl.lazsl_explain, lazsl_in, lazsl_out, api_name="explain", concurrency_id="solve",
           trigger_mode="always_last")
 
     play_in = [c[k] for k in ("play_classes", "play_samples", "play_gap", "play_vlm_noise",
@@ -358,17 +403,18 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
     play_triggers = [c["play_button"].click, demo.load, c["play_projection"].input] + [
         c[k].release for k in ("play_classes", "play_samples", "play_gap", "play_vlm_noise",
                                "play_vfm_noise", "play_seed", "play_lam")]
-    gr.on(play_triggers, ex.playground, play_in, _out(c, ex.PlaygroundOutputs._fields),
-          api_name="playground", concurrency_id="heavy", trigger_mode="always_last")
+    gr.on(play_triggers, playground.playground, play_in,
+          _out(c, playground.PlaygroundOutputs._fields), api_name="playground",
+          concurrency_id="heavy", trigger_mode="always_last")
 
-    c["preset"].input(cb.preset_selected, [c["preset"]],
+    c["preset"].input(inputs.preset_selected, [c["preset"]],
                       [c["classes_text"], c["templates_text"]], api_visibility="private")
-    c["class_upload"].upload(cb.classes_file_selected, [c["class_upload"]], [c["classes_text"]],
-                             api_visibility="private")
+    c["class_upload"].upload(inputs.classes_file_selected, [c["class_upload"]],
+                             [c["classes_text"]], api_visibility="private")
     if dev_api:
-        c["syn_button"].click(cb.load_synthetic,
+        c["syn_button"].click(flow.load_synthetic,
                               [c["syn_n"], c["syn_k"], c["syn_seed"], c["compare"],
-                               c["filter_mode"]], _out(c, cb.RunOutputs._fields),
+                               c["filter_mode"]], _out(c, flow.RunOutputs._fields),
                               api_name="load_synthetic", api_visibility="undocumented",
                               concurrency_id="models")
 
@@ -377,7 +423,7 @@ def _resolver(method: str):
     """The handler re-solving ``method``: view inputs by position, its controls by name."""
 
     def resolve(session, compare, filter_mode, page, **controls):
-        return cb.resolve(method, session, controls, compare, filter_mode, page)
+        return flow.resolve(method, session, controls, compare, filter_mode, page)
 
     resolve.__name__ = f"resolve_{method}"
     return resolve
@@ -400,6 +446,7 @@ def launch(demo: gr.Blocks, **overrides):
         ssr_mode=False,
         theme=gr.themes.Soft(primary_hue="blue", secondary_hue="orange"),
         css=CSS,
+        js=JS,
     )
     options.update(overrides)
     return demo.launch(**options)

@@ -142,3 +142,152 @@ def test_without_weights_the_playground_opens_first(browser, tmp_path, monkeypat
     finally:
         page.close()
         demo.close()
+
+
+def _wait_text(page, selector: str, pattern: str, timeout: int = 60_000) -> None:
+    page.wait_for_selector(f"{selector} >> text=/{pattern}/", timeout=timeout)
+
+
+def _type_enter(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.press("Enter")  # no click elsewhere: Enter alone must apply the value
+
+
+def _error_badges(page) -> int:
+    """Gradio's red "Error" status on outputs of a failed event."""
+    return page.get_by_text("Error", exact=True).count()
+
+
+def _all_tabs(page, prefix: str) -> None:
+    for tab in ("Predictions", "Metrics", "Embedding", "Dynamics", "Segmentation", "LaZSL",
+                "Playground"):
+        button = page.get_by_role("tab", name=tab)
+        if not button.is_visible():  # narrow screens move some tabs into an overflow menu
+            page.locator(".overflow-menu button, button.overflow-menu").first.click()
+        button.click(timeout=10_000)
+        page.wait_for_timeout(600)
+        _shot(page, f"{prefix}_{tab.lower()}")
+
+
+def test_one_state_model_in_the_browser(browser, tmp_path, monkeypatch):
+    """Issue 11, points 1, 2, 3, 5 and 6, then screenshots of every tab at two sizes."""
+    from core.models.tiny import tiny_test_models
+    from demo import ui
+    from demo.examples import example_paths
+
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path / "features"))
+    keys = tiny_test_models()
+    demo = ui.build_app(extra_models=[keys["clip_vit"], keys["dinov2"]])
+    url = _serve(demo)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        page.goto(url)
+        page.wait_for_selector("text=VLM x VFM Fusion Lab")
+        _upload(page, example_paths()["shapes"])
+        page.get_by_label("LaZSL").check()
+        page.locator("#run-button").click()
+        _wait_text(page, "#summary", "LaZSL", 120_000)
+        page.locator("#fusion-gallery img").first.wait_for(timeout=30_000)
+
+        # 1. Each slider changes its own method; the others keep their shown settings.
+        _type_enter(page, "lam-slider", "1.6")
+        _wait_text(page, "#summary", "λ 1.6, ε 0.01")
+        page.get_by_text("GPUA and LaZSL live settings").click()
+        _type_enter(page, "gpua-ths-steps-slider", "0")
+        _wait_text(page, "#summary", "THS 0 steps")
+        _type_enter(page, "lazsl-theta-slider", "0.3")
+        _wait_text(page, "#summary", "θ 0.3")
+        summary = page.locator("#summary").inner_text()
+        assert "λ 1.6, ε 0.01" in summary and "THS 0 steps" in summary, summary
+        # 6. the summary and the live sliders are on screen together at 1400x900
+        for elem in ("#summary", "#lam-slider"):
+            box = page.locator(elem).bounding_box()
+            assert box is not None and box["y"] + 20 < 900, (elem, box)
+        page.get_by_role("tab", name="Dynamics").click()
+        _wait_text(page, "#dynamics-note", "λ = 1.6")
+        page.get_by_role("button", name="Run the λ / ε sensitivity sweep").click()
+        _wait_text(page, "#sweep-note", "current λ = 1.6")
+        assert page.locator("#dynamics-note").inner_text().count("λ = 1.6") == 1
+
+        # 5. The embedding maps keep their full size after a visit to another tab.
+        page.get_by_role("tab", name="Embedding").click()
+        page.get_by_role("button", name="Draw maps").click()
+        page.wait_for_selector("text=/After: GPUA-mapped VFM vs text/", timeout=60_000)
+        page.get_by_role("tab", name="Metrics").click()
+        page.wait_for_timeout(500)
+        page.get_by_role("tab", name="Embedding").click()
+        page.wait_for_timeout(1500)
+        for plot in ("#embed-before", "#embed-after"):
+            container = page.locator(plot).bounding_box()
+            svg = page.locator(f"{plot} svg.main-svg").first.bounding_box()
+            assert svg and container and svg["width"] > 0.8 * container["width"], (plot, svg)
+            assert page.locator(f"{plot} g.legend").count() == 1, plot
+        page.get_by_role("tab", name="Segmentation").click()
+        page.get_by_role("button", name="Segment", exact=True).click()
+        page.locator("#seg-image img").wait_for(timeout=60_000)
+        _all_tabs(page, "desktop_shapes")
+
+        # 3. A failed Run: one message, the previous results stay, no error badges.
+        page.get_by_role("tab", name="Predictions").click()
+        n_before = page.locator("#fusion-gallery img").count()
+        page.get_by_label("Class names (one per line or comma-separated)").fill("circle")
+        page.locator("#run-button").click()
+        _wait_text(page, "#status", "previous Run")
+        page.wait_for_timeout(1000)
+        assert page.locator("#fusion-gallery img").count() == n_before
+        assert _error_badges(page) == 0
+        assert page.locator("text=/expected at least 2 classes/").count() == 1
+        _shot(page, "desktop_failed_run")
+
+        # 2. A new Run blanks every view derived from the previous one.
+        page.get_by_label("Class names (one per line or comma-separated)").fill("")
+        page.locator("#images-upload button[aria-label='Clear']").first.click()
+        _upload(page, example_paths()["scenes"])
+        page.locator("#run-button").click()
+        _wait_text(page, "#status", "Features ready", 120_000)
+        page.get_by_role("tab", name="Embedding").click()
+        _wait_text(page, "#embed-note", "Press Draw maps")
+        assert page.locator("#embed-after svg.main-svg").count() == 0
+        page.get_by_role("tab", name="Dynamics").click()
+        _wait_text(page, "#sweep-note", "No sweep for this Run yet")
+        page.get_by_role("tab", name="Segmentation").click()
+        assert page.locator("#seg-image img").count() == 0
+        page.get_by_role("tab", name="LaZSL").click()
+        _wait_text(page, "#lazsl-table", "scene|sky|beach|forest|city|night|mountain", 60_000)
+        assert "circle" not in page.locator("#lazsl-table").inner_text()
+
+        page.set_viewport_size({"width": 390, "height": 844})
+        _all_tabs(page, "mobile_scenes")
+    finally:
+        page.close()
+        demo.close()
+
+
+def test_run_without_weights_shows_one_plain_message(browser, tmp_path, monkeypatch):
+    """Issue 11, point 4: no error box with server paths over the tabs, no error badges."""
+    from demo import ui
+    from demo.examples import example_paths
+
+    hub = tmp_path / "empty-hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.delenv("FUSIONLAB_TEST_MODELS", raising=False)
+    demo = ui.build_app()
+    url = _serve(demo)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        page.goto(url)
+        page.wait_for_selector("text=Model weights not found on this machine")
+        page.wait_for_selector("text=/CLIP zero-shot .* -> OTFusion/", timeout=60_000)
+        _upload(page, example_paths()["shapes"])
+        page.locator("#run-button").click()
+        _wait_text(page, "#status", "Model weights are not available", 60_000)
+        page.wait_for_timeout(1000)
+        assert str(hub) not in page.content() and "gaierror" not in page.content()
+        assert _error_badges(page) == 0
+        assert page.locator("#status >> text=/Playground tab works/").count() == 1
+        _shot(page, "offline_run")
+    finally:
+        page.close()
+        demo.close()

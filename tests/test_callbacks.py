@@ -15,9 +15,8 @@ from PIL import Image, ImageDraw
 
 from core.models import load_encoder
 from core.models.tiny import tiny_test_models
-from demo import callbacks as cb
-from demo import explore_callbacks as ex
-from demo import explore_views, views
+from demo import dynamics, embedding, inputs, lazsl, overlays, playground, predictions, segmentation
+from demo import run as cb
 from demo.examples import ATTRIBUTES, example_paths, example_zip
 
 # Handlers toast notes with gr.Warning, which outside a request is a plain UserWarning.
@@ -97,7 +96,7 @@ def test_run_fills_every_view(ran):
     rows = list(csv.DictReader(open(csv_path, encoding="utf-8")))
     assert len(rows) == n and {"clip_pred", "otfusion_pred", "gpua_pred"} <= set(rows[0])
     assert len(ran.seg_pick["choices"]) == n and ran.seg_classes["value"] == s.class_names
-    assert ran.color_by["value"] == explore_views.TRUE_CLASS
+    assert ran.color_by["value"] == embedding.TRUE_CLASS
 
 
 def test_resolve_reruns_otfusion_only_and_never_encodes(ran, keys):
@@ -113,7 +112,7 @@ def test_resolve_reruns_otfusion_only_and_never_encodes(ran, keys):
         assert new.results[m] is s.results[m]
     assert s.settings.otfusion.lam == 0.8  # the old session is not mutated
     captions = [cap for _, cap in out.gallery]
-    assert captions == views.captions(new)
+    assert captions == predictions.captions(new)
     # GPUA and LaZSL controls re-solve their own method only.
     g = cb.resolve("gpua", new, {"gpua_lam": 0.5, "gpua_eps": 0.05, "gpua_targets": "hard",
                                  "gpua_ths_steps": 0})
@@ -136,34 +135,35 @@ def test_second_run_reads_the_feature_cache(keys, labelled_zip, cache_dir, ran):
 
 def test_filters_pages_and_selection(ran):
     s = ran.session
-    changed = views.filter_indices(s, "otfusion", "changed")
+    changed = predictions.filter_indices(s, "otfusion", "changed")
     base, fused = s.results["clip"].pred, s.results["otfusion"].pred
     assert changed == torch.nonzero(base != fused).flatten().tolist()
-    wrong = cb.show_page(s, "otfusion", "wrong", 1)
+    wrong = predictions.show_page(s, "otfusion", "wrong", 1)
     assert len(wrong.gallery) == int((fused != s.labels).sum())
-    sel = cb.select_image(s, wrong.shown or [0], 0)
+    sel = predictions.select_image(s, wrong.shown or [0], 0)
     assert sel.selected == (wrong.shown or [0])[0]
     assert "| rank |" in sel.details and "GPUA" in sel.details
 
 
 def test_views_after_a_run(ran):
     s = ran.session
-    emb = ex.embedding(s, "pca", explore_views.TRUE_CLASS, 2)
+    emb = embedding.embedding(s, "pca", embedding.TRUE_CLASS, 2)
     assert isinstance(emb.embed_before, go.Figure) and isinstance(emb.embed_after, go.Figure)
     assert any(t.name == "selected" for t in emb.embed_after.data)
     assert "gap" in emb.embed_after.layout.title.text
-    again = ex.embedding_highlight(s, "pca", "gpua", 3)  # projection memoised: recolour only
+    again = embedding.embedding_highlight(s, "pca", "gpua", 3)  # projection memoised: recolour only
     assert isinstance(again.embed_before, go.Figure)
-    sw = ex.sweep(s)
+    sw = dynamics.sweep(s)
     assert isinstance(sw.sweep_lam, go.Figure) and isinstance(sw.sweep_eps, go.Figure)
-    lz = ex.lazsl_explain(s, 1, None)
-    assert lz.crop_image.size[0] >= explore_views.MIN_VIEW_SIDE and lz.crop_gallery
+    lz = lazsl.lazsl_explain(s, 1, None)
+    assert lz.crop_image.size[0] >= overlays.MIN_VIEW_SIDE and lz.crop_gallery
     assert abs(sum(lz.class_scores.values()) - 1) < 1e-4 and "attribute" in lz.lazsl_table
-    seg = ex.segment_image(s, 0, s.class_names[:2], 0.0, 0.5)
+    seg = segmentation.segment_image(s, 0, s.class_names[:2], 0.0, 0.5)
     assert isinstance(seg.seg_image, Image.Image) and "seg-legend" in seg.seg_legend
-    hidden = ex.redraw_segmentation(s, 0, [], 0.0, 0.5)  # all classes toggled off: no model
+    hidden = segmentation.redraw_segmentation(s, 0, [], 0.0, 0.5)  # all toggled off: no model
     assert "no labelled pixels" in hidden.seg_legend
-    assert ex.redraw_segmentation(s, 5, None, 0.0, 0.5).seg_image is None  # not segmented yet
+    # image 5 is not segmented yet: nothing to redraw
+    assert segmentation.redraw_segmentation(s, 5, None, 0.0, 0.5).seg_image is None
 
 
 def test_unlabelled_images_explain_how_to_get_metrics(keys, tmp_path, cache_dir):
@@ -175,7 +175,7 @@ def test_unlabelled_images_explain_how_to_get_metrics(keys, tmp_path, cache_dir)
     out = _run(keys, files, cache_dir, classes_text="red, green, blue", methods=["otfusion"])
     assert "No labels" in out.metrics_note and out.accuracy_plot is None
     assert "✓" not in out.gallery[0][1]
-    assert "needs labels" in cb.show_page(out.session, "otfusion", "wrong", 1).gallery_info
+    assert "needs labels" in predictions.show_page(out.session, "otfusion", "wrong", 1).gallery_info
 
 
 @pytest.mark.parametrize(
@@ -222,7 +222,7 @@ def test_unexpected_failures_are_logged_not_shown(ran, monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(views, "summary_markdown", boom)
+    monkeypatch.setattr(predictions, "summary_markdown", boom)
     with pytest.raises(gr.Error) as excinfo:
         cb.refresh_views(ran.session, "otfusion", "all", 1)
     assert "secret" not in _error(excinfo) and "RuntimeError" in _error(excinfo)
@@ -230,7 +230,7 @@ def test_unexpected_failures_are_logged_not_shown(ran, monkeypatch, caplog):
 
 
 def test_playground_closes_the_gap_offline():
-    out = ex.playground(n_classes=6, n_samples=300, gap=0.8, vlm_noise=2.95, vfm_noise=2.0,
+    out = playground.playground(n_classes=6, n_samples=300, gap=0.8, vlm_noise=2.95, vfm_noise=2.0,
                         seed=1, projection="pca")
     bars = out.play_accuracy.data[0]
     acc = dict(zip(bars.x, bars.y))
@@ -239,15 +239,15 @@ def test_playground_closes_the_gap_offline():
     assert gaps["GPUA-mapped VFM vs text"] < gaps["CLIP image vs text"]
     assert isinstance(out.play_before, go.Figure) and "gap" in out.play_note
     with pytest.raises(gr.Error):
-        ex.playground(n_classes=20, n_samples=10)
+        playground.playground(n_classes=20, n_samples=10)
 
 
 def test_presets_class_files_and_synthetic_sessions(tmp_path):
-    out = cb.preset_selected("oxford_pets")
+    out = inputs.preset_selected("oxford_pets")
     assert len(out.classes_text.splitlines()) == 37 and "{}" in out.templates_text
     path = tmp_path / "classes.txt"
     path.write_text("cat\ndog\ncat\n")
-    assert cb.classes_file_selected(str(path)) == "cat\ndog"
+    assert inputs.classes_file_selected(str(path)) == "cat\ndog"
     syn = cb.load_synthetic(60, 6, 0, d_vlm=16, d_vfm=24)
     assert len(syn.session.names) == 60 and syn.session.has_labels
     re = cb.resolve("otfusion", syn.session, {"lam": 0.2, "eps": 0.02, "n_iter": 5})
@@ -268,7 +268,7 @@ def test_example_assets_are_small_reproducible_and_described():
 def test_convergence_note_reports_log_domain_fallbacks(ran):
     s = ran.session
     res = s.results["otfusion"]
-    assert "log domain" not in views.convergence_view(s)[1]  # none at the paper's eps
+    assert "log domain" not in dynamics.convergence_view(s)[1]  # none at the paper's eps
     fell = dataclasses.replace(res, details=dataclasses.replace(res.details, sinkhorn_fallbacks=2))
     other = dataclasses.replace(s, results={**s.results, "otfusion": fell})
-    assert "2 Sinkhorn solve(s) finished in the log domain" in views.convergence_view(other)[1]
+    assert "2 Sinkhorn solve(s) finished in the log domain" in dynamics.convergence_view(other)[1]

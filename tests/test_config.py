@@ -194,8 +194,8 @@ def _components(demo) -> dict:
 
 
 def test_app_controls_read_their_defaults_and_ranges_from_config():
-    from demo import callbacks as cb
-    from demo import explore_callbacks as ex
+    from demo import playground as ex
+    from demo import run as cb
     from demo import ui
 
     demo = ui.build_app()

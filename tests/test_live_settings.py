@@ -319,11 +319,11 @@ def test_eval_harness_defaults_are_configs(spy, extractions, keys, tmp_path):
 
 @pytest.fixture()
 def cb(monkeypatch, extractions):
-    """demo.callbacks, its ``extract`` (imported at module level there) spied as well."""
-    from demo import callbacks
+    """demo.run, its ``extract`` (imported at module level there) spied as well."""
+    from demo import run
 
-    monkeypatch.setattr(callbacks, "extract", extraction_module.extract)
-    return callbacks
+    monkeypatch.setattr(run, "extract", extraction_module.extract)
+    return run
 
 
 def test_app_run_and_resolve_pass_the_controls_to_the_methods(spy, extractions, cb, keys,

@@ -1,48 +1,47 @@
-"""Event handlers of the app: plain functions, callable in tests without a browser.
+"""The Run and the live re-solves: the two ways a session record is made.
 
-Each handler returns a NamedTuple whose field names are the keys of the components ``demo.ui``
-wires them to, so layout and handlers cannot drift apart. User mistakes raise ``gr.Error`` with
-actionable text (``demo.session.user_errors``); nothing else reaches the user as a traceback.
-
-Two speeds: :func:`run` extracts features (models, slow, once); :func:`resolve` re-solves only the
-method a control belongs to from the session's cached features (no model, no encoding).
+Two speeds: :func:`run` extracts features (models, slow, once) and produces a new record;
+:func:`resolve` re-solves only the method a control belongs to from the record's cached features
+(no model, no encoding) and produces a new record for that method only. Both return a NamedTuple
+whose field names are the keys of the components ``demo.ui`` wires them to, so layout and
+handlers cannot drift apart. A Run also blanks every derived view of the previous record (maps,
+sweep, segmentation, LaZSL explanation): nothing computed for another Run stays on screen.
 
 Settings: the live controls are named once, in :data:`CONTROLS` (control key -> the method and the
 field of its settings dataclass in ``core.config``); :func:`method_settings` is the one place that
 turns control values into ``MethodSettings``, and ``demo.ui`` reads the sliders' defaults and ranges
 from ``core.config`` through the same table. Handlers take their inputs as a dict keyed by those
 names (Gradio's ``inputs_kwargs``), never as a long positional list.
-
-This module holds the core flow (Run, re-solves, paging and selection, presets and class files,
-the dev/benchmark hook); the exploration tabs' handlers are in ``demo.explore_callbacks``.
 """
 
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import gradio as gr
 
 from core.config import DEFAULT_VFM, DEFAULT_VLM, GPUA_TARGETS, LAZSL_CROPS, MethodSettings
-from core.data import ImageItem, get_preset, load_classes_file
+from core.data import ImageItem
 from core.methods import METHOD_TITLES, FeatureSet, run_method, run_methods
-from core.pipeline import Extraction, ExtractSettings, FeatureCache, extract, write_predictions
+from core.pipeline import Extraction, ExtractSettings, extract, write_predictions
 from core.synthetic import make_synthetic
-from demo import explore_views, views
-from demo.session import (
-    Session,
+from demo import dynamics, embedding, lazsl, metrics, predictions, segmentation
+from demo.inputs import (
     check_run_request,
-    gpu,
-    new_workdir,
     parse_templates,
     read_images,
     resolve_attributes,
     resolve_classes,
+)
+from demo.state import (
+    Session,
+    cache_from_env,
+    gpu,
+    new_workdir,
+    pipeline_progress,
     user_errors,
     warn_user,
     write_thumbnails,
@@ -104,23 +103,12 @@ class SolveOutputs(NamedTuple):
 
 _RUN_EXTRA = ("status", "notes", "compare", "details", "seg_pick", "lazsl_pick", "seg_classes",
               "lazsl_class", "color_by")
+# Views derived on demand from a record; a Run blanks them (they belong to the previous Run).
+DERIVED = (*embedding.EmbeddingOutputs._fields, *dynamics.SweepOutputs._fields,
+           *segmentation.SegmentOutputs._fields, *lazsl.LazslOutputs._fields)
 # A Run: the solve outputs plus what depends on the image set and classes (flat, like Gradio wants).
-RunOutputs = NamedTuple("RunOutputs", [(f, Any) for f in SolveOutputs._fields + _RUN_EXTRA])
-
-
-def pipeline_progress(progress):
-    """Pipeline-style ``cb(done, total, desc)`` over a ``gr.Progress`` (or nothing)."""
-    if progress is None:
-        return None
-    return lambda done, total, desc: progress((int(done), int(max(total, 1))), desc=desc)
-
-
-def cache_from_env(cache_dir: str | None = None) -> FeatureCache | None:
-    """The on-disk feature cache: ``cache_dir``, else $FUSIONLAB_CACHE_DIR, else the default;
-    $FUSIONLAB_FEATURE_CACHE=0 turns it off."""
-    if os.environ.get("FUSIONLAB_FEATURE_CACHE", "1").strip() in ("0", "off", "false"):
-        return None
-    return FeatureCache(cache_dir or os.environ.get("FUSIONLAB_CACHE_DIR") or None)
+RunOutputs = NamedTuple("RunOutputs",
+                        [(f, Any) for f in SolveOutputs._fields + _RUN_EXTRA + DERIVED])
 
 
 def method_settings(controls: Mapping[str, Any],
@@ -141,23 +129,20 @@ def method_settings(controls: Mapping[str, Any],
     return base.replace(**changes)
 
 
-def _page_update(pages: int, page: int):
-    # A slider needs minimum < maximum; with one page it is hidden anyway.
-    return gr.update(maximum=max(2, pages), value=page, visible=pages > 1)
-
-
 def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1) -> SolveOutputs:
-    compare = views.compare_method(session, compare)
-    filter_mode = filter_mode if filter_mode in views.FILTERS else "all"
-    items, info, pages, page, shown = views.gallery_page(session, compare, filter_mode, page)
+    """Every view of the predictions, read from ``session`` (results and settings alike)."""
+    compare = predictions.compare_method(session, compare)
+    filter_mode = filter_mode if filter_mode in predictions.FILTERS else "all"
+    items, info, pages, page, shown = predictions.gallery_page(session, compare, filter_mode,
+                                                               page)
     export = Path(session.workdir) / "export"
     downloads = [str(p) for p in write_predictions(export, session.extraction, session.results,
                                                    session.settings)]
-    note, acc, per_class, conf, mistakes = views.metrics_views(session, compare)
-    conv, conv_note = views.convergence_view(session)
+    note, acc, per_class, conf, mistakes = metrics.metrics_views(session, compare)
+    conv, conv_note = dynamics.convergence_view(session)
     return SolveOutputs(
-        session=session, summary=views.summary_markdown(session), gallery=items,
-        gallery_info=info, page=_page_update(pages, page),
+        session=session, summary=predictions.summary_markdown(session), gallery=items,
+        gallery_info=info, page=predictions.page_update(pages, page),
         shown=shown, downloads=downloads, metrics_note=note, accuracy_plot=acc,
         per_class_plot=per_class, confusion_plot=conf, mistakes=mistakes,
         convergence_plot=conv, dynamics_note=conv_note)
@@ -178,22 +163,35 @@ def _run_outputs(session: Session, status: str, compare=None, filter_mode="all")
     solve = _solve_outputs(session, compare, filter_mode, 1)
     notes = _notes_markdown(list(session.notes), ex.skipped)
     others = [(session.title(m), m) for m in session.methods if m != "clip"] or [("CLIP", "clip")]
-    compare = views.compare_method(session, compare)
+    compare = predictions.compare_method(session, compare)
     images = [(f"{i + 1}. {name}", i) for i, name in enumerate(ex.names)]
     names = session.class_names
-    colors = explore_views.color_choices(session)
+    colors = embedding.color_choices(session)
     return RunOutputs(
         **solve._asdict(), status=status,
         notes=gr.update(value=notes, visible=bool(notes)),
         compare=gr.update(choices=others, value=compare),
-        details=views.details_markdown(session, None),
+        details=predictions.details_markdown(session, None),
         seg_pick=gr.update(choices=images, value=0),
         lazsl_pick=gr.update(choices=images, value=0),
         seg_classes=gr.update(choices=names, value=names),
         lazsl_class=gr.update(choices=["(LaZSL prediction)"] + names,
                               value="(LaZSL prediction)"),
         color_by=gr.update(choices=colors, value=colors[0][1]),
+        **embedding.blank()._asdict(), **dynamics.blank()._asdict(),
+        **segmentation.blank()._asdict(), **lazsl.blank(session)._asdict(),
     )
+
+
+def failed_run_outputs(error: gr.Error) -> RunOutputs:
+    """A Run that failed: the message once, in the status line; every other view keeps the
+    previous record's content (``gr.skip()``), so nothing goes blank or shows an error badge."""
+    title = getattr(error, "title", None) or "The Run failed"
+    message = getattr(error, "message", None) or str(error)
+    status = (f'<div class="run-failed" role="alert"><b>{html.escape(title)}.</b> {message}'
+              "<br><em>The results below (if any) are still those of the previous Run.</em></div>")
+    skip = {f: gr.skip() for f in RunOutputs._fields}
+    return RunOutputs(**{**skip, "status": status})
 
 
 @gpu(duration=120)
@@ -258,13 +256,24 @@ def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=Non
     return _run_outputs(session, status, v["compare"], v["filter_mode"])
 
 
+def run_in_app(inputs: Mapping[str, Any] | None = None, *, cache_dir=None,
+               progress=None) -> RunOutputs:
+    """:func:`run` as the Run button calls it: a failure keeps the previous record and its views
+    and shows the message once in the status line (``failed_run_outputs``), instead of Gradio's
+    error state on every output."""
+    try:
+        return run(inputs, cache_dir=cache_dir, progress=progress)
+    except gr.Error as error:
+        return failed_run_outputs(error)
+
+
 @user_errors
 def resolve(method: str, session, controls: Mapping[str, Any], compare=None, filter_mode="all",
             page=1) -> SolveOutputs:
     """A control of ``method`` moved: re-solve that method only, from the cached features.
 
     ``controls`` maps keys of :data:`CONTROLS` (those of ``method``, e.g. ``{"lam": 0.5}``) to
-    their new values; the other settings stay the session's.
+    their new values; the other methods keep the record's settings and results.
     """
     if method not in RERUN:
         raise ValueError(f"resolve: expected one of {', '.join(RERUN)}, got {method!r}.")
@@ -274,12 +283,10 @@ def resolve(method: str, session, controls: Mapping[str, Any], compare=None, fil
     if others:
         raise ValueError(f"resolve({method!r}): controls {others} belong to another method.")
     settings = method_settings(controls, base=session.settings)
-    results = dict(session.results)
-    if method in results:
-        results[method] = run_method(method, session.extraction.features, settings)
-    memo = {k: v for k, v in session.memo.items() if k[0] != "captions"}  # captions show preds
-    new = replace(session, settings=settings, results=results, memo=memo)
-    return _solve_outputs(new, compare, filter_mode, page)
+    result = (run_method(method, session.extraction.features, settings)
+              if method in session.results else None)
+    return _solve_outputs(session.with_method(method, settings, result), compare, filter_mode,
+                          page)
 
 
 @user_errors
@@ -288,69 +295,6 @@ def refresh_views(session, compare=None, filter_mode="all", page=1):
     if not isinstance(session, Session):
         return SolveOutputs(*([gr.skip()] * len(SolveOutputs._fields)))
     return _solve_outputs(session, compare, filter_mode, page)
-
-
-class PageOutputs(NamedTuple):
-    gallery: list
-    gallery_info: str
-    page: Any
-    shown: list
-
-
-@user_errors
-def show_page(session, compare=None, filter_mode="all", page=1) -> PageOutputs:
-    """Another gallery page (no solver, no downloads)."""
-    if not isinstance(session, Session):
-        return PageOutputs(gr.skip(), gr.skip(), gr.skip(), gr.skip())
-    compare = views.compare_method(session, compare)
-    items, info, pages, page, shown = views.gallery_page(session, compare, filter_mode, page)
-    return PageOutputs(items, info, _page_update(pages, page),
-                       shown)
-
-
-class SelectOutputs(NamedTuple):
-    selected: Any
-    details: str
-    seg_pick: Any
-    lazsl_pick: Any
-
-
-@user_errors
-def select_image(session, shown, position) -> SelectOutputs:
-    """A gallery click: remember the image, show its top-k, point the other tabs at it."""
-    if not isinstance(session, Session) or position is None or not shown:
-        return SelectOutputs(gr.skip(), gr.skip(), gr.skip(), gr.skip())
-    index = int(shown[int(position)]) if int(position) < len(shown) else None
-    if index is None:
-        return SelectOutputs(gr.skip(), gr.skip(), gr.skip(), gr.skip())
-    return SelectOutputs(index, views.details_markdown(session, index), gr.update(value=index),
-                         gr.update(value=index))
-
-
-class PresetOutputs(NamedTuple):
-    classes_text: Any
-    templates_text: Any
-
-
-@user_errors
-def preset_selected(key) -> PresetOutputs:
-    """A dataset preset fills the class list and its CoOp prompt."""
-    if not key:
-        return PresetOutputs(gr.skip(), gr.skip())
-    preset = get_preset(key)
-    return PresetOutputs("\n".join(preset.class_names), preset.template)
-
-
-@user_errors
-def classes_file_selected(file) -> str:
-    """An uploaded class file (.txt one per line, or a .json list) fills the class list."""
-    if not file:
-        return gr.skip()
-    path = getattr(file, "name", file)
-    parsed = load_classes_file(path)
-    for w in parsed.warnings:
-        warn_user(w)
-    return "\n".join(parsed.names)
 
 
 # ----------------------------------------------------------------------------- benchmark hook

@@ -1,23 +1,18 @@
-"""What each tab shows, built from a Session: captions, galleries, figures, tables.
-
-Pure functions of the session and the view controls (no model, no gradio events); the heavy
-derived data (2-D projections, the embedding-map GPUA) is memoised in ``Session.memo``.
-
-This module holds the predictions, summary, metrics and dynamics (convergence, sensitivity) views;
-the exploration tabs (embedding map, segmentation, LaZSL) are in ``demo.explore_views``.
-"""
+"""The Predictions tab: gallery captions and filters, paging, the top-3 details of a clicked
+image and the summary table (accuracy, changes vs CLIP and the settings each column ran with,
+read from the session record)."""
 
 from __future__ import annotations
 
 import html
 import math
+from typing import Any, NamedTuple
 
+import gradio as gr
 import torch
 
-from core.metrics import confusion_matrix, per_class_accuracy
-from demo import plots
 from demo.overlays import topk
-from demo.session import Session
+from demo.state import Session, user_errors
 
 PAGE_SIZE = 60  # gallery images per page
 FILTERS = ("all", "changed", "wrong", "fixed", "broken")
@@ -28,7 +23,6 @@ FILTER_HELP = {
     "fixed": "CLIP was wrong and the method is right (needs labels)",
     "broken": "CLIP was right and the method is wrong (needs labels)",
 }
-MISTAKES_SHOWN = 24
 
 
 def md_cell(text) -> str:
@@ -54,9 +48,6 @@ def compare_method(session: Session, wanted: str | None) -> str:
     if wanted in session.results:
         return wanted
     return others[0] if others else "clip"
-
-
-# ----------------------------------------------------------------------------- predictions
 
 
 def captions(session: Session, compare: str | None = None) -> list[str]:
@@ -213,75 +204,43 @@ def ths_note(result) -> str:
     return text
 
 
-# ----------------------------------------------------------------------------- metrics
+def page_update(pages: int, page: int):
+    # A slider needs minimum < maximum; with one page it is hidden anyway.
+    return gr.update(maximum=max(2, pages), value=page, visible=pages > 1)
 
 
-def metrics_views(session: Session, compare: str):
-    """(note, accuracy fig, per-class fig, confusion fig, mistakes gallery items)."""
-    if not session.has_labels:
-        note = ("**No labels, so no accuracy.** Put each class's images in a folder named after "
-                "the class inside the zip (e.g. `cat/001.jpg`), or upload a labels CSV "
-                "(`filename,label`), and Run again. The Predictions tab still compares methods.")
-        return note, None, None, None, []
-    labels = session.labels
-    known = labels >= 0
-    names = session.class_names
-    k = len(names)
-    acc = {session.title(m): session.results[m].accuracy for m in session.methods}
-    per_class = {
-        session.title(m): per_class_accuracy(session.results[m].pred[known], labels[known],
-                                             k).tolist()
-        for m in session.methods
-    }
-    res = session.results[compare]
-    conf = confusion_matrix(res.pred[known], labels[known], k)
-    title = session.title(compare)
-    n_known = int(known.sum())
-    note = (f"Accuracy over the {n_known} labelled image(s). The confusion matrix and the "
-            f"mistakes below are for **{title}** (pick another method in the Predictions tab).")
-    if n_known < len(labels):
-        note += f" {len(labels) - n_known} image(s) have no label in the class list."
-    wrong = torch.nonzero(known & (res.pred != labels)).flatten()
-    confidence = res.probs[wrong, res.pred[wrong]]
-    order = wrong[torch.argsort(confidence, descending=True)][:MISTAKES_SHOWN].tolist()
-    mistakes = []
-    for i in order:
-        pred = int(res.pred[i])
-        mistakes.append((session.thumbs[i], f"{names[pred]} {float(res.probs[i, pred]):.0%}, "
-                         f"true {names[int(labels[i])]} | {title} | {session.names[i]}"))
-    return (
-        note,
-        plots.accuracy_figure(acc, baseline=session.title("clip"), title="Accuracy per method"),
-        plots.per_class_figure(per_class, names),
-        plots.confusion_figure(conf, names, title=f"Confusion matrix - {title}"),
-        mistakes,
-    )
+class PageOutputs(NamedTuple):
+    gallery: list
+    gallery_info: str
+    page: Any
+    shown: list
 
 
-def convergence_view(session: Session):
-    """(OTFusion convergence figure or None, note)."""
-    res = session.results.get("otfusion")
-    if res is None:
-        return None, "Tick **OTFusion** and Run to see its convergence."
-    history = list(res.details.history)
-    s = session.settings.otfusion
-    note = (f"OTFusion ran {res.details.n_iter} outer iteration(s) "
-            f"({'converged' if res.details.converged else 'stopped at the limit'}) with "
-            f"λ = {s.lam:g}, ε = {s.eps:g}.")
-    if not any(h.accuracy is not None for h in history):
-        note += " Accuracy per iteration is drawn when every image has a label."
-    if res.details.sinkhorn_fallbacks:
-        note += (f" {res.details.sinkhorn_fallbacks} Sinkhorn solve(s) finished in the log domain "
-                 "(the scalings left the float range at this ε; same answer, slower).")
-    return plots.convergence_figure(history, title="OTFusion convergence (paper Fig. 3)"), note
+@user_errors
+def show_page(session, compare=None, filter_mode="all", page=1) -> PageOutputs:
+    """Another gallery page (no solver, no downloads)."""
+    if not isinstance(session, Session):
+        return PageOutputs(gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    compare = compare_method(session, compare)
+    items, info, pages, page, shown = gallery_page(session, compare, filter_mode, page)
+    return PageOutputs(items, info, page_update(pages, page),
+                       shown)
 
 
-def sensitivity_views(session: Session):
-    """Accuracy (or changed fraction) over a λ x ε grid, against λ and against ε."""
-    from core.methods import sensitivity_sweep
+class SelectOutputs(NamedTuple):
+    selected: Any
+    details: str
+    seg_pick: Any
+    lazsl_pick: Any
 
-    rows = sensitivity_sweep(session.extraction.features, settings=session.settings)
-    for r in rows:
-        r["changed_fraction"] = 1.0 - r["agreement_with_clip"]
-    return (plots.sensitivity_figure(rows, x="lam", title="OTFusion sensitivity to λ (Fig. 2)"),
-            plots.sensitivity_figure(rows, x="eps", title="OTFusion sensitivity to ε"))
+
+@user_errors
+def select_image(session, shown, position) -> SelectOutputs:
+    """A gallery click: remember the image, show its top-k, point the other tabs at it."""
+    if not isinstance(session, Session) or position is None or not shown:
+        return SelectOutputs(gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    index = int(shown[int(position)]) if int(position) < len(shown) else None
+    if index is None:
+        return SelectOutputs(gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    return SelectOutputs(index, details_markdown(session, index), gr.update(value=index),
+                         gr.update(value=index))

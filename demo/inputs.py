@@ -1,187 +1,26 @@
-"""Per-session state of the app and the input checks shared by the handlers.
-
-A :class:`Session` lives in one ``gr.State`` per browser tab (never in module globals): the
-extraction (features), the solver settings, every method's result and a private work folder for
-thumbnails and downloads. Models are shared read-only through ``core.models.load``' loader cache.
-"""
+"""The inputs side of a Run: uploads, class lists, prompt templates, LaZSL attributes, the
+checks that catch user mistakes before a solver does, the weights banner, and the handlers of
+the dataset preset and class-file controls."""
 
 from __future__ import annotations
 
-import functools
-import html
-import logging
 import os
-import shutil
-import tempfile
-import time
-import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import gradio as gr
 
-from core.config import DEFAULT_TEMPLATE, LAZSL_CROPS, LAZSL_CROPS_PAPER, MethodSettings
-from core.data import ImageSet, NoImagesError, decode_image, load_attributes, load_image_set
+from core.config import DEFAULT_TEMPLATE, LAZSL_CROPS, LAZSL_CROPS_PAPER
+from core.data import ImageSet, get_preset, load_attributes, load_classes_file, load_image_set
 from core.data import parse_classes as _parse_classes
-from core.methods import METHOD_TITLES, MethodResult
+from core.methods import METHOD_TITLES
 from core.models import WeightsUnavailableError, ensure_weights, get_spec
-from core.pipeline import Extraction
 from demo.examples import example_paths
+from demo.state import user_errors, warn_user
 
-log = logging.getLogger("fusionlab.app")
-
-THUMB_SIDE = 256  # gallery thumbnails (longer side, pixels)
-VIEW_SIDE = 768  # images decoded for overlays and crop views
-SESSION_ROOT = Path(tempfile.gettempdir()) / "fusionlab-sessions"
-SESSION_MAX_AGE_S = 6 * 3600  # work folders older than this are swept at the next Run
 TRANSDUCTIVE = ("otfusion", "gpua")  # methods that spread the images over the classes
-
-try:  # Hugging Face ZeroGPU: the model step runs on a GPU slot; a no-op everywhere else
-    import spaces
-
-    gpu = spaces.GPU
-except ImportError:  # pragma: no cover - depends on the environment
-
-    def gpu(fn=None, **_options):
-        return fn if fn is not None else (lambda f: f)
-
-
-@dataclass(frozen=True)
-class Session:
-    """What one user computed: features, settings, results, and derived-view memos.
-
-    Attributes
-    ----------
-    extraction : Extraction
-        Features of the user's images (the expensive part; never recomputed by sliders).
-    methods : tuple of str
-        Methods run, CLIP first.
-    settings : MethodSettings
-        The settings of every method (``core.config``) that produced ``results``.
-    results : dict method -> MethodResult
-    workdir : str
-        Private folder: ``thumbs/`` (one JPEG per image) and ``export-*/`` downloads.
-    thumbs : tuple of str, one path per image
-    notes : tuple of str
-        Warnings of the run, shown in the notes panel.
-    memo : dict
-        Cached derived views (2-D projections, segmentations, the embedding-map GPUA); keys
-        include what they depend on, so a re-solve never shows a stale one.
-    """
-
-    extraction: Extraction
-    methods: tuple[str, ...]
-    settings: MethodSettings
-    results: dict[str, MethodResult]
-    workdir: str
-    thumbs: tuple[str, ...]
-    notes: tuple[str, ...] = ()
-    memo: dict = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.extraction.class_names)
-
-    @property
-    def names(self) -> list[str]:
-        return self.extraction.names
-
-    @property
-    def labels(self):
-        """(n,) long tensor with -1 where unknown, or None."""
-        return self.extraction.features.labels
-
-    @property
-    def has_labels(self) -> bool:
-        labels = self.labels
-        return labels is not None and bool((labels >= 0).any())
-
-    def title(self, method: str) -> str:
-        return METHOD_TITLES.get(method, method)
-
-
-def delete_session(session) -> None:
-    """``gr.State`` delete callback: remove the session's work folder."""
-    if isinstance(session, Session):
-        shutil.rmtree(session.workdir, ignore_errors=True)
-
-
-def new_workdir() -> str:
-    """A fresh private folder under the system temp dir (Gradio may serve files from there)."""
-    SESSION_ROOT.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in SESSION_ROOT.iterdir():  # sweep folders of sessions that never said goodbye
-        try:
-            if now - old.stat().st_mtime > SESSION_MAX_AGE_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-    path = SESSION_ROOT / uuid.uuid4().hex
-    path.mkdir()
-    return str(path)
-
-
-def write_thumbnails(extraction: Extraction, workdir: str, progress=None) -> tuple[str, ...]:
-    """One small JPEG per image for the galleries (decoded once per Run)."""
-    out = Path(workdir) / "thumbs"
-    out.mkdir(exist_ok=True)
-    paths = []
-    n = len(extraction.items)
-    for i, item in enumerate(extraction.items):
-        if progress is not None and i % 50 == 0:
-            progress(i, n, "making thumbnails")
-        path = out / f"{i:06d}.jpg"
-        decode_image(item, max_side=THUMB_SIDE).save(path, format="JPEG", quality=85)
-        paths.append(str(path))
-    return tuple(paths)
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-def user_error(message: str, *, title: str = "Please check the inputs",
-               duration: float | None = 12) -> gr.Error:
-    """A ``gr.Error`` whose text is escaped (file names come from uploads) and keeps line breaks."""
-    text = html.escape(str(message)).replace("\n", "<br>")
-    return gr.Error(text, title=title, duration=duration, print_exception=False)
-
-
-def user_errors(fn):
-    """Turn every failure of a handler into a readable ``gr.Error``; never a traceback.
-
-    ValueError (our validation and core's, whose messages say what to fix) and missing weights
-    go to the user as they are; anything else is logged with its traceback on the server and
-    the user gets a short note.
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except WeightsUnavailableError as exc:
-            log.warning("weights unavailable: %s", exc.key)
-            raise user_error(str(exc), title="Model weights are not available",
-                             duration=None) from None
-        except (ValueError, NoImagesError) as exc:
-            raise user_error(str(exc)) from None
-        except Exception as exc:
-            log.exception("handler %s failed", getattr(fn, "__name__", fn))
-            raise user_error(
-                f"Something went wrong on the server ({type(exc).__name__}). Try again, or with "
-                "fewer images; the details are in the server log.", title="Internal error"
-            ) from None
-
-    return wrapper
-
-
-def warn_user(message: str) -> None:
-    """A toast that does not stop the handler (file names escaped)."""
-    gr.Warning(html.escape(message))
-
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -322,3 +161,29 @@ def weights_banner(keys: Sequence[str]) -> str:
         "cache here (then set `HF_HUB_OFFLINE=1`). **The Playground tab works without any "
         "weights.**"
     )
+
+
+class PresetOutputs(NamedTuple):
+    classes_text: Any
+    templates_text: Any
+
+
+@user_errors
+def preset_selected(key) -> PresetOutputs:
+    """A dataset preset fills the class list and its CoOp prompt."""
+    if not key:
+        return PresetOutputs(gr.skip(), gr.skip())
+    preset = get_preset(key)
+    return PresetOutputs("\n".join(preset.class_names), preset.template)
+
+
+@user_errors
+def classes_file_selected(file) -> str:
+    """An uploaded class file (.txt one per line, or a .json list) fills the class list."""
+    if not file:
+        return gr.skip()
+    path = getattr(file, "name", file)
+    parsed = load_classes_file(path)
+    for w in parsed.warnings:
+        warn_user(w)
+    return "\n".join(parsed.names)
