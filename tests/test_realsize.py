@@ -10,7 +10,7 @@ import open_clip
 import torch
 from transformers import AutoConfig, AutoModel
 
-from core.models import MODELS, get_spec, list_models, vfm_choices, vlm_choices
+from core.models import MODELS, get_spec, list_models, model_choices
 from core.models.realsize import DINOV2_BASE_CONFIG, realsize_models
 
 # Published parameter counts: OpenAI CLIP ViT-B/16 (its model card / the CLIP notebook) and
@@ -35,7 +35,8 @@ def test_not_registered_until_asked_then_hidden():
     assert keys == {"clip": "realsize-clip-vit-b16", "dinov2": "realsize-dinov2-base"}
     assert realsize_models() == keys  # idempotent
     assert not fresh or set(fresh) <= set(keys.values())
-    shown = {s.key for s in list_models()} | {k for _, k in vlm_choices() + vfm_choices()}
+    pickers = model_choices("vlm") + model_choices("vfm")
+    shown = {s.key for s in list_models()} | {k for _, k in pickers}
     for key in keys.values():
         spec = get_spec(key)
         assert spec.hidden and spec.random_init and spec.hf_repo is None
