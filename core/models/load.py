@@ -65,9 +65,9 @@ def load_encoder(
     """Load (once per process, device and precision) the encoder of registry entry ``key``.
 
     ``precision``: "fp32" (exact, default), "int8" (CPU: every ``nn.Linear`` dynamically
-    quantised to int8, `torch.ao.quantization.quantize_dynamic`; about 1.6x faster, cosine to fp32
-    >= 0.999 measured in benchmarks/encode.py), "bf16" or "fp16" (CUDA autocast). Features of
-    different precisions are cached apart.
+    quantised to int8, `torch.ao.quantization.quantize_dynamic`; opt-in: its speed and cosine
+    to fp32 are measured by ``benchmarks/encode.py --fast-paths``), "bf16" or "fp16" (CUDA
+    autocast). Features of different precisions are cached apart.
 
     Raises
     ------

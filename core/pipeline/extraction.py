@@ -54,7 +54,7 @@ class ExtractSettings:
               pass ``core.config.LAZSL_CROPS``, or the paper's ``LAZSL_CROPS_PAPER``).
     crop_scale : LaZSL crop side range as fractions of the short side.
     attributes : optional ``{class: [descriptor, ...]}``; classes without any use their name.
-    precision : "fp32" (exact), "int8" (CPU, ~1.6x faster) or "bf16" / "fp16" (CUDA); see
+    precision : "fp32" (exact), "int8" (CPU dynamic quantisation) or "bf16" / "fp16" (CUDA); see
           ``core.models.load_encoder``. Part of the cache key.
     """
 

@@ -56,15 +56,13 @@ Deviations of the paper recipe, and why
 - ``reorthogonalize`` (not in the paper, which only states W^T W = I for W0) re-projects every
   ``ths_reproject_every`` (3) steps with one Newton-Schulz polar iteration, and exactly (SVD) at
   the end. Not after every step: the projection (2 d_v d_t^2 multiply-adds) costs about twice a
-  256-sample THS step. On the synthetic benchmark (1k, 100) every 3 steps fits in 1.1 s instead
-  of 1.9 s (Z = [VFM, VLM]: 1.8 s instead of 2.9 s) with the same accuracy over 3 seeds, and
-  ``||W^T W - I||_F`` reaches at most 0.93 between projections, well inside the Newton-Schulz
-  basin (1.5; beyond it the exact SVD takes over).
+  256-sample THS step; every 3 steps gives the same accuracy on the synthetic benchmark, and
+  ``||W^T W - I||_F`` stays well inside the Newton-Schulz basin (1.5; beyond it the exact SVD
+  takes over) between projections. Timings: benchmarks/README.md.
 - THS steps run on minibatches of ``ths_batch_size`` samples (default 256; the paper gives no
-  batch size, only "a few gradient steps"). Full batches cost 2 n d_v d_t multiply-adds per step,
-  about 4 s for 200 steps at n = 1000, d_v = 768 on a 2-core CPU; minibatches of 256 keep a fit at
-  that size under 2 s with the same accuracy on our synthetic checks. ``ths_batch_size=1.0``
-  (the whole pool) restores full batches.
+  batch size, only "a few gradient steps"). Full batches cost 2 n d_v d_t multiply-adds per step;
+  minibatches of 256 keep the same accuracy on our synthetic checks at a fraction of the cost
+  (benchmarks/README.md). ``ths_batch_size=1.0`` (the whole pool) restores full batches.
 """
 
 from __future__ import annotations
