@@ -163,8 +163,9 @@ def _all_tabs(page, prefix: str) -> None:
     for tab in ("Predictions", "Metrics", "Embedding", "Dynamics", "Segmentation", "LaZSL",
                 "Playground"):
         button = page.get_by_role("tab", name=tab)
-        if not button.is_visible():  # narrow screens move some tabs into an overflow menu
-            page.locator(".overflow-menu button, button.overflow-menu").first.click()
+        if not button.is_visible():  # narrow screens move some tabs into Gradio's overflow menu
+            page.locator(".overflow-menu > button").first.click(timeout=10_000)
+            button = page.locator(".overflow-dropdown button", has_text=tab).first
         button.click(timeout=10_000)
         page.wait_for_timeout(600)
         _shot(page, f"{prefix}_{tab.lower()}")
