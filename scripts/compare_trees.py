@@ -66,7 +66,7 @@ API = {  # name -> "module:attr" candidates, new layout first ("module" alone: t
     "segment": ("core.pipeline.segmentation:segment", "core.segmentation:segment"),
 }
 USED: dict[str, str] = {}  # name -> the candidate that imported (meta.json, not compared)
-DROP_KEYS = {"seconds"}  # wall-clock timings: never compared
+DROP_KEYS = {"seconds", "solver_settings"}  # wall-clock timings: never compared
 EXAMPLES = {"shapes": ("circle", "square", "triangle", "star"),
             "scenes": ("sunset", "night sky", "forest", "beach")}
 TINY = ("test-tiny-clip-vit", "test-tiny-dinov2")  # the CLI's --vlm / --vfm
@@ -203,10 +203,25 @@ def methods(s: Sink) -> None:
     fs = api("FeatureSet")(vlm_image=glob, text=d.vlm_text, vfm_image=d.vfm_image,
                            crops=torch.cat([glob[:, None], crops], 1), attributes=attrs,
                            attribute_mask=amask, labels=d.labels)
-    other = api("SolverSettings")(
-        temperature=50.0, otfusion_lam=0.5, otfusion_eps=0.05, otfusion_iter=4,
-        otfusion_variant="concat", gpua_lam=0.7, gpua_targets="hard", gpua_ths_steps=20,
-        gpua_concat_vlm=False, lazsl_theta=0.6, lazsl_eps=0.2, seed=3)
+    try:
+        other = api("SolverSettings")(
+            temperature=50.0, otfusion_lam=0.5, otfusion_eps=0.05, otfusion_iter=4,
+            otfusion_variant="concat", gpua_lam=0.7, gpua_targets="hard", gpua_ths_steps=20,
+            gpua_concat_vlm=False, lazsl_theta=0.6, lazsl_eps=0.2, seed=3)
+    except ImportError:  # branch `settings`: one frozen dataclass per method
+        from core.config import (
+            GPUASettings,
+            LaZSLSettings,
+            MethodSettings,
+            OTFusionSettings,
+            ZeroShotSettings,
+        )
+        other = MethodSettings(
+            clip=ZeroShotSettings(temperature=50.0),
+            otfusion=OTFusionSettings(lam=0.5, eps=0.05, n_iter=4, variant="concat"),
+            gpua=GPUASettings(lam=0.7, targets="hard", ths_steps=20, concat_vlm=False, seed=3),
+            lazsl=LaZSLSettings(theta=0.6, eps=0.2))
+        USED["SolverSettings"] = "core.config:MethodSettings"
     s.run("methods.default", "run_methods", fs, api("METHODS"))
     s.run("methods.other", "run_methods", fs, ("lazsl", "gpua", "otfusion"), other)
 
