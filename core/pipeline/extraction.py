@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from core.data import ImageItem, ImageSet, SkippedFile, decode_many
+from core.data import ImageItem, ImageSet, NoImagesError, SkippedFile, decode_many
 from core.methods.lazsl import crop_boxes, seed_from_hash
 from core.methods.run import FeatureSet
 from core.methods.zeroshot import DEFAULT_TEMPLATE, descriptor_sentences
@@ -403,8 +403,9 @@ def extract(
     skipped = list(image_set.skipped)
     skipped += [SkippedFile(it.name, bad[it.sha256]) for it in items if it.sha256 in bad]
     if not kept:
-        raise ValueError(
-            "images: none of the uploaded images could be decoded; see the skipped files."
+        raise NoImagesError(  # a ValueError that carries what was skipped and why
+            "images: none of the uploaded images could be decoded; see the skipped files.",
+            skipped,
         )
     image_features = {name: _stacked(need, kept) for name, need in needs.items()}
 
