@@ -13,8 +13,8 @@ the dev/benchmark hook); the exploration tabs' handlers are in ``demo.explore_ca
 
 from __future__ import annotations
 
-import html
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +26,7 @@ from core.methods import METHOD_TITLES, FeatureSet, SolverSettings, run_method, 
 from core.pipeline import Extraction, ExtractSettings, FeatureCache, extract, write_predictions
 from core.synthetic import make_synthetic
 from demo import explore_views, views
+from demo.messages import md_code, md_text, scrub_paths
 from demo.session import (
     DEFAULT_VFM,
     DEFAULT_VLM,
@@ -121,10 +122,12 @@ def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1) ->
 
 
 def _notes_markdown(notes: list[str], skipped) -> str:
-    lines = [f"- {html.escape(n)}" for n in notes]
+    """The notes panel: user text (names, reasons) shown literally, escaped once, no paths."""
+    lines = [f"- {md_text(scrub_paths(n))}" for n in notes]
     if skipped:
         lines.append(f"- **{len(skipped)} file(s) skipped:**")
-        lines += [f"  - `{html.escape(s.name)}`: {html.escape(s.reason)}" for s in skipped[:50]]
+        lines += [f"  - {md_code(s.name)}: {md_text(scrub_paths(s.reason))}"
+                  for s in skipped[:50]]
         if len(skipped) > 50:
             lines.append(f"  - ... and {len(skipped) - 50} more")
     return "\n".join(lines)
@@ -162,9 +165,13 @@ def _extract(image_set, class_names, settings, cache, progress):
 def _finish_session(extraction: Extraction, methods, settings, notes, progress) -> Session:
     report = pipeline_progress(progress) or (lambda *a: None)
     workdir = new_workdir()
-    thumbs = write_thumbnails(extraction, workdir, report)
-    report(0, 1, "solving " + ", ".join(METHOD_TITLES[m] for m in methods))
-    results = run_methods(extraction.features, methods, settings)
+    try:
+        thumbs = write_thumbnails(extraction, workdir, report)
+        report(0, 1, "solving " + ", ".join(METHOD_TITLES[m] for m in methods))
+        results = run_methods(extraction.features, methods, settings)
+    except BaseException:  # the Run failed: its folder must not wait for the 6-hour sweep
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     order = tuple(results)
     return Session(extraction=extraction, methods=order, settings=settings, results=results,
                    workdir=workdir, thumbs=thumbs, notes=tuple(notes))
@@ -202,10 +209,11 @@ def run(files=None, classes_text="", templates_text="", vlm=DEFAULT_VLM, vfm=DEF
     if extraction.skipped:
         warn_user(f"{len(extraction.skipped)} file(s) were skipped; the notes panel lists why.")
     session = _finish_session(extraction, ("clip",) + methods, solver, notes, progress)
+    # No cache hits or forward-pass counts here: the feature cache is shared by every user, so
+    # they would tell a user that someone else uploaded the same images before (issue 13).
     st = extraction.stats
-    status = (f"**Features ready** for {st['images']} images: {st['encoded']} encoded, "
-              f"{st['cache_hits']} from the cache, {st['forward_passes']} forward passes, "
-              f"{st['seconds']:.1f} s. Move λ, ε or the iterations to re-solve instantly.")
+    status = (f"**Features ready** for {st['images']} images in {st['seconds']:.1f} s. Move λ, "
+              "ε or the iterations to re-solve instantly.")
     return _run_outputs(session, status, compare, filter_mode)
 
 

@@ -28,6 +28,7 @@ from core.methods import METHOD_TITLES, MethodResult, SolverSettings
 from core.models import WeightsUnavailableError, ensure_weights, get_spec, list_models
 from core.pipeline import Extraction
 from demo.examples import example_paths
+from demo.messages import scrub_paths, weights_message
 
 log = logging.getLogger("fusionlab.app")
 
@@ -143,8 +144,9 @@ def write_thumbnails(extraction: Extraction, workdir: str, progress=None) -> tup
 
 def user_error(message: str, *, title: str = "Please check the inputs",
                duration: float | None = 12) -> gr.Error:
-    """A ``gr.Error`` whose text is escaped (file names come from uploads) and keeps line breaks."""
-    text = html.escape(str(message)).replace("\n", "<br>")
+    """A ``gr.Error`` whose text is escaped (file names come from uploads) and keeps line breaks;
+    paths of server folders are shortened to their last component (``scrub_paths``)."""
+    text = html.escape(scrub_paths(message)).replace("\n", "<br>")
     return gr.Error(text, title=title, duration=duration, print_exception=False)
 
 
@@ -164,7 +166,7 @@ def user_errors(fn):
             raise
         except WeightsUnavailableError as exc:
             log.warning("weights unavailable: %s", exc.key)
-            raise user_error(str(exc), title="Model weights are not available",
+            raise user_error(weights_message(exc), title="Model weights are not available",
                              duration=None) from None
         except (ValueError, NoImagesError) as exc:
             raise user_error(str(exc)) from None
@@ -180,7 +182,7 @@ def user_errors(fn):
 
 def warn_user(message: str) -> None:
     """A toast that does not stop the handler (file names escaped)."""
-    gr.Warning(html.escape(message))
+    gr.Warning(html.escape(scrub_paths(message)))
 
 
 # ----------------------------------------------------------------------------- inputs

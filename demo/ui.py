@@ -31,8 +31,10 @@ from core.models import get_spec
 from demo import callbacks as cb
 from demo import explore_callbacks as ex
 from demo import explore_views, views
+from demo.controls import name_input_errors
 from demo.examples import EXAMPLES_DIR, example_rows
 from demo.session import DEFAULT_VFM, DEFAULT_VLM, delete_session, model_choices, weights_banner
+from demo.store import SessionStore, StoreLimits, stored
 
 TITLE = "VLM x VFM Fusion Lab"
 INTRO = (
@@ -63,9 +65,13 @@ def _test_models() -> list[str]:
     return [keys["clip_vit"], keys["dinov2"], keys["dinov3"], keys["clip_rn"]]
 
 
-def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None = None
-              ) -> gr.Blocks:
-    """The whole app. ``extra_models``: hidden registry keys to list (and preselect) too."""
+def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None = None,
+              store_limits: StoreLimits | None = None) -> gr.Blocks:
+    """The whole app. ``extra_models``: hidden registry keys to list (and preselect) too.
+
+    Sessions live in one ``demo.store.SessionStore`` (``demo.session_store``), with
+    ``store_limits`` or the ``FUSIONLAB_SESSION_TTL_S`` / ``FUSIONLAB_MAX_SESSIONS`` /
+    ``FUSIONLAB_SESSIONS_MAX_BYTES`` settings."""
     extra = list(extra_models or [])
     if _env_flag("FUSIONLAB_TEST_MODELS"):
         extra += [k for k in _test_models() if k not in extra]
@@ -74,9 +80,14 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
     vfm_default = next((k for k in extra if get_spec(k).kind == "vfm"), DEFAULT_VFM)
     banner = weights_banner([vlm_default, vfm_default])
     c: dict[str, gr.components.Component] = {}
+    store = SessionStore(store_limits)
+    name_input_errors()  # range / choice errors say which control
+
+    def forget(value) -> None:  # Gradio dropped the tab's state: its key, or an old Session
+        store.discard(value) if isinstance(value, str) else delete_session(value)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 7200)) as demo:
-        c["session"] = gr.State(None, delete_callback=delete_session)
+        c["session"] = gr.State(None, delete_callback=forget)  # the session's key in ``store``
         c["shown"] = gr.State([])  # image index of each gallery position on the current page
         c["selected"] = gr.State(None)  # image picked in the gallery
         gr.Markdown(INTRO)
@@ -97,8 +108,9 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
                 c["syn_k"] = gr.Number(100, precision=0)
                 c["syn_seed"] = gr.Number(0, precision=0)
                 c["syn_button"] = gr.Button("load synthetic")
-        _wire(demo, c, dev_api)
+        _wire(demo, c, dev_api, store)
     demo.queue(default_concurrency_limit=2)
+    demo.session_store = store
     return demo
 
 
@@ -262,8 +274,11 @@ def _out(c, fields) -> list:
     return [c[f] for f in fields]
 
 
-def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
+def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
     view = [c["compare"], c["filter_mode"], c["page"]]
+
+    def keep(fn, takes_session=True):  # the handler's session lives in ``store``
+        return stored(fn, store, takes_session=takes_session)
 
     def run(files, classes_text, templates_text, vlm, vfm, methods, lam, eps, n_iter, gpua_lam,
             gpua_eps, gpua_targets, gpua_ths_steps, n_crops, lazsl_theta, attributes_file,
@@ -275,31 +290,32 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
     run_inputs = ["files", "classes_text", "templates_text", "vlm", "vfm", "methods", "lam", "eps",
                   "n_iter", "gpua_lam", "gpua_eps", "gpua_targets", "gpua_ths_steps", "n_crops",
                   "lazsl_theta", "attributes_file", "labels_csv", "compare", "filter_mode"]
-    c["run_button"].click(run, [c[k] for k in run_inputs], _out(c, cb.RunOutputs._fields),
-                          api_name="run", concurrency_id="models", concurrency_limit=1)
+    c["run_button"].click(keep(run, False), [c[k] for k in run_inputs],
+                          _out(c, cb.RunOutputs._fields), api_name="run", concurrency_id="models",
+                          concurrency_limit=1)
     solve_out = _out(c, cb.SolveOutputs._fields)
-    gr.on([c["lam"].release, c["eps"].release, c["n_iter"].release], cb.resolve_otfusion,
+    gr.on([c["lam"].release, c["eps"].release, c["n_iter"].release], keep(cb.resolve_otfusion),
           [c["session"], c["lam"], c["eps"], c["n_iter"], *view], solve_out, api_name="resolve",
           concurrency_id="solve", concurrency_limit=4, trigger_mode="always_last",
           show_progress="minimal")
     gr.on([c["gpua_lam"].release, c["gpua_eps"].release, c["gpua_targets"].input,
-           c["gpua_ths_steps"].release], cb.resolve_gpua,
+           c["gpua_ths_steps"].release], keep(cb.resolve_gpua),
           [c["session"], c["gpua_lam"], c["gpua_eps"], c["gpua_targets"], c["gpua_ths_steps"],
            *view], solve_out, api_name="resolve_gpua", concurrency_id="solve",
           trigger_mode="always_last")
-    c["lazsl_theta"].release(cb.resolve_lazsl, [c["session"], c["lazsl_theta"], *view], solve_out,
-                             api_name="resolve_lazsl", concurrency_id="solve",
+    c["lazsl_theta"].release(keep(cb.resolve_lazsl), [c["session"], c["lazsl_theta"], *view],
+                             solve_out, api_name="resolve_lazsl", concurrency_id="solve",
                              trigger_mode="always_last")
-    c["compare"].input(cb.refresh_views, [c["session"], *view], solve_out, api_name="refresh",
+    c["compare"].input(keep(cb.refresh_views), [c["session"], *view], solve_out, api_name="refresh",
                        concurrency_id="solve")
 
     def first_page(session, compare, filter_mode):
         return cb.show_page(session, compare, filter_mode, 1)
 
     page_out = _out(c, cb.PageOutputs._fields)
-    c["filter_mode"].input(first_page, [c["session"], c["compare"], c["filter_mode"]], page_out,
-                           api_name="filter", concurrency_id="solve")
-    c["page"].release(cb.show_page, [c["session"], *view], page_out, api_name="page",
+    c["filter_mode"].input(keep(first_page), [c["session"], c["compare"], c["filter_mode"]],
+                           page_out, api_name="filter", concurrency_id="solve")
+    c["page"].release(keep(cb.show_page), [c["session"], *view], page_out, api_name="page",
                       concurrency_id="solve")
 
     def select(session, shown, evt: gr.SelectData):
@@ -307,13 +323,13 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
 
     embed_in = [c["session"], c["projection"], c["color_by"], c["selected"]]
     embed_out = _out(c, ex.EmbeddingOutputs._fields)
-    c["gallery"].select(select, [c["session"], c["shown"]], _out(c, cb.SelectOutputs._fields),
+    c["gallery"].select(keep(select), [c["session"], c["shown"]], _out(c, cb.SelectOutputs._fields),
                         api_visibility="private").then(
-        ex.embedding_highlight, embed_in, embed_out, api_visibility="private")
-    gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input], ex.embedding,
+        keep(ex.embedding_highlight), embed_in, embed_out, api_visibility="private")
+    gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input], keep(ex.embedding),
           embed_in, embed_out, api_name="embedding", concurrency_id="heavy",
           concurrency_limit=2)
-    c["sweep_button"].click(ex.sweep, [c["session"]], _out(c, ex.SweepOutputs._fields),
+    c["sweep_button"].click(keep(ex.sweep), [c["session"]], _out(c, ex.SweepOutputs._fields),
                             api_name="sweep", concurrency_id="heavy")
 
     def seg(session, index, visible, threshold, alpha, progress=gr.Progress()):  # noqa: B008
@@ -321,12 +337,12 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
 
     seg_in = [c["session"], c["seg_pick"], c["seg_classes"], c["seg_threshold"], c["seg_alpha"]]
     seg_out = _out(c, ex.SegmentOutputs._fields)
-    c["seg_button"].click(seg, seg_in, seg_out, api_name="segment", concurrency_id="models")
+    c["seg_button"].click(keep(seg), seg_in, seg_out, api_name="segment", concurrency_id="models")
     gr.on([c["seg_pick"].change, c["seg_classes"].input, c["seg_threshold"].release,
-           c["seg_alpha"].release], ex.redraw_segmentation, seg_in, seg_out,
+           c["seg_alpha"].release], keep(ex.redraw_segmentation), seg_in, seg_out,
           api_name="redraw_segmentation", concurrency_id="solve", trigger_mode="always_last")
     gr.on([c["lazsl_button"].click, c["lazsl_pick"].change, c["lazsl_class"].input],
-          ex.lazsl_explain, [c["session"], c["lazsl_pick"], c["lazsl_class"]],
+          keep(ex.lazsl_explain), [c["session"], c["lazsl_pick"], c["lazsl_class"]],
           _out(c, ex.LazslOutputs._fields), api_name="explain", concurrency_id="solve",
           trigger_mode="always_last")
 
@@ -343,7 +359,7 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
     c["class_upload"].upload(cb.classes_file_selected, [c["class_upload"]], [c["classes_text"]],
                              api_visibility="private")
     if dev_api:
-        c["syn_button"].click(cb.load_synthetic,
+        c["syn_button"].click(keep(cb.load_synthetic, False),
                               [c["syn_n"], c["syn_k"], c["syn_seed"], c["compare"],
                                c["filter_mode"]], _out(c, cb.RunOutputs._fields),
                               api_name="load_synthetic", api_visibility="undocumented",

@@ -293,7 +293,9 @@ def _read_file(path: Path, name: str, limits: _Limits, budget: _Budget,
                 budget.left -= len(head)
                 skipped.append(SkippedFile(name, exc.reason))
                 return None
-            data = head + fh.read(cap + 1 - len(head))  # bounded if it grew
+            # One byte past the size seen: bounded if the file grew (and read(n) allocates n
+            # bytes up front, so never ask for the cap itself).
+            data = head + fh.read(max(0, min(cap, size) + 1 - len(head)))
     except OSError as exc:
         skipped.append(SkippedFile(name, f"cannot read file ({exc.strerror or exc})"))
         return None
