@@ -129,8 +129,8 @@ def _report_skipped(skipped, already=()) -> None:
 
 def _no_images(exc, already=()) -> int:
     """Nothing usable: list every skipped file, the error and the count; a user error."""
-    _report_skipped(exc.skipped, already)
     print(f"error: {exc}", file=sys.stderr)
+    _report_skipped(exc.skipped, already)
     print(f"images: 0 used, {len(exc.skipped)} skipped", file=sys.stderr)
     return EXIT_USER
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.pipeline.cache_size import parse_size
+from core.pipeline import parse_size
 from demo.session import Session, user_error
 
 log = logging.getLogger("fusionlab.app")
