@@ -1,8 +1,15 @@
 """Per-session state of the app and the input checks shared by the handlers.
 
-A :class:`Session` lives in one ``gr.State`` per browser tab (never in module globals): the
-extraction (features), the solver settings, every method's result and a private work folder for
-thumbnails and downloads. Models are shared read-only through ``core.models.load``' loader cache.
+A :class:`Session` holds what one user computed: the extraction (features), the solver settings,
+every method's result and a private work folder for thumbnails and downloads. In the app it lives
+in the server-side store of ``demo.store`` (time to live, caps, least recently used eviction),
+never in module globals; the handlers take and return it, so tests call them directly. Models are
+shared read-only through ``core.models.load``' loader cache.
+
+Upload limits (besides Gradio's per-file ``max_file_size``): one Run reads at most
+``MAX_UPLOAD_BYTES`` of image bytes (``FUSIONLAB_MAX_UPLOAD_BYTES``, default 1 GiB; they stay in
+the session, whose bytes the store caps) and at most ``MAX_CLASSES`` class names (1,000, as many as
+ImageNet: every class is a prompt to encode on the shared model slot).
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ from core.data import ImageSet, NoImagesError, decode_image, load_attributes, lo
 from core.data import parse_classes as _parse_classes
 from core.methods import METHOD_TITLES, MethodResult, SolverSettings
 from core.models import WeightsUnavailableError, ensure_weights, get_spec, list_models
-from core.pipeline import Extraction
+from core.pipeline import Extraction, parse_size
 from demo.examples import example_paths
 from demo.messages import scrub_paths, weights_message
 
 log = logging.getLogger("fusionlab.app")
 
+MAX_UPLOAD_BYTES = 1024**3  # image bytes one Run may read (and its session keep)
+MAX_CLASSES = 1000
 THUMB_SIDE = 256  # gallery thumbnails (longer side, pixels)
 VIEW_SIDE = 768  # images decoded for overlays and crop views
 SESSION_ROOT = Path(tempfile.gettempdir()) / "fusionlab-sessions"
@@ -212,7 +221,14 @@ def read_images(files, labels_csv=None) -> ImageSet:
             "click one of the examples below the upload box."
         )
     csv_paths = _paths(labels_csv)
-    return load_image_set(paths, labels_csv=csv_paths[0] if csv_paths else None)
+    return load_image_set(paths, labels_csv=csv_paths[0] if csv_paths else None,
+                          max_total_bytes=upload_limit())
+
+
+def upload_limit() -> int:
+    """``FUSIONLAB_MAX_UPLOAD_BYTES`` (a size such as 500MB) or ``MAX_UPLOAD_BYTES``."""
+    text = os.environ.get("FUSIONLAB_MAX_UPLOAD_BYTES", "").strip()
+    return parse_size(text, "FUSIONLAB_MAX_UPLOAD_BYTES") if text else MAX_UPLOAD_BYTES
 
 
 def resolve_classes(classes_text: str | None, image_set: ImageSet) -> tuple[tuple[str, ...], list]:
@@ -233,6 +249,11 @@ def resolve_classes(classes_text: str | None, image_set: ImageSet) -> tuple[tupl
             "file, or pick a dataset preset."
         )
     parsed = _parse_classes(text)
+    if len(parsed.names) > MAX_CLASSES:
+        raise ValueError(
+            f"{len(parsed.names):,} classes: this app takes at most {MAX_CLASSES:,} (every class "
+            "is a prompt to encode); use fewer, or the command line (python -m core run) for more."
+        )
     return parsed.names, list(parsed.warnings)
 
 

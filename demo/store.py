@@ -13,7 +13,10 @@ and results forever (issue 13). Here the app's :class:`~demo.session.Session` ob
 - a dropped session's work folder (thumbnails, downloads) is deleted at once, and so is the old
   folder of a session replaced by a new Run;
 - a user who comes back after their session was dropped gets a message saying why and what to
-  do (a bounded memory of dropped keys, ``TOMBSTONES``), not silence.
+  do (a bounded memory of dropped keys, ``TOMBSTONES``), not silence;
+- ``on_drop(key)`` lets the app forget its framework's own per-session data too (``demo.ui``
+  drops Gradio's per-session copies of the components' values, which Gradio itself keeps until
+  10,000 sessions).
 
 ``stored(fn, store)`` adapts a handler of ``demo.callbacks`` / ``demo.explore_callbacks`` (which
 take and return :class:`Session` objects, so tests call them directly) to this store: the
@@ -138,9 +141,11 @@ class SessionStore:
     """Live sessions by key, least recently used first (see the module docstring)."""
 
     def __init__(self, limits: StoreLimits | None = None, *, clock: Callable[[], float] =
-                 time.monotonic, sweep_every_s: float | None = None):
+                 time.monotonic, sweep_every_s: float | None = None,
+                 on_drop: Callable[[str], None] | None = None):
         self.limits = limits or StoreLimits.from_env()
         self._clock = clock
+        self.on_drop = on_drop  # called with the key of every dropped session
         self._lock = threading.RLock()
         self._live: OrderedDict[str, _Entry] = OrderedDict()
         self._dropped: OrderedDict[str, str] = OrderedDict()  # key -> why (tombstones)
@@ -246,6 +251,11 @@ class SessionStore:
     def _drop(self, key: str, entry: _Entry, why: str | None) -> None:
         _remove_workdir(entry.session)
         self.n_dropped += 1
+        if self.on_drop is not None:
+            try:
+                self.on_drop(key)
+            except Exception:  # a hook must never keep a session alive
+                log.exception("session store: on_drop failed")
         if why is not None:
             self._dropped[key] = why
             self._dropped.move_to_end(key)

@@ -13,8 +13,12 @@ Environment switches (all off by default):
   for chosen keys.
 - ``FUSIONLAB_DEV_API=1``: add the undocumented ``/load_synthetic`` endpoint that fills the
   session with synthetic features (``benchmarks/app_latency.py``).
-- ``FUSIONLAB_CACHE_DIR`` / ``FUSIONLAB_FEATURE_CACHE=0``: where the feature cache lives / off.
-- ``FUSIONLAB_MAX_FILE_SIZE``: upload limit (default 200mb).
+- ``FUSIONLAB_CACHE_DIR`` / ``FUSIONLAB_FEATURE_CACHE=0``: where the feature cache lives / off;
+  ``FUSIONLAB_CACHE_MAX_BYTES``: its size cap (``core.pipeline.cache``).
+- ``FUSIONLAB_MAX_FILE_SIZE``: upload limit per file (default 200mb);
+  ``FUSIONLAB_MAX_UPLOAD_BYTES``: image bytes per Run (``demo.session``, default 1 GiB).
+- ``FUSIONLAB_SESSION_TTL_S`` / ``FUSIONLAB_MAX_SESSIONS`` / ``FUSIONLAB_SESSIONS_MAX_BYTES``: the
+  session store's time to live and caps (``demo.store``; 1 hour, 32 sessions, 2 GiB).
 """
 
 from __future__ import annotations
@@ -80,7 +84,9 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
     vfm_default = next((k for k in extra if get_spec(k).kind == "vfm"), DEFAULT_VFM)
     banner = weights_banner([vlm_default, vfm_default])
     c: dict[str, gr.components.Component] = {}
-    store = SessionStore(store_limits)
+    demo_ref: list[gr.Blocks] = []
+    store = SessionStore(store_limits,
+                         on_drop=lambda key: _forget_gradio_session(demo_ref[0], key))
     name_input_errors()  # range / choice errors say which control
 
     def forget(value) -> None:  # Gradio dropped the tab's state: its key, or an old Session
@@ -111,7 +117,24 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
         _wire(demo, c, dev_api, store)
     demo.queue(default_concurrency_limit=2)
     demo.session_store = store
+    demo_ref.append(demo)
     return demo
+
+
+def _forget_gradio_session(demo: gr.Blocks, key: str) -> None:
+    """Drop Gradio's own data of a session our store dropped.
+
+    Gradio keeps, per session hash, a copy of every output value it sent (gallery, plots, ...)
+    until 10,000 sessions exist (``blocks.state_holder``, an internal: guarded, a no-op if it
+    changes); without this a server that saw 200 abandoned API sessions held about 0.4 MB each.
+    """
+    holder = getattr(demo, "state_holder", None)
+    data = getattr(holder, "session_data", None)
+    if holder is None or not isinstance(data, dict):
+        return
+    with holder.lock:
+        data.pop(key, None)
+        getattr(holder, "time_last_used", {}).pop(key, None)
 
 
 def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
@@ -375,8 +398,12 @@ def _warm_imports() -> None:
 def launch(demo: gr.Blocks, **overrides):
     """Launch with the production settings; ``overrides`` for tests (port, thread lock...)."""
     threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+    store = getattr(demo, "session_store", None)
     options = dict(
         max_file_size=os.environ.get("FUSIONLAB_MAX_FILE_SIZE", "200mb"),
+        # Gradio's per-session data of sessions that never ran (the playground...): a bounded
+        # number, least recently used dropped (ours are dropped with their session, above).
+        state_session_capacity=8 * (store.limits.max_sessions if store else 32),
         enable_monitoring=False,
         allowed_paths=[str(EXAMPLES_DIR)],
         show_error=False,

@@ -355,6 +355,7 @@ def test_sessions_live_on_the_server_with_caps_and_folders_removed(app, upload):
     _client_run(gc, url, upload)
     _client_run(gc, url, upload)  # a third live session: the least recently used goes
     assert len(st) == 2 and not folder.exists()
+    assert first.session_hash not in demo.state_holder.session_data  # Gradio's copy went too
     message = _app_error(gc, first.predict, lam=0.4, eps=0.01, n_iter=5, api_name="/resolve")
     assert "no longer on the server" in message and "at most 2 sessions" in message
     first.predict(files=[gc.handle_file(str(upload))], classes_text="", attributes_file=None,
