@@ -1,10 +1,11 @@
 """Soak: many API sessions opened and abandoned; the server's memory must come back (issue 13).
 
-The app runs in a child process on 127.0.0.1 with the tiny test models (``FUSIONLAB_TEST_MODELS=1``),
-a short session time-to-live (``--ttl``, 30 s) and otherwise its default limits. Each session is a
-new gradio_client ``Client`` that uploads a zip of ``--images`` noise PNGs (about 1 MB each, so a
-session holds a few MB of image bytes), presses Run, moves λ once and leaves without a goodbye
-(as an API client always does; a browser tab at least closes). ``--clients`` sessions run at once.
+The app runs in a child process on 127.0.0.1 with the tiny test models
+(``FUSIONLAB_TEST_MODELS=1``), a short session time-to-live (``--ttl``, 30 s) and otherwise its
+default limits. Each session is a new gradio_client ``Client`` that uploads a zip of ``--images``
+noise PNGs (about 1 MB each, so a session holds a few MB of image bytes), presses Run, moves λ
+once and leaves without a goodbye (as an API client always does; a browser tab at least closes).
+``--clients`` sessions run at once.
 
 Measured (server RSS from /proc):
 

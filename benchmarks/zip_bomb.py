@@ -11,6 +11,10 @@ the CLI and in the server.
   valid Run warms it up, its peak RSS counter is reset (``/proc/PID/clear_refs``), the bomb is sent
   to ``/run`` through gradio_client, and the cost is the new peak minus the RSS before the upload.
 
+It also loads a legitimate zip (``--legit-images`` noise PNGs of about 1 MB) in this process and
+reports what the ``ImageSet`` holds (the image files' bytes, kept so that views can decode them
+again) against the peak of Python allocations while loading (tracemalloc).
+
     python benchmarks/zip_bomb.py                      # both, 2,000 x 1,000,000 bytes
     python benchmarks/zip_bomb.py --skip-server
 """
@@ -114,6 +118,33 @@ def server_cost(bomb: Path, work: Path) -> dict:
             "cost_mib": (peak - before) / 1024, "seconds": seconds, "message": message}
 
 
+def imageset_memory(work: Path, n_images: int) -> dict:
+    """Bytes an ImageSet holds for a legitimate zip, and the peak while loading it."""
+    import tracemalloc
+
+    import numpy as np
+    from PIL import Image
+
+    from core.data import load_image_set
+
+    rng = np.random.default_rng(0)
+    path = work / "legit.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(n_images):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(
+                buf, format="PNG", compress_level=1)
+            zf.writestr(f"c{i % 2}/{i}.png", buf.getvalue())
+    load_image_set(path)  # warm-up: first-use imports are not the loader's memory
+    tracemalloc.start()
+    image_set = load_image_set(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    held = sum(len(it.data) for it in image_set.items)
+    return {"zip_mb": path.stat().st_size / 1e6, "held_mb": held / 1e6, "peak_mb": peak / 1e6,
+            "n": len(image_set.items)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=2000)
@@ -122,6 +153,7 @@ def main() -> None:
                         help="start each member with a valid PNG (zero padding after it)")
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--legit-images", type=int, default=100)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="zipbomb-") as tmp:
@@ -142,6 +174,10 @@ def main() -> None:
                   f"{code}; target < {TARGET_MB} MB: "
                   f"{'OK' if cost * 1.048576 < TARGET_MB else 'TOO MUCH'})")
             print(f"     last stderr line: {last[:160]}")
+        legit = imageset_memory(work, args.legit_images)
+        print(f"legitimate zip: {legit['n']} PNGs, {legit['zip_mb']:.1f} MB; the ImageSet holds "
+              f"{legit['held_mb']:.1f} MB of image bytes; peak Python allocations while loading "
+              f"{legit['peak_mb']:.1f} MB")
         if not args.skip_server:
             res = server_cost(bomb, work)
             print(f"server: RSS {res['before_mib']:.0f} MiB before the upload, peak "

@@ -23,6 +23,7 @@ Environment switches (all off by default):
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -84,9 +85,7 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
     vfm_default = next((k for k in extra if get_spec(k).kind == "vfm"), DEFAULT_VFM)
     banner = weights_banner([vlm_default, vfm_default])
     c: dict[str, gr.components.Component] = {}
-    demo_ref: list[gr.Blocks] = []
-    store = SessionStore(store_limits,
-                         on_drop=lambda key: _forget_gradio_session(demo_ref[0], key))
+    store = SessionStore(store_limits)
     name_input_errors()  # range / choice errors say which control
 
     def forget(value) -> None:  # Gradio dropped the tab's state: its key, or an old Session
@@ -117,7 +116,7 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
         _wire(demo, c, dev_api, store)
     demo.queue(default_concurrency_limit=2)
     demo.session_store = store
-    demo_ref.append(demo)
+    store.on_drop = functools.partial(_forget_gradio_session, demo)
     return demo
 
 
