@@ -205,6 +205,16 @@ class SessionStore:
             self.sweep()
             self._enforce_caps(keep=key)
 
+    def update(self, key: str, old: Session, new: Session) -> bool:
+        """Store ``new`` for ``key`` only if ``old`` is still its live session (a handler that
+        worked on ``old`` must not revive a session dropped meanwhile, whose folder is gone)."""
+        with self._lock:
+            entry = self._live.get(key)
+            if entry is None or entry.session is not old:
+                return False
+            self.put(key, new)
+            return True
+
     def discard(self, key: str | None, why: str | None = None) -> None:
         """Drop ``key``'s session now (its folder too); ``why`` is told to the user if they
         come back (None: forget the key, e.g. the tab was closed)."""
@@ -319,10 +329,13 @@ def stored(fn: Callable, store: SessionStore, *, takes_session: bool = True) -> 
         out = fn(*args, **kwargs)
         new = getattr(out, "session", None) if hasattr(out, "_fields") else None
         if isinstance(new, Session) and key:
-            store.put(key, new)
+            if isinstance(session, Session):  # a re-solve of the session it was given
+                store.update(key, session, new)
+            else:  # a Run: a new session replaces whatever this key had
+                store.put(key, new)
             out = out._replace(session=key)
         elif isinstance(session, Session) and key:
-            store.put(key, session)  # views may have memoised more: re-estimate, enforce caps
+            store.update(key, session, session)  # views may have memoised more: re-estimate
         return out
 
     params = list(inspect.signature(fn).parameters.values())

@@ -123,6 +123,18 @@ def test_a_new_run_removes_the_previous_runs_folder(tmp_path):
     assert Path(second.workdir).exists() and st.get("A") is second
 
 
+def test_a_handler_never_revives_a_session_dropped_while_it_ran(tmp_path):
+    st, _ = store(max_sessions=1)
+    a, b = session(tmp_path, "a"), session(tmp_path, "b")
+    st.put("A", a)
+    st.put("B", b)  # A dropped (its folder too) while a slow handler of A was still running
+    assert st.update("A", a, a) is False and len(st) == 1
+    assert "no longer on the server" in expired_message(st, "A")
+    b2 = session(tmp_path, "b2")
+    assert st.update("B", b, b2) is True and st.get("B") is b2
+    assert not Path(b.workdir).exists()  # replaced by a session with another folder
+
+
 def test_closed_tabs_are_forgotten_quietly(tmp_path):
     st, _ = store()
     a = session(tmp_path, "a")
