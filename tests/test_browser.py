@@ -174,7 +174,7 @@ def test_notes_panel_shows_odd_file_names_as_typed(browser, tmp_path, monkeypatc
         page.wait_for_selector("text=VLM x VFM Fusion Lab")
         _upload(page, path)
         page.locator("#run-button").click()
-        notes = page.locator(".notes-panel")
+        notes = page.locator(".prose.notes-panel")
         page.wait_for_selector(".notes-panel >> text=/2 file\\(s\\) skipped/", timeout=90_000)
         text = notes.inner_text()
         assert f"red/{evil}" in text and f"green/{amp}" in text

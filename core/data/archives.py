@@ -13,11 +13,12 @@ holds the bytes still allowed; folder reading in ``core.data.images`` applies th
 - ``max_total_bytes`` 2 GiB of raw bytes read per call; ``max_file_bytes`` 512 MiB per file.
 - ``max_ratio`` 100:1, checked on the declared sizes before a member is read: per member for
   members over 64 KiB (``RATIO_MIN_BYTES``: a small, flat image may legitimately compress better),
-  and for the archive as a whole (the bytes of the members read so far may exceed ``max_ratio``
-  times their packed size by ``ARCHIVE_SLACK_BYTES``, 8 MiB), so thousands of small, highly
+  and for the archive as a whole (the bytes decompressed so far may exceed ``max_ratio`` times
+  the packed size of their members by ``ARCHIVE_SLACK_BYTES``, 8 MiB), so thousands of small, highly
   compressed members cannot add up (issue 13: 2,000 members of 1,000,000 zero bytes, a 2.2 MB zip,
-  used to be read whole: +1.9 GB). Reads are bounded by the declared size, so a lying header
-  cannot make a member grow past the caps.
+  used to be read whole: +1.9 GB). The price: a nearly flat uncompressed picture (a BMP over
+  64 KiB that deflates more than 100:1) is refused too, by name, with the reason. Reads are
+  bounded by the declared size, so a lying header cannot make a member grow past the caps.
 
 Memory: a member is read only when its first bytes are those of an allowed image format
 (``core.data.decode._sniff``; anything else costs at most ``SNIFF_BYTES``), and it is validated
@@ -152,12 +153,13 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: _Limits, bu
     size, packed = info.file_size, max(info.compress_size, 1)
     reason = _refusal(name, size, packed, info.flag_bits, limits, budget, expansion)
     if reason is None:
-        expansion.size += size
         expansion.packed += packed
+        expansion.size += min(size, SNIFF_BYTES)  # what is decompressed at least
         try:
             with zf.open(info) as member:  # yields at most the declared size, CRC-checked
                 head = member.read(min(size, SNIFF_BYTES))
                 _sniff(head, name)  # not an image: the rest is never decompressed
+                expansion.size += size - len(head)
                 data = head + member.read(size - len(head))
         except BadImageError as exc:
             reason = exc.reason
