@@ -215,6 +215,22 @@ def test_server_paths_are_scrubbed(monkeypatch, tmp_path):
         "C:/Users/me is not ours, nor /etc/hosts")
 
 
+def test_app_limits_on_classes_and_upload_bytes(monkeypatch, tmp_path):
+    from core.data import ImageSet
+    from demo.session import MAX_CLASSES, read_images, resolve_classes
+
+    names = "\n".join(f"class {i}" for i in range(MAX_CLASSES + 1))
+    with pytest.raises(ValueError, match=f"at most {MAX_CLASSES:,}"):
+        resolve_classes(names, ImageSet(items=()))
+    assert len(resolve_classes(names.rsplit("\n", 1)[0], ImageSet(items=()))[0]) == MAX_CLASSES
+    data = _png((10, 0, 0))
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(data)
+    monkeypatch.setenv("FUSIONLAB_MAX_UPLOAD_BYTES", str(2 * len(data) + 10))
+    image_set = read_images([str(tmp_path / f"{i}.png") for i in range(3)])
+    assert len(image_set.items) == 2 and "total size limit" in image_set.skipped[0].reason
+
+
 # ----------------------------------------------------------------------------- handlers
 
 
