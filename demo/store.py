@@ -7,7 +7,7 @@ and results forever (issue 13). Here the app's :class:`~demo.session.Session` ob
 
 - a session unused for ``ttl_s`` (``FUSIONLAB_SESSION_TTL_S``, default 1 hour) is dropped;
 - at most ``max_sessions`` (``FUSIONLAB_MAX_SESSIONS``, default 32) live at once and their
-  estimated bytes (:func:`estimate_bytes`: image bytes, tensors, memoised views) stay under
+  estimated bytes (``demo.memory.estimate_bytes``: image bytes, tensors, memoised views) stay under
   ``max_bytes`` (``FUSIONLAB_SESSIONS_MAX_BYTES``, default 2 GiB): the least recently used go
   first; the session being stored is never evicted by its own arrival;
 - a dropped session's work folder (thumbnails, downloads) is deleted at once, and so is the old
@@ -27,8 +27,6 @@ freed heap back to the operating system (glibc ``malloc_trim``).
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
 import inspect
 import logging
 import os
@@ -42,11 +40,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
-import numpy as np
-import torch
-from PIL import Image
 
 from core.pipeline import parse_size
+from demo.memory import estimate_bytes, release_memory
 from demo.session import Session, user_error
 
 log = logging.getLogger("fusionlab.app")
@@ -55,7 +51,6 @@ DEFAULT_TTL_S = 3600.0
 DEFAULT_MAX_SESSIONS = 32
 DEFAULT_MAX_BYTES = 2 * 1024**3
 TOMBSTONES = 10_000  # keys of dropped sessions remembered for the "your session expired" message
-_MAX_DEPTH = 8  # how deep estimate_bytes looks into nested objects
 
 
 @dataclass(frozen=True)
@@ -85,42 +80,6 @@ class StoreLimits:
                                      str(DEFAULT_MAX_BYTES), "FUSIONLAB_SESSIONS_MAX_BYTES"))
         except ValueError as exc:
             raise ValueError(f"session store settings: {exc}") from None
-
-
-def estimate_bytes(obj, _seen: set | None = None, _depth: int = 0) -> int:
-    """Memory held by ``obj``: tensors (each storage once), arrays, bytes and PIL images found in
-    it, through dataclasses, dicts, sequences and object attributes. An estimate: Python object
-    overhead is not counted."""
-    seen = set() if _seen is None else _seen
-    if _depth > _MAX_DEPTH or obj is None or isinstance(obj, (int, float, bool, str)):
-        return 0
-    if isinstance(obj, torch.Tensor):
-        storage = obj.untyped_storage()
-        key = ("t", storage.data_ptr())
-        if key in seen:
-            return 0
-        seen.add(key)
-        return storage.nbytes()
-    if id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return len(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.nbytes
-    if isinstance(obj, Image.Image):
-        return obj.width * obj.height * len(obj.getbands())
-    if isinstance(obj, dict):
-        children = [*obj.keys(), *obj.values()]
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        children = list(obj)
-    elif dataclasses.is_dataclass(obj):
-        children = [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
-    elif hasattr(obj, "__dict__"):
-        children = list(vars(obj).values())
-    else:
-        return 0
-    return sum(estimate_bytes(c, seen, _depth + 1) for c in children)
 
 
 def _estimate(session: Session, fallback: int) -> int:
@@ -297,14 +256,6 @@ def _start_sweeper(store: SessionStore, every_s: float) -> None:
             del live
 
     threading.Thread(target=loop, name="session-sweeper", daemon=True).start()
-
-
-def release_memory() -> None:
-    """Hand freed heap back to the operating system (glibc only; a no-op elsewhere)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 # ----------------------------------------------------------------------------- handler adapter

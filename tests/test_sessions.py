@@ -25,9 +25,10 @@ from core.models.tiny import tiny_test_models
 from core.pipeline import Extraction, ExtractSettings
 from demo import callbacks as cb
 from demo import ui
+from demo.memory import estimate_bytes
 from demo.messages import md_code, md_text, scrub_paths
 from demo.session import Session
-from demo.store import SessionStore, StoreLimits, estimate_bytes
+from demo.store import SessionStore, StoreLimits
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers"),
               pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword)")]
