@@ -3,18 +3,32 @@
 python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip,otfusion
 python -m core download clip-vit-b16 dinov2-large
 python -m core models
+
+Exit codes (also in ``--help``): 0 success, 1 internal error (a bug), 2 user error (an option, a
+file or an input that cannot be used), 3 model weights not available on this machine, 130
+interrupted. A user error never prints a traceback; set FUSIONLAB_DEBUG=1 to see the traceback
+of an internal error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from core import config
 from core.methods.otfusion import VARIANTS
 
 METHOD_LIST = "clip,otfusion,gpua,lazsl"
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_WEIGHTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = """exit codes:
+  0    success
+  1    internal error (a bug: please report it; FUSIONLAB_DEBUG=1 shows the traceback)
+  2    user error: an option, a file or an input that cannot be used (the message says which)
+  3    model weights not available on this machine (see `python -m core download`)
+  130  interrupted (Ctrl-C)"""
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -101,23 +115,45 @@ def _classes(text: str):
     if text.startswith("preset:"):
         preset = get_preset(text.split(":", 1)[1])
         return list(preset.class_names), (preset.template,)
-    path = Path(text)
-    parsed = load_classes_file(path) if path.is_file() else parse_classes(text)
+    parsed = load_classes_file(Path(text)) if _is_file(text) else parse_classes(text)
     for warning in parsed.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return list(parsed.names), None
 
 
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names an existing file; False for text no file can have (too long, NUL)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # "File name too long", embedded NUL byte
+        return False
+
+
+def _report_skipped(skipped, already=()) -> None:
+    """Every skipped file on stderr with its reason (those in ``already`` were printed)."""
+    shown = set(already)
+    for skip in skipped:
+        if (skip.name, skip.reason) not in shown:
+            print(f"skipped {skip.name}: {skip.reason}", file=sys.stderr)
+
+
+def _no_images(exc, already=()) -> int:
+    """Nothing usable: list every skipped file, the error and the count; a user error."""
+    print(f"error: {exc}", file=sys.stderr)
+    _report_skipped(exc.skipped, already)
+    print(f"images: 0 used, {len(exc.skipped)} skipped", file=sys.stderr)
+    return EXIT_USER
+
+
 def cmd_run(args) -> int:
-    from core.data import load_attributes, load_image_set
+    from core.data import NoImagesError, load_attributes, load_image_set
     from core.methods.run import run_methods
     from core.pipeline.export import write_predictions
     from core.pipeline.extraction import ExtractSettings, extract
 
     methods = _methods(args.methods)
     image_set = load_image_set(args.images, labels_csv=args.labels)
-    for skip in image_set.skipped:
-        print(f"skipped {skip.name}: {skip.reason}", file=sys.stderr)
+    _report_skipped(image_set.skipped)
     class_names, preset_templates = _classes(args.classes)
     templates = tuple(args.template) if args.template else (preset_templates or None)
     attributes = load_attributes(args.attributes) if args.attributes else None
@@ -130,7 +166,13 @@ def cmd_run(args) -> int:
         device=args.device,
         **({"templates": templates} if templates else {}),
     )
-    extraction = extract(image_set, class_names, settings, cache=_cache(args), progress=_progress)
+    loaded = {(s.name, s.reason) for s in image_set.skipped}
+    try:
+        extraction = extract(image_set, class_names, settings, cache=_cache(args),
+                             progress=_progress)
+    except NoImagesError as exc:  # every image failed to decode
+        return _no_images(exc, already=loaded)
+    _report_skipped(extraction.skipped, already=loaded)
     for warning in extraction.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     solver = method_settings(args)
@@ -146,6 +188,7 @@ def cmd_run(args) -> int:
             before = "" if before is None else f", W0 alone {100 * before:.2f}%"
             print(f"{'':10s} THS changed {d['changed_by_ths']} predictions of W0{before}")
     print("wrote " + ", ".join(str(p) for p in paths))
+    print(f"images: {len(extraction.items)} used, {len(extraction.skipped)} skipped")
     return 0
 
 
@@ -294,10 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m core",
         description="VLM x VFM fusion by optimal transport: CLIP zero-shot, OTFusion, GPUA, LaZSL.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="classify an image set with every chosen method")
+    p = sub.add_parser("run", help="classify an image set with every chosen method",
+                       epilog="Every skipped file is listed on stderr with its reason; the last "
+                       "line counts the images used and skipped.\n\n" + EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="a folder, a .zip, or an image file")
     p.add_argument(
         "--classes",
@@ -328,11 +375,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one command; returns its exit code (see ``EXIT_CODES``), never a traceback for a
+    user's mistake."""
+    from core.data import NoImagesError
+    from core.models import WeightsUnavailableError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # User mistakes and missing weights: the message says what to do; no traceback.
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except WeightsUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_WEIGHTS
+    except NoImagesError as exc:
+        return _no_images(exc)
+    except (ValueError, OSError, RuntimeError) as exc:
+        # User mistakes (bad options, unreadable or unusable files): the message says what to do.
+        print(f"error: {_one_line_oserror(exc)}", file=sys.stderr)
+        return EXIT_USER
+    except Exception as exc:  # a bug: say so plainly, traceback on request
+        if os.environ.get("FUSIONLAB_DEBUG", "").strip() not in ("", "0"):
+            traceback.print_exc()
+        print(f"error: internal error ({type(exc).__name__}: {exc}); please report it. "
+              "Set FUSIONLAB_DEBUG=1 to print the traceback.", file=sys.stderr)
+        return EXIT_INTERNAL
 
+
+def _one_line_oserror(exc: BaseException) -> str:
+    """``[Errno 36] File name too long: '...'`` is noise; say what failed, with a short name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        name = str(exc.filename or "")
+        name = name if len(name) <= 80 else name[:77] + "..."
+        return f"{exc.strerror}: {name}" if name else exc.strerror
+    return str(exc)

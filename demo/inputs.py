@@ -17,10 +17,16 @@ from core.data import ImageSet, get_preset, load_attributes, load_classes_file, 
 from core.data import parse_classes as _parse_classes
 from core.methods import METHOD_TITLES
 from core.models import WeightsUnavailableError, ensure_weights, get_spec
+from core.pipeline import parse_size
 from demo.examples import example_paths
 from demo.state import user_errors, warn_user
 
 TRANSDUCTIVE = ("otfusion", "gpua")  # methods that spread the images over the classes
+# Upload limits besides Gradio's per-file max_file_size: the image bytes one Run may read (they
+# stay in the session, whose bytes the session store caps) and the class names (as many as
+# ImageNet: every class is a prompt to encode on the shared model slot).
+MAX_UPLOAD_BYTES = 1024**3
+MAX_CLASSES = 1000
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -49,7 +55,14 @@ def read_images(files, labels_csv=None) -> ImageSet:
             "click one of the examples below the upload box."
         )
     csv_paths = _paths(labels_csv)
-    return load_image_set(paths, labels_csv=csv_paths[0] if csv_paths else None)
+    return load_image_set(paths, labels_csv=csv_paths[0] if csv_paths else None,
+                          max_total_bytes=upload_limit())
+
+
+def upload_limit() -> int:
+    """``FUSIONLAB_MAX_UPLOAD_BYTES`` (a size such as 500MB) or ``MAX_UPLOAD_BYTES``."""
+    text = os.environ.get("FUSIONLAB_MAX_UPLOAD_BYTES", "").strip()
+    return parse_size(text, "FUSIONLAB_MAX_UPLOAD_BYTES") if text else MAX_UPLOAD_BYTES
 
 
 def resolve_classes(classes_text: str | None, image_set: ImageSet) -> tuple[tuple[str, ...], list]:
@@ -70,6 +83,11 @@ def resolve_classes(classes_text: str | None, image_set: ImageSet) -> tuple[tupl
             "file, or pick a dataset preset."
         )
     parsed = _parse_classes(text)
+    if len(parsed.names) > MAX_CLASSES:
+        raise ValueError(
+            f"{len(parsed.names):,} classes: this app takes at most {MAX_CLASSES:,} (every class "
+            "is a prompt to encode); use fewer, or the command line (python -m core run) for more."
+        )
     return parsed.names, list(parsed.warnings)
 
 

@@ -17,6 +17,7 @@ names (Gradio's ``inputs_kwargs``), never as a long positional list.
 from __future__ import annotations
 
 import html
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,6 +37,7 @@ from demo.inputs import (
     resolve_attributes,
     resolve_classes,
 )
+from demo.messages import md_code, md_text, scrub_paths
 from demo.state import (
     Session,
     cache_from_env,
@@ -149,10 +151,12 @@ def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1) ->
 
 
 def _notes_markdown(notes: list[str], skipped) -> str:
-    lines = [f"- {html.escape(n)}" for n in notes]
+    """The notes panel: user text (names, reasons) shown literally, escaped once, no paths."""
+    lines = [f"- {md_text(scrub_paths(n))}" for n in notes]
     if skipped:
         lines.append(f"- **{len(skipped)} file(s) skipped:**")
-        lines += [f"  - `{html.escape(s.name)}`: {html.escape(s.reason)}" for s in skipped[:50]]
+        lines += [f"  - {md_code(s.name)}: {md_text(scrub_paths(s.reason))}"
+                  for s in skipped[:50]]
         if len(skipped) > 50:
             lines.append(f"  - ... and {len(skipped) - 50} more")
     return "\n".join(lines)
@@ -203,9 +207,13 @@ def _extract(image_set, class_names, settings, cache, progress):
 def _finish_session(extraction: Extraction, methods, settings, notes, progress) -> Session:
     report = pipeline_progress(progress) or (lambda *a: None)
     workdir = new_workdir()
-    thumbs = write_thumbnails(extraction, workdir, report)
-    report(0, 1, "solving " + ", ".join(METHOD_TITLES[m] for m in methods))
-    results = run_methods(extraction.features, methods, settings)
+    try:
+        thumbs = write_thumbnails(extraction, workdir, report)
+        report(0, 1, "solving " + ", ".join(METHOD_TITLES[m] for m in methods))
+        results = run_methods(extraction.features, methods, settings)
+    except BaseException:  # the Run failed: its folder must not wait for the 6-hour sweep
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     order = tuple(results)
     return Session(extraction=extraction, methods=order, settings=settings, results=results,
                    workdir=workdir, thumbs=thumbs, notes=tuple(notes))
@@ -249,10 +257,11 @@ def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=Non
     if extraction.skipped:
         warn_user(f"{len(extraction.skipped)} file(s) were skipped; the notes panel lists why.")
     session = _finish_session(extraction, ("clip",) + methods, solver, notes, progress)
+    # No cache hits or forward-pass counts here: the feature cache is shared by every user, so
+    # they would tell a user that someone else uploaded the same images before (issue 13).
     st = extraction.stats
-    status = (f"**Features ready** for {st['images']} images: {st['encoded']} encoded, "
-              f"{st['cache_hits']} from the cache, {st['forward_passes']} forward passes, "
-              f"{st['seconds']:.1f} s. Move λ, ε or the iterations to re-solve instantly.")
+    status = (f"**Features ready** for {st['images']} images in {st['seconds']:.1f} s. Move λ, "
+              "ε or the iterations to re-solve instantly.")
     return _run_outputs(session, status, v["compare"], v["filter_mode"])
 
 

@@ -32,6 +32,7 @@ from core.data import NoImagesError, decode_image
 from core.methods import METHOD_TITLES, MethodResult
 from core.models import WeightsUnavailableError, get_spec
 from core.pipeline import Extraction, FeatureCache
+from demo.messages import scrub_paths
 
 log = logging.getLogger("fusionlab.app")
 
@@ -186,8 +187,9 @@ def cache_from_env(cache_dir: str | None = None) -> FeatureCache | None:
 
 def user_error(message: str, *, title: str = "Please check the inputs",
                duration: float | None = 12) -> gr.Error:
-    """A ``gr.Error`` whose text is escaped (file names come from uploads) and keeps line breaks."""
-    text = html.escape(str(message)).replace("\n", "<br>")
+    """A ``gr.Error`` whose text is escaped (file names come from uploads) and keeps line breaks;
+    paths of server folders are shortened to their last component (``scrub_paths``)."""
+    text = html.escape(scrub_paths(message)).replace("\n", "<br>")
     return gr.Error(text, title=title, duration=duration, print_exception=False)
 
 
@@ -234,5 +236,5 @@ def weights_message(key: str) -> str:
 
 def warn_user(message: str) -> None:
     """A toast that does not stop the handler (file names escaped)."""
-    gr.Warning(html.escape(message))
+    gr.Warning(html.escape(scrub_paths(message)))
 

@@ -15,12 +15,17 @@ Environment switches (all off by default):
   for chosen keys.
 - ``FUSIONLAB_DEV_API=1``: add the undocumented ``/load_synthetic`` endpoint that fills the
   session with synthetic features (``benchmarks/app_latency.py``).
-- ``FUSIONLAB_CACHE_DIR`` / ``FUSIONLAB_FEATURE_CACHE=0``: where the feature cache lives / off.
-- ``FUSIONLAB_MAX_FILE_SIZE``: upload limit (default 200mb).
+- ``FUSIONLAB_CACHE_DIR`` / ``FUSIONLAB_FEATURE_CACHE=0``: where the feature cache lives / off;
+  ``FUSIONLAB_CACHE_MAX_BYTES``: its size cap (``core.pipeline.cache``).
+- ``FUSIONLAB_MAX_FILE_SIZE``: upload limit per file (default 200mb);
+  ``FUSIONLAB_MAX_UPLOAD_BYTES``: image bytes per Run (``demo.inputs``, default 1 GiB).
+- ``FUSIONLAB_SESSION_TTL_S`` / ``FUSIONLAB_MAX_SESSIONS`` / ``FUSIONLAB_SESSIONS_MAX_BYTES``: the
+  session store's time to live and caps (``demo.store``; 1 hour, 32 sessions, 2 GiB).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -44,9 +49,11 @@ from core.data import PRESETS
 from core.models import get_spec, model_choices
 from demo import dynamics, embedding, inputs, lazsl, playground, predictions, segmentation
 from demo import run as flow
+from demo.controls import name_input_errors
 from demo.examples import EXAMPLES_DIR, example_rows
 from demo.inputs import weights_banner
 from demo.state import delete_session
+from demo.store import SessionStore, StoreLimits, stored
 
 TITLE = "VLM x VFM Fusion Lab"
 INTRO = (
@@ -98,9 +105,13 @@ def _test_models() -> list[str]:
     return [keys["clip_vit"], keys["dinov2"], keys["dinov3"], keys["clip_rn"]]
 
 
-def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None = None
-              ) -> gr.Blocks:
-    """The whole app. ``extra_models``: hidden registry keys to list (and preselect) too."""
+def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None = None,
+              store_limits: StoreLimits | None = None) -> gr.Blocks:
+    """The whole app. ``extra_models``: hidden registry keys to list (and preselect) too.
+
+    Sessions live in one ``demo.store.SessionStore`` (``demo.session_store``), with
+    ``store_limits`` or the ``FUSIONLAB_SESSION_TTL_S`` / ``FUSIONLAB_MAX_SESSIONS`` /
+    ``FUSIONLAB_SESSIONS_MAX_BYTES`` settings."""
     extra = list(extra_models or [])
     if _env_flag("FUSIONLAB_TEST_MODELS"):
         extra += [k for k in _test_models() if k not in extra]
@@ -109,9 +120,14 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
     vfm_default = next((k for k in extra if get_spec(k).kind == "vfm"), DEFAULT_VFM)
     banner = weights_banner([vlm_default, vfm_default])
     c: dict[str, gr.components.Component] = {}
+    store = SessionStore(store_limits)
+    name_input_errors()  # range / choice errors say which control
+
+    def forget(value) -> None:  # Gradio dropped the tab's state: its key, or an old Session
+        store.discard(value) if isinstance(value, str) else delete_session(value)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 7200)) as demo:
-        c["session"] = gr.State(None, delete_callback=delete_session)
+        c["session"] = gr.State(None, delete_callback=forget)  # the session's key in ``store``
         c["shown"] = gr.State([])  # image index of each gallery position on the current page
         c["selected"] = gr.State(None)  # image picked in the gallery
         gr.Markdown(INTRO)
@@ -135,9 +151,27 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
                 c["syn_k"] = gr.Number(100, precision=0)
                 c["syn_seed"] = gr.Number(0, precision=0)
                 c["syn_button"] = gr.Button("load synthetic")
-        _wire(demo, c, dev_api)
+        _wire(demo, c, dev_api, store)
     demo.queue(default_concurrency_limit=2)
+    demo.session_store = store
+    store.on_drop = functools.partial(_forget_gradio_session, demo)
     return demo
+
+
+def _forget_gradio_session(demo: gr.Blocks, key: str) -> None:
+    """Drop Gradio's own data of a session our store dropped.
+
+    Gradio keeps, per session hash, a copy of every output value it sent (gallery, plots, ...)
+    until 10,000 sessions exist (``blocks.state_holder``, an internal: guarded, a no-op if it
+    changes); without this a server that saw 200 abandoned API sessions held about 0.4 MB each.
+    """
+    holder = getattr(demo, "state_holder", None)
+    data = getattr(holder, "session_data", None)
+    if holder is None or not isinstance(data, dict):
+        return
+    with holder.lock:
+        data.pop(key, None)
+        getattr(holder, "time_last_used", {}).pop(key, None)
 
 
 def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
@@ -327,10 +361,13 @@ def _out(c, fields) -> list:
     return [c[f] for f in fields]
 
 
-def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
+def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
     view = [c["compare"], c["filter_mode"], c["page"]]
     lazsl_in = [c["session"], c["lazsl_pick"], c["lazsl_class"]]
     lazsl_out = _out(c, lazsl.LazslOutputs._fields)
+
+    def keep(fn, takes_session=True):  # the handler's session lives in ``store``
+        return stored(fn, store, takes_session=takes_session)
 
     def run(progress=gr.Progress(), **inputs):  # noqa: B008 (Gradio's idiom)
         return flow.run_in_app(inputs, progress=progress)
@@ -338,10 +375,10 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
     # Inputs by name (Gradio's inputs_kwargs): the API's parameter names are flow.RUN_INPUTS.
     # A failed Run returns the message in the status line and skips every other output, so the
     # previous record's views stay as they were (no blank gallery, no error badges).
-    c["run_button"].click(run, inputs_kwargs={k: c[k] for k in flow.RUN_INPUTS},
+    c["run_button"].click(keep(run, False), inputs_kwargs={k: c[k] for k in flow.RUN_INPUTS},
                           outputs=_out(c, flow.RunOutputs._fields), api_name="run",
                           concurrency_id="models", concurrency_limit=1).success(
-        lazsl.lazsl_explain, lazsl_in, lazsl_out, api_visibility="private")
+        keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_visibility="private")
     solve_out = _out(c, flow.SolveOutputs._fields)
     # One re-solve per method, fired by its own controls (a radio on input, sliders on release).
     resolve_options = {
@@ -352,21 +389,21 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
     for method, options in resolve_options.items():
         keys = flow.controls_of(method)
         triggers = [c[k].input if isinstance(c[k], gr.Radio) else c[k].release for k in keys]
-        event = gr.on(triggers, _resolver(method), [c["session"], *view],
+        event = gr.on(triggers, keep(_resolver(method)), [c["session"], *view],
                       inputs_kwargs={k: c[k] for k in keys}, outputs=solve_out,
                       concurrency_id="solve", trigger_mode="always_last", **options)
         if method == "lazsl":  # the explanation shows the record's θ: redraw it
-            event.success(lazsl.lazsl_explain, lazsl_in, lazsl_out, api_visibility="private")
-    c["compare"].input(flow.refresh_views, [c["session"], *view], solve_out, api_name="refresh",
-                       concurrency_id="solve")
+            event.success(keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_visibility="private")
+    c["compare"].input(keep(flow.refresh_views), [c["session"], *view], solve_out,
+                       api_name="refresh", concurrency_id="solve")
 
     def first_page(session, compare, filter_mode):
         return predictions.show_page(session, compare, filter_mode, 1)
 
     page_out = _out(c, predictions.PageOutputs._fields)
-    c["filter_mode"].input(first_page, [c["session"], c["compare"], c["filter_mode"]], page_out,
-                           api_name="filter", concurrency_id="solve")
-    c["page"].release(predictions.show_page, [c["session"], *view], page_out, api_name="page",
+    c["filter_mode"].input(keep(first_page), [c["session"], c["compare"], c["filter_mode"]],
+                           page_out, api_name="filter", concurrency_id="solve")
+    c["page"].release(keep(predictions.show_page), [c["session"], *view], page_out, api_name="page",
                       concurrency_id="solve")
 
     def select(session, shown, evt: gr.SelectData):
@@ -374,14 +411,15 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
 
     embed_in = [c["session"], c["projection"], c["color_by"], c["selected"]]
     embed_out = _out(c, embedding.EmbeddingOutputs._fields)
-    c["gallery"].select(select, [c["session"], c["shown"]],
+    c["gallery"].select(keep(select), [c["session"], c["shown"]],
                         _out(c, predictions.SelectOutputs._fields),
                         api_visibility="private").then(
-        embedding.embedding_highlight, embed_in, embed_out, api_visibility="private")
+        keep(embedding.embedding_highlight), embed_in, embed_out, api_visibility="private")
     gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input],
-          embedding.embedding, embed_in, embed_out, api_name="embedding",
+          keep(embedding.embedding), embed_in, embed_out, api_name="embedding",
           concurrency_id="heavy", concurrency_limit=2)
-    c["sweep_button"].click(dynamics.sweep, [c["session"]], _out(c, dynamics.SweepOutputs._fields),
+    c["sweep_button"].click(keep(dynamics.sweep), [c["session"]],
+                            _out(c, dynamics.SweepOutputs._fields),
                             api_name="sweep", concurrency_id="heavy")
 
     def seg(session, index, visible, threshold, alpha, progress=gr.Progress()):  # noqa: B008
@@ -390,13 +428,13 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
 
     seg_in = [c["session"], c["seg_pick"], c["seg_classes"], c["seg_threshold"], c["seg_alpha"]]
     seg_out = _out(c, segmentation.SegmentOutputs._fields)
-    c["seg_button"].click(seg, seg_in, seg_out, api_name="segment", concurrency_id="models")
+    c["seg_button"].click(keep(seg), seg_in, seg_out, api_name="segment", concurrency_id="models")
     gr.on([c["seg_pick"].change, c["seg_classes"].input, c["seg_threshold"].release,
-           c["seg_alpha"].release], segmentation.redraw_segmentation, seg_in, seg_out,
+           c["seg_alpha"].release], keep(segmentation.redraw_segmentation), seg_in, seg_out,
           api_name="redraw_segmentation", concurrency_id="solve", trigger_mode="always_last")
     gr.on([c["lazsl_button"].click, c["lazsl_pick"].change, c["lazsl_class"].input],
-          lazsl.lazsl_explain, lazsl_in, lazsl_out, api_name="explain", concurrency_id="solve",
-          trigger_mode="always_last")
+          keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_name="explain",
+          concurrency_id="solve", trigger_mode="always_last")
 
     play_in = [c[k] for k in ("play_classes", "play_samples", "play_gap", "play_vlm_noise",
                               "play_vfm_noise", "play_seed", "play_projection", "play_lam")]
@@ -412,7 +450,7 @@ def _wire(demo: gr.Blocks, c, dev_api: bool) -> None:
     c["class_upload"].upload(inputs.classes_file_selected, [c["class_upload"]],
                              [c["classes_text"]], api_visibility="private")
     if dev_api:
-        c["syn_button"].click(flow.load_synthetic,
+        c["syn_button"].click(keep(flow.load_synthetic, False),
                               [c["syn_n"], c["syn_k"], c["syn_seed"], c["compare"],
                                c["filter_mode"]], _out(c, flow.RunOutputs._fields),
                               api_name="load_synthetic", api_visibility="undocumented",
@@ -438,8 +476,12 @@ def _warm_imports() -> None:
 def launch(demo: gr.Blocks, **overrides):
     """Launch with the production settings; ``overrides`` for tests (port, thread lock...)."""
     threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+    store = getattr(demo, "session_store", None)
     options = dict(
         max_file_size=os.environ.get("FUSIONLAB_MAX_FILE_SIZE", "200mb"),
+        # Gradio's per-session data of sessions that never ran (the playground...): a bounded
+        # number, least recently used dropped (ours are dropped with their session, above).
+        state_session_capacity=8 * (store.limits.max_sessions if store else 32),
         enable_monitoring=False,
         allowed_paths=[str(EXAMPLES_DIR)],
         show_error=False,

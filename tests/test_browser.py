@@ -292,3 +292,45 @@ def test_run_without_weights_shows_one_plain_message(browser, tmp_path, monkeypa
     finally:
         page.close()
         demo.close()
+
+
+def test_notes_panel_shows_odd_file_names_as_typed(browser, tmp_path, monkeypatch):
+    """Names are escaped exactly once: no "&lt;img" on screen, no <img> element either."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from core.models.tiny import tiny_test_models
+    from demo import ui
+
+    evil, amp = "<img src=x onerror=alert(1)>.png", "it's & co.png"
+    path = tmp_path / "odd.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for cls, color in (("red", (220, 30, 30)), ("green", (30, 180, 60))):
+            for i in range(2):
+                buf = io.BytesIO()
+                Image.new("RGB", (48, 40), color).save(buf, format="PNG")
+                zf.writestr(f"{cls}/{i}.png", buf.getvalue())
+        zf.writestr(f"red/{evil}", b"not an image")
+        zf.writestr(f"green/{amp}", b"not an image either")
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path / "features"))
+    keys = tiny_test_models()
+    demo = ui.build_app(extra_models=[keys["clip_vit"], keys["dinov2"]])
+    url = _serve(demo)
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    try:
+        page.goto(url)
+        page.wait_for_selector("text=VLM x VFM Fusion Lab")
+        _upload(page, path)
+        page.locator("#run-button").click()
+        notes = page.locator(".prose.notes-panel")
+        page.wait_for_selector(".notes-panel >> text=/2 file\\(s\\) skipped/", timeout=90_000)
+        text = notes.inner_text()
+        assert f"red/{evil}" in text and f"green/{amp}" in text
+        assert "&lt;" not in text and "&amp;" not in text and "&#x27;" not in text
+        assert notes.locator("img").count() == 0
+        _shot(page, "5_notes_escaping")
+    finally:
+        page.close()
+        demo.close()

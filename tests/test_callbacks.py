@@ -129,8 +129,13 @@ def test_resolve_before_any_run_is_a_quiet_no_op():
 
 
 def test_second_run_reads_the_feature_cache(keys, labelled_zip, cache_dir, ran):
+    encoders = [load_encoder(keys["clip_vit"]), load_encoder(keys["dinov2"])]
+    forwards = [e.n_forward for e in encoders]
     out = _run(keys, [labelled_zip], cache_dir, methods=["otfusion"])
-    assert "0 encoded" in out.status and "forward passes" in out.status
+    assert [e.n_forward for e in encoders][1:] == forwards[1:]  # images: no forward pass
+    # The cache is shared by all users: the status must not tell who uploaded what before.
+    assert "cache" not in out.status and "encoded" not in out.status
+    assert "Features ready" in out.status
 
 
 def test_filters_pages_and_selection(ran):

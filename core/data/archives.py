@@ -10,10 +10,20 @@ holds the bytes still allowed; folder reading in ``core.data.images`` applies th
 
 - ``max_entries`` 20,000 entries per zip or files per folder; a zip with more is skipped whole
   (checked on the end-of-archive record before its directory is parsed).
-- ``max_total_bytes`` 2 GiB of raw image bytes per call; ``max_file_bytes`` 512 MiB per file.
-- ``max_ratio`` 100:1 per zip member, checked for members over 1 MiB uncompressed: a small, flat
-  image may legitimately compress better, and the byte caps bound the memory anyway. Reads are
+- ``max_total_bytes`` 2 GiB of raw bytes read per call; ``max_file_bytes`` 512 MiB per file.
+- ``max_ratio`` 100:1, checked on the declared sizes before a member is read: per member for
+  members over 64 KiB (``RATIO_MIN_BYTES``: a small, flat image may legitimately compress better),
+  and for the archive as a whole (the bytes decompressed so far may exceed ``max_ratio`` times
+  the packed size of their members by ``ARCHIVE_SLACK_BYTES``, 8 MiB), so thousands of small, highly
+  compressed members cannot add up (issue 13: 2,000 members of 1,000,000 zero bytes, a 2.2 MB zip,
+  used to be read whole: +1.9 GB). The price: a nearly flat uncompressed picture (a BMP over
+  64 KiB that deflates more than 100:1) is refused too, by name, with the reason. Reads are
   bounded by the declared size, so a lying header cannot make a member grow past the caps.
+
+Memory: a member is read only when its first bytes are those of an allowed image format
+(``core.data.decode._sniff``; anything else costs at most ``SNIFF_BYTES``), and it is validated
+(``accept``, the header check) as soon as it is read, so the bytes of rejected members are freed at
+once. What stays in memory is the bytes of the accepted images, at most ``max_total_bytes``.
 
 The pixel limit is checked on each image header (``core.data.decode``). Labels come from the
 folder directly holding an image, inside a zip as in a folder (``_with_folder_labels``).
@@ -26,16 +36,24 @@ import os
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from core.data.decode import SkippedFile
+from core.data.decode import SNIFF_BYTES, BadImageError, SkippedFile, _sniff
+
+if TYPE_CHECKING:  # annotations only: core.data.images imports this module
+    from core.data.images import ImageItem
+
+Accept = Callable[[str, bytes], "ImageItem | None"]  # validate read bytes; None when rejected
 
 DEFAULT_MAX_ENTRIES = 20_000
 DEFAULT_MAX_TOTAL_BYTES = 2 * 1024**3
 DEFAULT_MAX_FILE_BYTES = 512 * 1024**2
 DEFAULT_MAX_RATIO = 100.0
-RATIO_MIN_BYTES = 1024**2
+RATIO_MIN_BYTES = 64 * 1024
+ARCHIVE_SLACK_BYTES = 8 * 1024**2
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz")
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 
@@ -56,20 +74,21 @@ class _Budget:
         self.left = total
 
 
-def _with_folder_labels(entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes, str | None]]:
+def _with_folder_labels(items: list[ImageItem]) -> list[ImageItem]:
     """Label = the folder directly holding the image, unless all images share one folder."""
-    parents = [PurePosixPath(name).parent for name, _ in entries]
+    parents = [PurePosixPath(it.name).parent for it in items]
     if len(set(parents)) < 2:
-        return [(name, data, None) for name, data in entries]
-    return [(name, data, parent.name or None) for (name, data), parent in zip(entries, parents)]
+        return items
+    return [replace(it, label=parent.name or None) for it, parent in zip(items, parents)]
 
 
 # ----------------------------------------------------------------------------- zips
 
 
 def _zip_entries(src: Path | bytes, zip_name: str, limits: _Limits, budget: _Budget,
-                 skipped: list[SkippedFile]) -> list[tuple[str, bytes, str | None]]:
-    """Image candidates of one zip, read in memory; every refusal goes to ``skipped``."""
+                 skipped: list[SkippedFile], accept: Accept) -> list[ImageItem]:
+    """The images of one zip, each validated by ``accept`` as soon as it is read; every refusal
+    goes to ``skipped``."""
     try:
         with (open(src, "rb") if isinstance(src, Path) else io.BytesIO(src)) as fh:
             declared = _declared_entries(fh)
@@ -83,47 +102,74 @@ def _zip_entries(src: Path | bytes, zip_name: str, limits: _Limits, budget: _Bud
                     skipped.append(SkippedFile(zip_name, f"too many entries ({len(infos):,} > "
                                                          f"{limits.max_entries:,} limit)"))
                     return []
-                entries = []
+                items = []
+                expansion = _Expansion()
                 for info in sorted(infos, key=lambda i: i.filename):
-                    member = _read_member(zf, info, limits, budget, skipped)
-                    if member is not None:
-                        entries.append(member)
+                    item = _read_member(zf, info, limits, budget, expansion, skipped, accept)
+                    if item is not None:
+                        items.append(item)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         skipped.append(SkippedFile(zip_name, f"not a readable zip archive ({exc})"))
         return []
-    return _with_folder_labels(entries)
+    return _with_folder_labels(items)
+
+
+class _Expansion:
+    """Declared bytes of the members of one archive read so far, unpacked and packed."""
+
+    def __init__(self):
+        self.size = self.packed = 0
+
+
+def _refusal(name: str, size: int, packed: int, flags: int, limits: _Limits, budget: _Budget,
+             expansion: _Expansion) -> str | None:
+    """Why a member must not be read, from its directory entry alone; None when it may be."""
+    if name.lower().endswith(ARCHIVE_SUFFIXES):
+        return "nested archive skipped"
+    if flags & 0x1:
+        return "encrypted member skipped"
+    if size > limits.max_file_bytes:
+        return f"file too large ({_mib(size)} > {_mib(limits.max_file_bytes)} limit)"
+    if size > RATIO_MIN_BYTES and size > limits.max_ratio * packed:
+        return (f"compression ratio {size / packed:,.0f}:1 exceeds the "
+                f"{limits.max_ratio:,.0f}:1 limit (possible zip bomb)")
+    if (expansion.size + size
+            > limits.max_ratio * (expansion.packed + packed) + ARCHIVE_SLACK_BYTES):
+        return (f"the archive's members expand more than {limits.max_ratio:,.0f}:1 overall "
+                "(possible zip bomb); the rest of it is skipped")
+    if size > budget.left:
+        return f"total size limit reached ({_mib(limits.max_total_bytes)})"
+    return None
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: _Limits, budget: _Budget,
-                 skipped: list[SkippedFile]) -> tuple[str, bytes] | None:
+                 expansion: _Expansion, skipped: list[SkippedFile],
+                 accept: Accept) -> ImageItem | None:
     if info.is_dir():
         return None
     name = _clean_member_name(info.filename)
     if name is None:
         return None
     size, packed = info.file_size, max(info.compress_size, 1)
-    reason = None
-    if name.lower().endswith(ARCHIVE_SUFFIXES):
-        reason = "nested archive skipped"
-    elif info.flag_bits & 0x1:
-        reason = "encrypted member skipped"
-    elif size > limits.max_file_bytes:
-        reason = f"file too large ({_mib(size)} > {_mib(limits.max_file_bytes)} limit)"
-    elif size > RATIO_MIN_BYTES and size > limits.max_ratio * packed:
-        reason = (f"compression ratio {size / packed:,.0f}:1 exceeds the "
-                  f"{limits.max_ratio:,.0f}:1 limit (possible zip bomb)")
-    elif size > budget.left:
-        reason = f"total size limit reached ({_mib(limits.max_total_bytes)})"
+    reason = _refusal(name, size, packed, info.flag_bits, limits, budget, expansion)
     if reason is None:
+        expansion.packed += packed
+        expansion.size += min(size, SNIFF_BYTES)  # what is decompressed at least
         try:
             with zf.open(info) as member:  # yields at most the declared size, CRC-checked
-                data = member.read(size)
+                head = member.read(min(size, SNIFF_BYTES))
+                _sniff(head, name)  # not an image: the rest is never decompressed
+                expansion.size += size - len(head)
+                data = head + member.read(size - len(head))
+        except BadImageError as exc:
+            reason = exc.reason
+            budget.left -= len(head)
         except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError,
                 ValueError) as exc:
             reason = f"corrupt or unsupported zip member ({exc})"
         else:
             budget.left -= len(data)
-            return name, data
+            return accept(name, data)  # validated now: a rejected member's bytes are freed
     skipped.append(SkippedFile(name, reason))
     return None
 

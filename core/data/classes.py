@@ -26,6 +26,7 @@ from types import ModuleType
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "assets" / "presets"
 MAX_TEXT_FILE_BYTES = 32 * 1024 * 1024  # class lists and descriptor files are small
+MAX_CLASS_NAME_CHARS = 200  # CLIP reads 77 tokens of a prompt: a longer name is a pasting mistake
 
 # key -> display name, in the order of the CoOp / OTFusion tables.
 _DISPLAY_NAMES = {
@@ -70,13 +71,22 @@ def parse_classes(text: str) -> ClassList:
     if not isinstance(text, str):
         raise ValueError(f"classes: expected text, got {type(text).__name__}.")
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").strip()
-    if text.startswith("["):
+    if text.startswith("[") and (text.endswith("]") or '"' in text):  # meant as a JSON list
         try:
             parsed = json.loads(text)
-        except json.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed):
-            return _class_list(parsed)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"classes: the text starts like a JSON list but is not valid JSON ({exc.msg} at "
+                f"character {exc.pos + 1}); write it as [\"cat\", \"dog\"], or give one class per "
+                "line."
+            ) from None
+        if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+            raise ValueError(
+                "classes: expected a JSON list of strings such as [\"cat\", \"dog\"], got a list "
+                "holding " + ", ".join(sorted({type(p).__name__ for p in parsed
+                                               if not isinstance(p, str)})) + "."
+            )
+        return _class_list(parsed)
     sep = "\n" if "\n" in text else ","
     return _class_list(text.split(sep))
 
@@ -106,6 +116,13 @@ def _class_list(raw: list[str]) -> ClassList:
         name = _strip_quotes(" ".join(item.split()))
         if not name:
             continue
+        if len(name) > MAX_CLASS_NAME_CHARS:
+            raise ValueError(
+                f"classes: class {len(names) + 1} is {len(name):,} characters long (it starts "
+                f"{name[:40]!r}); the limit is {MAX_CLASS_NAME_CHARS} (CLIP reads at most 77 "
+                "tokens of a prompt). Shorten it, or check that the list is split into names: one "
+                "per line or comma-separated."
+            )
         key = name.casefold()
         if key in first:
             dupes.append(repr(name) if name == first[key] else f"{name!r} (same as {first[key]!r})")

@@ -34,8 +34,10 @@ if TYPE_CHECKING:  # annotations only: core.data.images imports this module
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 DEFAULT_MAX_PIXELS = 89_478_485
+SNIFF_BYTES = 4096  # read before the rest of a file: enough for Pillow to name most formats
 _MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP")
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"), (b"BM", "BMP")
 )
 
 
@@ -95,6 +97,20 @@ def _open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
         im.close()
         raise BadImageError(name, f"empty image ({width}x{height})")
     return im
+
+
+def _sniff(head: bytes, name: str) -> None:
+    """Raise ``BadImageError`` unless ``head`` (a file's first bytes) starts like an allowed format.
+
+    The same signatures Pillow's PNG, JPEG, GIF, BMP and WEBP plugins accept, so nothing that
+    ``_open_image`` would take is refused; called before a file or zip member is read whole.
+    """
+    if not head:
+        raise BadImageError(name, "empty file")
+    if any(head.startswith(magic) for magic, _ in _MAGIC) or (
+            head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return
+    raise BadImageError(name, _identify(head))
 
 
 def _identify(data: bytes) -> str:

@@ -43,9 +43,11 @@ from core.data.archives import (
 from core.data.decode import (
     ALLOWED_FORMATS,
     DEFAULT_MAX_PIXELS,
+    SNIFF_BYTES,
     BadImageError,
     SkippedFile,
     _open_image,
+    _sniff,
 )
 
 _HEADER_KEYS = {"filename", "file_name", "file", "name", "path", "image", "image_path", "img"}
@@ -165,44 +167,82 @@ def load_image_set(
 
     items: list[ImageItem] = []
     skipped: list[SkippedFile] = []
+
+    def accept(name: str, data: bytes) -> ImageItem | None:
+        try:
+            return ImageItem.from_bytes(name, data, max_pixels=max_pixels)
+        except BadImageError as exc:
+            skipped.append(SkippedFile(name, exc.reason))
+            return None
+
     for src in sources:
         if isinstance(src, bytes):
-            entries = _zip_entries(src, "archive.zip", limits, budget, skipped)
+            items += _zip_entries(src, "archive.zip", limits, budget, skipped, accept)
         elif isinstance(src, (str, os.PathLike)):
             path = Path(src)
-            if path.is_dir():
-                entries = _folder_entries(path, limits, budget, skipped)
+            try:
+                is_dir = path.is_dir()
+            except (OSError, ValueError) as exc:  # "File name too long", a NUL byte
+                skipped.append(SkippedFile(_short(str(src)), "cannot read: "
+                                           f"{getattr(exc, 'strerror', None) or exc}"))
+                continue
+            if is_dir:
+                items += _folder_entries(path, limits, budget, skipped, accept)
             elif path.suffix.lower() == ".zip":
-                entries = _zip_entries(path, path.name, limits, budget, skipped)
+                items += _zip_entries(path, path.name, limits, budget, skipped, accept)
             elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
                 skipped.append(SkippedFile(path.name, "archive format not supported; use a .zip"))
-                continue
             else:
                 data = _read_file(path, path.name, limits, budget, skipped)
-                entries = [(path.name, data, None)] if data is not None else []
+                item = accept(path.name, data) if data is not None else None
+                items += [item] if item is not None else []
         else:
             raise ValueError(f"source: expected paths or zip bytes in the list, got "
                              f"{type(src).__name__}.")
-        for name, data, label in entries:
-            try:
-                items.append(ImageItem.from_bytes(name, data, label=label, max_pixels=max_pixels))
-            except BadImageError as exc:
-                skipped.append(SkippedFile(name, exc.reason))
 
     notes: tuple[str, ...] = ()
     if labels_csv is not None and items:
         items, notes = _apply_csv(items, labels_csv)
     if not items:
-        shown = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5])
-        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        raise NoImagesError(
-            f"no usable images: {len(skipped)} file(s) skipped ({shown}{more}); allowed formats "
-            f"are {', '.join(ALLOWED_FORMATS)}.", skipped)
-    return ImageSet(items=tuple(items), skipped=tuple(skipped), warnings=notes)
+        raise NoImagesError(_nothing_usable(skipped), skipped)
+    return ImageSet(items=_unique_names(items), skipped=tuple(skipped), warnings=notes)
 
 
-def _folder_entries(root: Path, limits: _Limits, budget: _Budget,
-                    skipped: list[SkippedFile]) -> list[tuple[str, bytes, str | None]]:
+def _short(name: str, limit: int = 80) -> str:
+    return name if len(name) <= limit else name[:limit - 3] + "..."
+
+
+def _nothing_usable(skipped: Sequence[SkippedFile]) -> str:
+    allowed = f"allowed formats are {', '.join(ALLOWED_FORMATS)}"
+    if not skipped:
+        return (f"no usable images: the upload holds no files (an empty folder or zip, or only "
+                f"hidden and system files); {allowed}.")
+    shown = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5])
+    more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+    return f"no usable images: {len(skipped)} file(s) skipped ({shown}{more}); {allowed}."
+
+
+def _unique_names(items: list[ImageItem]) -> tuple[ImageItem, ...]:
+    """Display names made unique: a second ``dup.png`` (two uploads of that name, or the same path
+    in two zips) becomes ``dup (2).png``, so results and downloads tell them apart."""
+    taken = {it.name for it in items}
+    seen: set[str] = set()
+    out = []
+    for it in items:
+        if it.name in seen:
+            path = PurePosixPath(it.name)
+            k = 2
+            while (new := str(path.with_name(f"{path.stem} ({k}){path.suffix}"))) in taken:
+                k += 1
+            taken.add(new)
+            it = replace(it, name=new)
+        seen.add(it.name)
+        out.append(it)
+    return tuple(out)
+
+
+def _folder_entries(root: Path, limits: _Limits, budget: _Budget, skipped: list[SkippedFile],
+                    accept) -> list[ImageItem]:
     paths: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):  # does not follow symlinked folders
         dirnames[:] = [d for d in dirnames if not _ignored(d)]
@@ -214,19 +254,22 @@ def _folder_entries(root: Path, limits: _Limits, budget: _Budget,
         skipped.append(SkippedFile(f"{root.name}/", f"more than {limits.max_entries:,} files; "
                                                     "the rest of the folder was skipped"))
         found = found[:limits.max_entries]
-    entries: list[tuple[str, bytes]] = []
+    items: list[ImageItem] = []
     for rel, path in found:
         if rel.lower().endswith(ARCHIVE_SUFFIXES):
             skipped.append(SkippedFile(rel, "archive inside a folder skipped (load it alone)"))
             continue
         data = _read_file(path, rel, limits, budget, skipped)
-        if data is not None:
-            entries.append((rel, data))
-    return _with_folder_labels(entries)
+        item = accept(rel, data) if data is not None else None  # validated before the next read
+        if item is not None:
+            items.append(item)
+    return _with_folder_labels(items)
 
 
 def _read_file(path: Path, name: str, limits: _Limits, budget: _Budget,
                skipped: list[SkippedFile]) -> bytes | None:
+    """A file's bytes, or None (reason in ``skipped``); a file that does not start like an
+    allowed image costs ``SNIFF_BYTES`` at most."""
     try:
         if not path.is_file():  # missing, or a device / fifo that could block or never end
             skipped.append(SkippedFile(name, "file not found" if not path.exists()
@@ -241,12 +284,22 @@ def _read_file(path: Path, name: str, limits: _Limits, budget: _Budget,
             skipped.append(SkippedFile(name, "total size limit reached "
                                              f"({_mib(limits.max_total_bytes)})"))
             return None
+        cap = min(limits.max_file_bytes, budget.left)
         with open(path, "rb") as fh:
-            data = fh.read(min(limits.max_file_bytes, budget.left) + 1)  # bounded if it grew
+            head = fh.read(min(SNIFF_BYTES, cap + 1))
+            try:
+                _sniff(head, name)
+            except BadImageError as exc:
+                budget.left -= len(head)
+                skipped.append(SkippedFile(name, exc.reason))
+                return None
+            # One byte past the size seen: bounded if the file grew (and read(n) allocates n
+            # bytes up front, so never ask for the cap itself).
+            data = head + fh.read(max(0, min(cap, size) + 1 - len(head)))
     except OSError as exc:
         skipped.append(SkippedFile(name, f"cannot read file ({exc.strerror or exc})"))
         return None
-    if len(data) > min(limits.max_file_bytes, budget.left):
+    if len(data) > cap:
         skipped.append(SkippedFile(name, "file too large or total size limit reached"))
         return None
     budget.left -= len(data)

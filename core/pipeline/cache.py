@@ -15,6 +15,15 @@ of them takes a fraction of a second (see ``benchmarks/encode.py``).
 Root: ``FUSIONLAB_CACHE_DIR`` or ``~/.cache/fusionlab/features``. A corrupt entry (truncated file,
 wrong shape, NaN) is deleted and recomputed. An unwritable or unreadable root disables the cache
 with one warning; encoding goes on without it.
+
+Size cap: ``max_bytes`` (default ``FUSIONLAB_CACHE_MAX_BYTES``, else ``DEFAULT_MAX_BYTES`` = 4 GiB;
+0 means no cap). A hit refreshes its entry's modification time, so that time is the last access;
+when a write takes the entries' total over the cap, the least recently used entries are deleted
+until the total is at most ``EVICT_TO`` (90%) of the cap (one scan of the root, not one per
+write). Only files of the entry layout are ever counted or deleted, whatever the root holds. The
+total is scanned once per process and then kept up to date by this object's own writes; several
+processes sharing a root each evict from a fresh scan, so the cap holds up to what the others
+wrote since.
 """
 
 from __future__ import annotations
@@ -35,10 +44,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from core.pipeline.cache_size import entry_files, evict_lru, parse_size
+
 logger = logging.getLogger(__name__)
 
 FEATURE_VERSION = 1  # bump when an extraction changes, so old entries stop matching
 DEFAULT_ROOT = "~/.cache/fusionlab/features"
+# Defaults of the size cap (no core/config.py on this branch yet: move them there when it lands).
+DEFAULT_MAX_BYTES = 4 * 1024**3  # global features of ~1M images (768-d); fewer with crops
+EVICT_TO = 0.9  # evict down to this fraction of the cap, so a full cache does not evict per write
 _HASH_RE = re.compile(r"[0-9a-f]{16,128}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -46,6 +60,12 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 def default_cache_dir() -> Path:
     """``FUSIONLAB_CACHE_DIR`` if set, else ``~/.cache/fusionlab/features``."""
     return Path(os.environ.get("FUSIONLAB_CACHE_DIR") or DEFAULT_ROOT).expanduser()
+
+
+def default_max_bytes() -> int:
+    """``FUSIONLAB_CACHE_MAX_BYTES`` if set (0: no cap), else ``DEFAULT_MAX_BYTES``."""
+    text = os.environ.get("FUSIONLAB_CACHE_MAX_BYTES", "").strip()
+    return parse_size(text, "FUSIONLAB_CACHE_MAX_BYTES") if text else DEFAULT_MAX_BYTES
 
 
 def _digest(obj) -> str:
@@ -90,20 +110,29 @@ class FeatureCache:
     ----------
     root : str or Path, optional
         Defaults to `default_cache_dir`.
+    max_bytes : int, optional
+        Size cap of the entries under ``root`` (least recently used evicted); 0 for no cap.
+        Defaults to `default_max_bytes`.
 
     Attributes
     ----------
     enabled : bool
         False after the root proved unwritable or unreadable (one warning was issued).
-    n_hits, n_misses, n_corrupt, n_written : int
+    n_hits, n_misses, n_corrupt, n_written, n_evicted : int
         Running counters over this object's lifetime.
     """
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, *, max_bytes: int | None = None):
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.max_bytes = default_max_bytes() if max_bytes is None else int(max_bytes)
+        if self.max_bytes < 0:
+            raise ValueError(f"max_bytes: expected 0 (no cap) or a positive size in bytes, got "
+                             f"{max_bytes}.")
         self.enabled = True
-        self.n_hits = self.n_misses = self.n_corrupt = self.n_written = 0
+        self.n_hits = self.n_misses = self.n_corrupt = self.n_written = self.n_evicted = 0
         self._lock = threading.Lock()
+        self._evict_lock = threading.Lock()
+        self._total: int | None = None  # bytes of the entries under root; scanned on first write
 
     def __repr__(self) -> str:
         return f"FeatureCache(root={str(self.root)!r}, enabled={self.enabled})"
@@ -161,7 +190,7 @@ class FeatureCache:
 
     def put_many(self, model: str, kind: str, features: Mapping[str, Tensor]) -> int:
         """Store ``{sha: Tensor}`` entries atomically; returns how many were written."""
-        written = 0
+        written = added = 0
         for sha, tensor in features.items():
             if not self.enabled:
                 break
@@ -174,6 +203,7 @@ class FeatureCache:
                 data = tensor.detach().to("cpu", torch.float32).contiguous().clone()
                 save_file({"features": data}, tmp, metadata={"model": model, "kind": kind,
                                                              "sha256": sha})
+                added += os.path.getsize(tmp) - _size_or_zero(path)
                 os.replace(tmp, path)
                 written += 1
             except OSError as exc:
@@ -182,7 +212,32 @@ class FeatureCache:
                 self._disable(f"cannot write to {path.parent} ({type(exc).__name__}: {exc})")
         with self._lock:
             self.n_written += written
+        if written and self.max_bytes:
+            self._account(added)
         return written
+
+    def total_bytes(self) -> int:
+        """Bytes of the entries under ``root`` now (a scan)."""
+        return sum(entry.size for entry in entry_files(self.root))
+
+    def _account(self, added: int) -> None:
+        """Add this object's new bytes to the running total; evict when over the cap."""
+        with self._evict_lock:
+            if self._total is None:
+                self._total = self.total_bytes()  # includes what was just written
+            else:
+                self._total += added
+            if self._total > self.max_bytes:
+                self._evict()
+
+    def _evict(self) -> None:
+        """Delete least recently used entries until at most ``EVICT_TO`` of the cap is used."""
+        self._total, evicted = evict_lru(entry_files(self.root), int(EVICT_TO * self.max_bytes))
+        with self._lock:
+            self.n_evicted += evicted
+        if evicted:
+            logger.info("feature cache: evicted %d least recently used entries (cap %d bytes).",
+                        evicted, self.max_bytes)
 
     def _read(self, path: Path, model: str, kind: str, sha: str,
               expected_shape: tuple[int, ...] | None) -> Tensor | str:
@@ -208,6 +263,8 @@ class FeatureCache:
         if not ok:
             _remove(path)
             return "corrupt"
+        if self.max_bytes:
+            _touch(path)  # its modification time is its last access: LRU eviction
         return tensor
 
     def _disable(self, reason: str) -> None:
@@ -221,6 +278,20 @@ class FeatureCache:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache still serves hits
+        pass
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _remove(path: Path) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from core.config import BATCH_SIZE, DEFAULT_TEMPLATE, DEFAULT_VFM, DEFAULT_VLM, LAZSL_CROP_SCALE
-from core.data import ImageItem, ImageSet, SkippedFile, decode_many
+from core.data import ImageItem, ImageSet, NoImagesError, SkippedFile, decode_many
 from core.methods.lazsl import crop_boxes, seed_from_hash
 from core.methods.run import FeatureSet
 from core.methods.zeroshot import (
@@ -386,8 +386,9 @@ def extract(
     skipped = list(image_set.skipped)
     skipped += [SkippedFile(it.name, bad[it.sha256]) for it in items if it.sha256 in bad]
     if not kept:
-        raise ValueError(
-            "images: none of the uploaded images could be decoded; see the skipped files."
+        raise NoImagesError(  # a ValueError that carries what was skipped and why
+            "images: none of the uploaded images could be decoded; see the skipped files.",
+            skipped,
         )
     kept_hashes = [it.sha256 for it in kept]
     image_features = {name: req.stack(kept_hashes) for name, (req, _, _) in requests.items()}
