@@ -185,3 +185,19 @@ def ui_range(cls, name: str) -> tuple:
             return f.metadata["ui"]
     raise ValueError(f"ui_range: {cls.__name__}.{name} has no slider range; fields with one: "
                      + ", ".join(f.name for f in fields(cls) if "ui" in f.metadata) + ".")
+
+
+# ----------------------------------------------------------------------------- resource limits
+# What one input, one session and the shared caches may cost (issue 13). Environment variables
+# override some of them at run time (README: "Environment").
+
+ARCHIVE_MAX_ENTRIES = 20_000  # members of one zip
+ARCHIVE_MAX_TOTAL_BYTES = 2 * 1024**3  # decompressed bytes of one image set
+ARCHIVE_MAX_FILE_BYTES = 512 * 1024**2  # one file or member
+ARCHIVE_MAX_RATIO = 100.0  # declared compression ratio of a member or of the whole archive
+FEATURE_CACHE_MAX_BYTES = 4 * 1024**3  # FUSIONLAB_CACHE_MAX_BYTES; LRU eviction above it
+APP_MAX_UPLOAD_BYTES = 1024**3  # FUSIONLAB_MAX_UPLOAD_BYTES: image bytes one Run may read
+APP_MAX_CLASSES = 1000  # class names one Run may have (as many as ImageNet)
+APP_SESSION_TTL_S = 3600.0  # FUSIONLAB_SESSION_TTL_S: idle time before a session is dropped
+APP_MAX_SESSIONS = 32  # FUSIONLAB_MAX_SESSIONS: live sessions kept (least recently used dropped)
+APP_SESSIONS_MAX_BYTES = 2 * 1024**3  # FUSIONLAB_SESSIONS_MAX_BYTES: their estimated bytes

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
+import core.config as config
 from core.config import DEFAULT_TEMPLATE, LAZSL_CROPS, LAZSL_CROPS_PAPER
 from core.data import ImageSet, get_preset, load_attributes, load_classes_file, load_image_set
 from core.data import parse_classes as _parse_classes
@@ -25,8 +26,8 @@ TRANSDUCTIVE = ("otfusion", "gpua")  # methods that spread the images over the c
 # Upload limits besides Gradio's per-file max_file_size: the image bytes one Run may read (they
 # stay in the session, whose bytes the session store caps) and the class names (as many as
 # ImageNet: every class is a prompt to encode on the shared model slot).
-MAX_UPLOAD_BYTES = 1024**3
-MAX_CLASSES = 1000
+MAX_UPLOAD_BYTES = config.APP_MAX_UPLOAD_BYTES
+MAX_CLASSES = config.APP_MAX_CLASSES
 
 # ----------------------------------------------------------------------------- inputs
 

@@ -41,15 +41,16 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+import core.config as config
 from core.pipeline import parse_size
 from demo.memory import estimate_bytes, release_memory
 from demo.state import Session, user_error
 
 log = logging.getLogger("fusionlab.app")
 
-DEFAULT_TTL_S = 3600.0
-DEFAULT_MAX_SESSIONS = 32
-DEFAULT_MAX_BYTES = 2 * 1024**3
+DEFAULT_TTL_S = config.APP_SESSION_TTL_S
+DEFAULT_MAX_SESSIONS = config.APP_MAX_SESSIONS
+DEFAULT_MAX_BYTES = config.APP_SESSIONS_MAX_BYTES
 TOMBSTONES = 10_000  # keys of dropped sessions remembered for the "your session expired" message
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+import core.config as config
 from core.data.decode import SNIFF_BYTES, BadImageError, SkippedFile, _sniff
 
 if TYPE_CHECKING:  # annotations only: core.data.images imports this module
@@ -48,10 +49,10 @@ if TYPE_CHECKING:  # annotations only: core.data.images imports this module
 
 Accept = Callable[[str, bytes], "ImageItem | None"]  # validate read bytes; None when rejected
 
-DEFAULT_MAX_ENTRIES = 20_000
-DEFAULT_MAX_TOTAL_BYTES = 2 * 1024**3
-DEFAULT_MAX_FILE_BYTES = 512 * 1024**2
-DEFAULT_MAX_RATIO = 100.0
+DEFAULT_MAX_ENTRIES = config.ARCHIVE_MAX_ENTRIES
+DEFAULT_MAX_TOTAL_BYTES = config.ARCHIVE_MAX_TOTAL_BYTES
+DEFAULT_MAX_FILE_BYTES = config.ARCHIVE_MAX_FILE_BYTES
+DEFAULT_MAX_RATIO = config.ARCHIVE_MAX_RATIO
 RATIO_MIN_BYTES = 64 * 1024
 ARCHIVE_SLACK_BYTES = 8 * 1024**2
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".lz")

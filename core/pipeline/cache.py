@@ -44,6 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+import core.config as config
 from core.pipeline.cache_size import entry_files, evict_lru, parse_size
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 FEATURE_VERSION = 1  # bump when an extraction changes, so old entries stop matching
 DEFAULT_ROOT = "~/.cache/fusionlab/features"
 # Defaults of the size cap (no core/config.py on this branch yet: move them there when it lands).
-DEFAULT_MAX_BYTES = 4 * 1024**3  # global features of ~1M images (768-d); fewer with crops
+DEFAULT_MAX_BYTES = config.FEATURE_CACHE_MAX_BYTES  # global features of ~1M images (768-d)
 EVICT_TO = 0.9  # evict down to this fraction of the cap, so a full cache does not evict per write
 _HASH_RE = re.compile(r"[0-9a-f]{16,128}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
