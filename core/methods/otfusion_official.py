@@ -2,9 +2,9 @@
 
 Source: the public repository ``Afleve/self-adaptive-Optimal-Transport`` (CVPR 2026 revision of
 arXiv 2506.13723, "SOTA: Self-adaptive Optimal Transport"), ``main.py`` and
-``OptimalTrans_solver/`` (``OptimalTrans_auto.OptimalTrans``, ``evalute_test`` and the helpers of
-``OptimalTrans_utils``), latest stored revision. It has no licence: it was read, not copied. What
-it computes, for visual sources X_s (N, d_s) and VLM probabilities Y_j (N, K):
+``OptimalTrans_solver/`` (``OptimalTrans_auto.OptimalTrans`` and ``evalute_test`` at commit
+4aeb7a4, the helpers of ``OptimalTrans_utils`` at 5eee199). It has no licence: it was read, not
+copied. What it computes, for visual sources X_s (N, d_s) and VLM probabilities Y_j (N, K):
 
 - sources: ``[VLM image features..., VFM features...]``, each L2-normalised at extraction; Y_j =
   softmax of the VLM's 100 * cosine logits (``init_z`` applies the softmax);
@@ -16,7 +16,8 @@ it computes, for visual sources X_s (N, d_s) and VLM probabilities Y_j (N, K):
   P_s = softmax(log-likelihood / 50) (``1 / 50 * ...``, inherited from TransCLIP);
 - S = sum_s alpha_s P_s + sum_j beta_j Y_j, alpha = 1/#sources, beta = 1/#VLMs at the start;
 - Q = SwAV Sinkhorn of S in the probability domain (``sinkhorn(fusion, eps, 15)``, eps 0.01 from
-  ``--eps``, tol 1e-5 on max |Q_t - Q_{t-1}| of the mass-1 plan), returned as N * Q;
+  ``--eps``, tol 1e-5 on max |Q_t - Q_{t-1}| of the mass-1 plan, whose entries are <= 1/N: at
+  N = 50k the stop fires after an iteration or two, at N = 1k rarely), returned as N * Q;
 - after each Sinkhorn, when a group has several members (``update_alpha_per_source``): each
   member's weight = its count of images whose one-hot argmax agrees with argmax Q, floored at
   1e-8, normalised within the group; used from the next iteration on;
@@ -32,8 +33,10 @@ variance 50 var), the M-step one GEMM plus (K, d) work (the variance about the n
 is the within-class variance plus sum_k n_k (m_k - mu_k)^2, ``core.solvers.gmm``), the Sinkhorn
 ``core.solvers.sinkhorn_swav``. Where the released code would fail we do not: fewer than 8 images
 use all of them, a class whose kernel column underflows entirely keeps zero mass instead of a NaN
-plan. The older stored revision of the same file (temperature 10, 10 Sinkhorn iterations, no
-inductive mode) is not what this reproduces.
+plan. The older stored revision of the same file (5eee199: temperature 10, 10 Sinkhorn
+iterations, no inductive mode) is not what this reproduces. The stored ``utils.py`` predates
+``main.py`` (their signatures disagree), so the shapes of the inductive shot features could not
+be checked; the inductive mode here follows ``evalute_test``.
 """
 
 from __future__ import annotations
