@@ -35,6 +35,19 @@ def test_iterates_and_early_stop_match_the_plain_loop(n, m, eps, tol, dtype, ato
         torch.testing.assert_close(n * res.plan, ref, atol=atol, rtol=0)
 
 
+def test_blockwise_stopping_test_gives_the_same_stops(monkeypatch):
+    """Blocks of a few rows (as at N = 50k) decide the stop exactly like one pass."""
+    import core.solvers.sinkhorn_swav as swav
+
+    monkeypatch.setattr(swav, "_CHUNK", 64)
+    for seed in range(4):
+        s = _scores(300, 12, seed=seed)
+        res = sinkhorn_swav(s, eps=0.02, max_iter=15, tol=1e-4)
+        ref, ref_iter = plain_swav_sinkhorn(s, 0.02, 15, 1e-4)
+        assert res.n_iter == ref_iter
+        torch.testing.assert_close(300 * res.plan, ref, atol=ATOL_LOOP64, rtol=0)
+
+
 def test_the_early_stop_fires_at_several_different_iterations():
     """The test data must exercise the stopping rule, not only max_iter."""
     counts = {sinkhorn_swav(_scores(300, 12, seed=s), eps=0.02, max_iter=15, tol=1e-4).n_iter

@@ -71,8 +71,12 @@ def confident_means(x: Tensor, z: Tensor, n_confident: int) -> Tensor:
     -------
     Tensor, shape (K, d), rows of unit norm
     """
-    top_z, top = z.topk(min(n_confident, z.shape[0]), dim=0)  # (m, K) each
-    # sum_m z[top_mk, k] x[top_mk]: an (m, K, d) gather, not an (N, K) x (N, d) product
+    return _gathered_means(x, *z.topk(min(n_confident, z.shape[0]), dim=0))
+
+
+def _gathered_means(x: Tensor, top_z: Tensor, top: Tensor) -> Tensor:
+    """normalise(sum_m top_z[m, k] x[top[m, k]]): an (m, K, d) gather, not an (N, K) x (N, d)
+    product; ``top_z``, ``top`` (m, K) from one ``topk`` shared by every source."""
     return l2_normalize(torch.einsum("mk,mkd->kd", top_z, x[top]))
 
 
@@ -100,7 +104,8 @@ def solve_official(vs, ys, lams, etas, labels, *, eps, n_iter, sinkhorn_iter, si
     y_mean = sum(ys) / len(ys) if len(ys) > 1 else ys[0]
     centred = [centre_columns(v) for v in vs]  # (xc (N, d), mean (d,)) per GMM
     sq_means = [xc.square().mean(0) for xc, _ in centred]  # (d,): sum_i xc_i^2 / N
-    params = [(confident_means(v, y_mean, n_confident),
+    top = y_mean.topk(min(n_confident, n), dim=0) if vs else None  # (m, K) values, indices
+    params = [(_gathered_means(v, *top),
                torch.full((v.shape[1],), 1.0 / v.shape[1], dtype=v.dtype, device=v.device))
               for v in vs]
     adapt_eta = adaptive and len(vs) > 1
