@@ -3,7 +3,8 @@ transport.
 
 The public API::
 
-    from core import sinkhorn, otfusion, fit_gpua, lazsl_scores, zeroshot_probs, make_synthetic
+    from core import sinkhorn, otfusion, fit_otfusion, fit_gpua, lazsl_scores, zeroshot_probs
+    from core import make_synthetic
 
 Where things live (imports point down this list, never up)::
 
@@ -25,6 +26,7 @@ from core.methods import zeroshot as _zeroshot_module
 from core.methods.gpua import Alignment, fit_gpua
 from core.methods.lazsl import LazslResult, lazsl_scores
 from core.methods.otfusion import OTFusionResult, otfusion
+from core.methods.otfusion_inductive import OTFusionModel, fit_otfusion
 from core.methods.zeroshot import zeroshot_probs
 from core.solvers.sinkhorn import sinkhorn
 from core.solvers.sinkhorn_result import SinkhornResult
@@ -37,6 +39,7 @@ for _short, _module in {"zeroshot": _zeroshot_module, "otfusion": _otfusion_modu
     sys.modules.setdefault(f"{__name__}.{_short}", _module)
 
 __all__ = [
-    "sinkhorn", "SinkhornResult", "otfusion", "OTFusionResult", "fit_gpua", "Alignment",
+    "sinkhorn", "SinkhornResult", "otfusion", "OTFusionResult", "fit_otfusion", "OTFusionModel",
+    "fit_gpua", "Alignment",
     "lazsl_scores", "LazslResult", "zeroshot_probs", "make_synthetic", "SyntheticData",
 ]

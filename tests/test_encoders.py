@@ -495,3 +495,106 @@ def test_incomplete_cache_is_reported(no_hub, monkeypatch):
     with pytest.raises(WeightsUnavailableError, match="model.safetensors"):
         load_encoder(spec.key)
 
+
+
+# ------------------------------------------------- loading defects (issue 10, item 7): reproduced
+def _tiny_hf_tokenizer(folder) -> None:
+    """A word-level Hugging Face tokenizer (ids < the tiny text tower's vocabulary), saved the way
+    a Hub repo without a model config holds it: tokenizer files only, no config.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2, "a": 3, "photo": 4, "of": 5, "cat": 6, "dog": 7}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                            eos_token="</s>").save_pretrained(folder)
+
+
+def _cached_clip_spec(no_hub, clip, *, key, repo, tokenizer_repo=None, weights=None):
+    """Register a non-random twin of the tiny CLIP whose weights sit in a fake Hub snapshot."""
+    from safetensors.torch import save_file
+
+    def write(path):
+        save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()}, str(path))
+        if weights is not None:
+            weights(path)
+
+    _fake_hub_snapshot(no_hub, repo, {"open_clip_model.safetensors": write})
+    return register_model(replace(clip.spec, key=key, random_init=False, hf_repo=repo,
+                                  pretrained="test", tokenizer_repo=tokenizer_repo,
+                                  hidden=True), overwrite=True)
+
+
+def _cached_dino_spec(no_hub, dino, *, key, repo, damage):
+    def write(folder):
+        dino.model.save_pretrained(folder)
+        damage(folder / "model.safetensors")
+
+    _fake_hub_snapshot(no_hub, repo, {".": write})
+    return register_model(replace(dino.spec, key=key, random_init=False, hf_repo=repo,
+                                  hidden=True), overwrite=True)
+
+
+def test_hf_tokenizer_from_a_repo_without_config_json_encodes_text(no_hub, monkeypatch):
+    """SigLIP's Hub repo has tokenizer files but no config.json; AutoTokenizer given the repo id
+    with local_files_only=True then fails, so text encoding never worked offline."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clip = load_encoder(TINY["clip_vit"], device="cpu")
+    tok_repo = "fusionlab-test/tokenizer-no-config"
+    _fake_hub_snapshot(no_hub, tok_repo, {".": _tiny_hf_tokenizer})
+    spec = _cached_clip_spec(no_hub, clip, key="test-hf-tokenizer-no-config",
+                             repo="fusionlab-test/tiny-clip-hf-tok", tokenizer_repo=tok_repo)
+    encoder = load_encoder(spec.key, device="cpu")
+    feats = encoder.encode_sentences(["a photo of a cat", "a photo of a dog"])
+    assert feats.shape == (2, spec.output_dim) and torch.isfinite(feats).all()
+    snapshot = next((no_hub / f"models--{tok_repo.replace('/', '--')}" / "snapshots").iterdir())
+    ids = AutoTokenizer.from_pretrained(str(snapshot))(
+        ["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        manual = l2_normalize(clip.model.encode_text(ids).float())
+    torch.testing.assert_close(feats[:1], manual, atol=ATOL, rtol=0)
+
+
+def test_transformers_checkpoint_with_missing_tensors_is_an_error_not_random_weights(
+        no_hub, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dino = load_encoder(TINY["dinov2"], device="cpu")
+
+    def drop_one(path):
+        state = load_file(str(path))
+        del state["embeddings.patch_embeddings.projection.weight"]
+        save_file(state, str(path), metadata={"format": "pt"})
+
+    spec = _cached_dino_spec(no_hub, dino, key="test-dino-missing-tensor",
+                             repo="fusionlab-test/dino-missing-tensor", damage=drop_one)
+    with pytest.raises(WeightsUnavailableError, match="missing") as info:
+        load_encoder(spec.key, device="cpu")
+    message = str(info.value)
+    assert "embeddings.patch_embeddings.projection.weight" in message
+    assert "random" in message and "python -m core download" in message
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])  # an interrupted download: the tail is missing
+
+
+@pytest.mark.parametrize("library", ["transformers", "open_clip"])
+def test_truncated_safetensors_reports_incomplete_cache(no_hub, monkeypatch, library):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if library == "transformers":
+        spec = _cached_dino_spec(no_hub, load_encoder(TINY["dinov2"], device="cpu"),
+                                 key="test-dino-truncated", repo="fusionlab-test/dino-truncated",
+                                 damage=_truncate)
+    else:
+        spec = _cached_clip_spec(no_hub, load_encoder(TINY["clip_vit"], device="cpu"),
+                                 key="test-clip-truncated", repo="fusionlab-test/clip-truncated",
+                                 weights=_truncate)
+    with pytest.raises(WeightsUnavailableError, match="cached files are incomplete") as info:
+        load_encoder(spec.key, device="cpu")
+    assert "python -m core download" in str(info.value)

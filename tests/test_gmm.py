@@ -195,3 +195,46 @@ def test_validation_of_non_finite_and_mismatched_inputs():
         estimate_log_prob(x, torch.zeros(2, 4), torch.ones(3))
     with pytest.raises(ValueError, match="positive"):
         e_step(x, torch.zeros(2, 3), torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------- variance about
+def _variance_about(x, resp, centres, dtype=None):
+    """shared_variance_about on x centred by its own mean, as the official OTFusion calls it."""
+    from core.solvers.gmm import centre_columns, shared_variance_about
+
+    xc, mean = centre_columns(x)
+    total = float(resp.sum())
+    sq_sum = resp.sum(1) @ xc.square()
+    return shared_variance_about(sq_sum, resp.T @ xc, resp.sum(0), centres - mean, total, 0.0,
+                                 dtype or x.dtype)
+
+
+def test_variance_about_given_centres_matches_naive_loop():
+    x, _, _, _ = _mixture(n=60, k=3, d=5, seed=7, offset=2.0)
+    g = torch.Generator().manual_seed(7)
+    resp = torch.rand(60, 3, generator=g, dtype=torch.float64)
+    centres = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    naive = sum(resp[i, k] * (x[i] - centres[k]) ** 2 for i in range(60) for k in range(3))
+    torch.testing.assert_close(_variance_about(x, resp, centres), naive / resp.sum(),
+                               atol=ATOL_NAIVE, rtol=0)
+
+
+def test_variance_about_the_weighted_means_is_the_m_step_variance():
+    x, _, _, _ = _mixture(n=200, k=4, d=6, seed=8)
+    resp = torch.softmax(torch.randn(200, 4, generator=torch.Generator().manual_seed(8),
+                                     dtype=torch.float64), 1)
+    means, var, _ = m_step(x, resp, reg_covar=0.0)
+    torch.testing.assert_close(_variance_about(x, resp, means), var, atol=ATOL_NAIVE, rtol=0)
+
+
+def test_variance_about_unit_norm_centres_in_float32_agrees_with_float64():
+    """The official recipe's case: unit-norm data sharing a direction, centres normalised."""
+    x, _, _, labels = _mixture(n=2000, k=5, d=32, seed=9, spread=0.3, offset=3.0)
+    x = x / x.norm(dim=1, keepdim=True)
+    resp = torch.nn.functional.one_hot(labels, 5).double()
+    centres = (resp.T @ x) / resp.sum(0)[:, None]
+    centres = centres / centres.norm(dim=1, keepdim=True)
+    wide = _variance_about(x, resp, centres)
+    narrow = _variance_about(x.float(), resp.float(), centres.float())
+    torch.testing.assert_close(narrow.double(), wide, atol=0, rtol=RTOL_F32_VAR)
+    assert bool((wide > 0).all())

@@ -17,13 +17,18 @@ so they are baked into the image at build time (`preload_from_hub_lines` writes 
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import warnings
 
 import torch
+from safetensors import SafetensorError
 
 from core.models.encoders import Encoder, OpenClipEncoder, TransformersEncoder
 from core.models.hub import (
+    TOKENIZER_FILES,
+    FileNeed,
+    cached_path,
     ensure_weights,
     files_needed,
     hf_cache_dir,
@@ -168,8 +173,8 @@ def _build(spec: ModelSpec, device: torch.device) -> Encoder:
                 model, tokenizer_factory = _build_open_clip(spec, cache_dir, paths)
             else:
                 model = _build_transformers(spec, cache_dir)
-    except OSError as exc:  # files in the cache but incomplete (e.g. a missing shard)
-        if spec.random_init:
+    except (OSError, SafetensorError) as exc:  # in the cache but incomplete: a missing shard,
+        if spec.random_init:  # a truncated .safetensors (SafetensorError is not an OSError)
             raise
         raise unavailable(spec, cache_dir, f"the cached files are incomplete ({exc})") from exc
     model = model.to(device).eval().requires_grad_(False)
@@ -209,15 +214,21 @@ def _build_open_clip(spec: ModelSpec, cache_dir: str | None, paths: dict[str, st
             cfg = open_clip.get_model_config(spec.model_id) or {}
             text_cfg = cfg.get("text_cfg", {})
             folder = cache_dir or hf_cache_dir()
+            # The cached snapshot folder, not the repo id: given a repo id with
+            # local_files_only=True, AutoTokenizer also wants the repo's config.json, which
+            # tokenizer-only repos (timm/ViT-B-16-SigLIP) do not have.
+            found = cached_path(FileNeed(spec.tokenizer_repo, TOKENIZER_FILES), folder)
             try:
+                if found is None:  # only random-init twins get here without a checked cache
+                    raise OSError(f"{spec.tokenizer_repo}/{TOKENIZER_FILES[0]} is not cached")
                 return HFTokenizer(
-                    spec.tokenizer_repo, cache_dir=folder, local_files_only=True,
+                    os.path.dirname(found), local_files_only=True,
                     context_length=context_length or text_cfg["context_length"],
                     **text_cfg.get("tokenizer_kwargs", {}),
                 )
-            except OSError as exc:  # only random-init twins get here without a checked cache
+            except OSError as exc:
                 raise unavailable(
-                    spec, folder, f"its tokenizer ({spec.tokenizer_repo}) is not cached"
+                    spec, folder, f"its tokenizer ({spec.tokenizer_repo}) is not cached ({exc})"
                 ) from exc
         if context_length is not None:
             return open_clip.SimpleTokenizer(context_length=context_length)
@@ -237,9 +248,23 @@ def _build_transformers(spec: ModelSpec, cache_dir: str | None):
             )
         model = AutoModel.from_config(AutoConfig.for_model(**dict(spec.arch_config)))
     else:
-        model = AutoModel.from_pretrained(
-            spec.hf_repo, cache_dir=cache_dir, local_files_only=True, dtype=torch.float32
+        model, info = AutoModel.from_pretrained(
+            spec.hf_repo, cache_dir=cache_dir, local_files_only=True, dtype=torch.float32,
+            output_loading_info=True,
         )
+        # transformers fills tensors missing from the checkpoint (or of the wrong shape) with
+        # random values and only prints a table: that would be a silent random-weights model.
+        missing = list(info.get("missing_keys", ())) + [
+            str(m[0]) if isinstance(m, tuple) else str(m)
+            for m in info.get("mismatched_keys", ())]
+        if missing:
+            shown = ", ".join(sorted(missing)[:5]) + (", ..." if len(missing) > 5 else "")
+            raise unavailable(
+                spec, cache_dir or hf_cache_dir(),
+                f"its checkpoint is missing {len(missing)} tensor(s) of the architecture "
+                f"({shown}); loading it would leave them as random weights (a corrupted or "
+                "mismatched download)",
+            )
     config = model.config
     n_registers = int(getattr(config, "num_register_tokens", 0))
     expected = {

@@ -80,6 +80,28 @@ def shared_variance(sq_sum: Tensor, wsum: Tensor, counts: Tensor, total: float, 
     return var.to(dtype)
 
 
+def shared_variance_about(sq_sum: Tensor, wsum: Tensor, counts: Tensor, centres: Tensor,
+                          total: float, reg_covar: float, dtype: torch.dtype) -> Tensor:
+    """Shared diagonal variance about given ``centres`` instead of the weighted means.
+
+    ``sum_k sum_i r_ik (x_i - c_k)^2 / total + reg_covar``, where the c_k are not the weighted
+    means m_k (OTFusion's official recipe measures the spread about L2-normalised means). By the
+    parallel-axis identity it is the within-class variance about the m_k (:func:`shared_variance`,
+    centred) plus ``sum_k n_k (m_k - c_k)^2 / total``, a sum of non-negative (K, d) terms that
+    cancels nothing.
+
+    Parameters
+    ----------
+    sq_sum, wsum, counts, total
+        As :func:`shared_variance` (computed on data centred by some vector o).
+    centres : Tensor, shape (K, d)
+        The centres c_k, centred by the same o.
+    """
+    within = shared_variance(sq_sum, wsum, counts, total, reg_covar, dtype)  # (d,)
+    offset = weighted_means(wsum, counts) - centres  # (K, d): m_k - c_k
+    return within + (counts @ offset.square()).div_(total).to(dtype)
+
+
 def weighted_means(wsum: Tensor, counts: Tensor) -> Tensor:
     """``mu_k = sum_i r_ik x_i / n_k`` (Eq. 11); an empty component sits at the origin."""
     return wsum / counts.clamp_min(torch.finfo(wsum.dtype).tiny)[:, None]
