@@ -29,7 +29,8 @@ softmax). Only ``no_joint``, plain EM, estimates pi (core.solvers.gmm.fit_shared
 Speed (DESIGN.md "Performance"): per iteration the unavoidable work is two GEMMs per VFM; the
 rest is kept to a few passes over (N, K) buffers allocated once (a fresh 40 MB tensor costs a
 page-faulting pass of its own). Exponentials use ``exp2`` with log2(e) folded into the operands
-(torch's CPU ``exp`` is ~4x slower than ``exp2`` here). The Sinkhorn (``_sinkhorn_into``) is
+(cheaper than ``exp`` on CPU: benchmarks/README.md, `--cases kernels`). The Sinkhorn
+(``_sinkhorn_into``) is
 the shared scaling-form solver of ``core.solvers.sinkhorn_scaling`` run on the log2-kernel S
 log2(e)/eps
 with the (N, K) buffer as its kernel: two matrix-vector products per iteration instead of two
