@@ -103,10 +103,20 @@ def _methods(text: str) -> list[str]:
     return methods
 
 
+_PROGRESS_LINE_OPEN = [False]  # a progress line awaits its newline (an error must not join it)
+
+
 def _progress(done: int, total: int, desc: str) -> None:
     print(f"\r{desc}: {done}/{total}", end="", file=sys.stderr, flush=True)
+    _PROGRESS_LINE_OPEN[0] = done < total
     if done >= total:
         print(file=sys.stderr)
+
+
+def _end_progress_line() -> None:
+    if _PROGRESS_LINE_OPEN[0]:
+        print(file=sys.stderr)
+        _PROGRESS_LINE_OPEN[0] = False
 
 
 def _classes(text: str):
@@ -139,6 +149,7 @@ def _report_skipped(skipped, already=()) -> None:
 
 def _no_images(exc, already=()) -> int:
     """Nothing usable: list every skipped file, the error and the count; a user error."""
+    _end_progress_line()
     print(f"error: {exc}", file=sys.stderr)
     _report_skipped(exc.skipped, already)
     print(f"images: 0 used, {len(exc.skipped)} skipped", file=sys.stderr)
@@ -387,17 +398,20 @@ def main(argv=None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except WeightsUnavailableError as exc:
+        _end_progress_line()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_WEIGHTS
     except NoImagesError as exc:
         return _no_images(exc)
     except (ValueError, OSError, RuntimeError) as exc:
         # User mistakes (bad options, unreadable or unusable files): the message says what to do.
+        _end_progress_line()
         print(f"error: {_one_line_oserror(exc)}", file=sys.stderr)
         return EXIT_USER
     except Exception as exc:  # a bug: say so plainly, traceback on request
         if os.environ.get("FUSIONLAB_DEBUG", "").strip() not in ("", "0"):
             traceback.print_exc()
+        _end_progress_line()
         print(f"error: internal error ({type(exc).__name__}: {exc}); please report it. "
               "Set FUSIONLAB_DEBUG=1 to print the traceback.", file=sys.stderr)
         return EXIT_INTERNAL
