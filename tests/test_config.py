@@ -97,13 +97,17 @@ def test_solver_signatures_agree_with_config():
     from core.methods.gpua.recipes import RECIPES as GPUA_SOLVER_RECIPES
     from core.methods.lazsl import crop_boxes, lazsl_scores
     from core.methods.otfusion import otfusion
+    from core.methods.otfusion_common import RECIPES as OTFUSION_SOLVER_RECIPES
     from core.methods.run import sensitivity_sweep
     from core.methods.zeroshot import zeroshot_probs
 
     o, g, z = OTFusionSettings(), GPUASettings(), LaZSLSettings()
     d = _defaults(otfusion)
-    assert (d["lam"], d["eps"], d["n_iter"], d["sinkhorn_iter"], d["variant"]) == (
-        o.lam, o.eps, o.n_iter, o.sinkhorn_iter, o.variant)
+    assert (d["eps"], d["n_iter"], d["variant"], d["recipe"]) == (
+        o.eps, o.n_iter, o.variant, "paper")
+    # otfusion's recipe-dependent knobs default to None and take the paper recipe's values
+    paper = OTFUSION_SOLVER_RECIPES["paper"]
+    assert (paper.lam, paper.sinkhorn_iter) == (o.lam, o.sinkhorn_iter)
     d = _defaults(fit_gpua)
     assert (d["lam"], d["ths_k"], d["temperature"], d["recipe"]) == (
         g.lam, g.ths_k, config.TEMPERATURE, "paper")
