@@ -12,9 +12,10 @@ Settings travel as one frozen dataclass per method (nanoGPT's config idea), bund
     settings = MethodSettings(otfusion=OTFusionSettings(lam=0.5))
     settings = settings.replace(gpua={"ths_steps": 50})   # a copy with one knob changed
 
-A recipe is a named set of defaults for one method (``OTFUSION_RECIPES``, ``GPUA_RECIPES``;
-``"paper"`` is the reading of the paper, the class defaults). A recipe that changes the algorithm,
-not only its numbers, adds a field naming it, which ``core.methods.run`` passes to the solver.
+A recipe is a named set of defaults for one method (``OTFUSION_RECIPES``, ``GPUA_RECIPES``,
+``LAZSL_RECIPES``): ``"paper"`` is our reading of the paper (the class defaults), ``"official"``
+what the authors' released code does. Each settings class names its recipe in a ``recipe`` field,
+which ``core.methods.run`` passes to the solver (the algorithm changes, not only its numbers).
 
 A field's ``metadata["ui"]`` is ``(minimum, maximum, step)`` of the app's slider for it: the range
 a user explores, not a validity bound (the solvers validate their inputs).
@@ -27,8 +28,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 __all__ = [
     "BATCH_SIZE", "DEFAULT_TEMPLATE", "DEFAULT_VFM", "DEFAULT_VLM", "EVAL_CHUNK_SIZE",
     "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
-    "LAZSL_CROPS_UI", "LAZSL_CROP_SCALE", "LaZSLSettings", "MethodSettings", "OTFUSION_RECIPES",
-    "OTFusionSettings", "SEED", "SWEEP_EPSS", "SWEEP_LAMS", "TEMPERATURE", "ZeroShotSettings",
+    "LAZSL_CROPS_UI", "LAZSL_CROP_SCALE", "LAZSL_RECIPES", "LaZSLSettings", "MethodSettings",
+    "OTFUSION_OFFICIAL_VFMS", "OTFUSION_RECIPES", "OTFUSION_SETTINGS", "OTFUSION_VARIANTS",
+    "OTFusionSettings", "RECIPE_NAMES", "SEED", "SWEEP_EPSS", "SWEEP_LAMS", "TEMPERATURE", "ZeroShotSettings",
     "recipe", "ui_range",
 ]
 
@@ -77,21 +79,44 @@ class ZeroShotSettings:
     temperature: float = TEMPERATURE  # CLIP logit scale tau
 
 
+# What OTFusion fuses (``OTFusionSettings.setting``), with the paper row each one reproduces.
+# "main": every VLM's own image features and every VFM, one GMM each (Table 1, and the official
+# code's default); "vfm_only": the VFMs alone (Table 2 "DINOv2-only"); "vlm_only": the VLMs' image
+# features alone (Table 2 "CLIP-only"). The VLM probabilities Y_j enter in every setting.
+OTFUSION_SETTINGS = ("main", "vfm_only", "vlm_only")
+OTFUSION_VARIANTS = ("joint", "concat", "semantic_only", "no_joint")  # Table 2's other rows
+RECIPE_NAMES = ("paper", "official")  # our reading of the paper / the authors' released code
+# The official OTFusion code's default visual sources beside CLIP ViT-B/16 (its README / main.py):
+# DINOv2-with-registers ViT-L/14 and DINOv3 ViT-L/16 (gated on the Hub).
+OTFUSION_OFFICIAL_VFMS = ("dinov2-reg-large", "dinov3-vitl16")
+
+
 @dataclass(frozen=True)
 class OTFusionSettings:
-    """OTFusion (Xu et al. 2025), paper defaults (implementation details section)."""
+    """OTFusion (Xu et al. 2025), paper defaults (implementation details section).
 
-    lam: float = _ui(0.8, 0.0, 2.0, 0.05)  # weight of the VLM's probabilities Y (per VLM)
+    ``recipe`` "paper" is our reading of the v1 text; "official" the authors' released solver
+    (``OTFUSION_RECIPES["official"]`` holds its values). ``lam`` None means uniform within the VLM
+    group (1/J for J VLMs, the official code); ``weights`` None takes the recipe's ("fixed" for
+    the paper, "adaptive" for the official code).
+    """
+
+    lam: float | None = _ui(0.8, 0.0, 2.0, 0.05)  # weight of the VLM's probabilities Y (per VLM)
     eps: float = _ui(0.01, 0.002, 0.2, 0.001)  # entropic regularisation of the fusion Sinkhorn
     n_iter: int = _ui(10, 1, 30, 1)  # outer iterations (GMM <-> OT), stops earlier on tolerance
     sinkhorn_iter: int = 3  # Sinkhorn iterations per outer iteration ("e.g. 3", as SwAV)
-    variant: str = "joint"  # or semantic_only / concat / no_joint (Table 2 ablations)
+    variant: str = "joint"  # one of OTFUSION_VARIANTS (Table 2 ablations besides "joint")
+    setting: str = "main"  # one of OTFUSION_SETTINGS: which visual sources get a GMM
+    recipe: str = "paper"  # one of RECIPE_NAMES
+    weights: str | None = None  # "fixed" / "adaptive" source weights; None: the recipe's
 
 
 @dataclass(frozen=True)
 class GPUASettings:
     """GPUA (Yu et al., ICML 2026), paper defaults: lam 0.9, eps 0.01, soft targets,
-    Z = [VFM, VLM] concatenated (the paper's best setting)."""
+    Z = [VFM, VLM] concatenated (the paper's best setting). ``recipe`` "official" is the public
+    code (``GPUA_RECIPES["official"]``; its structural quirks come with the name, see
+    ``core.methods.gpua.recipes``)."""
 
     lam: float = _ui(0.9, 0.0, 1.0, 0.05)  # weight of the VLM score against the VFM clusters
     eps: float = _ui(0.01, 0.002, 0.2, 0.001)  # UCM Sinkhorn regularisation
@@ -101,15 +126,20 @@ class GPUASettings:
     reorthogonalize: bool = True  # keep W (semi-)orthogonal during THS (not in the paper)
     concat_vlm: bool = True  # Z = [VFM, VLM]; False: Z = VFM only (an ablation)
     seed: int = SEED  # THS minibatch generator
+    recipe: str = "paper"  # one of RECIPE_NAMES
+    n_ucm_iter: int = 5  # UCM rounds (the public code sets it per dataset; 3 is its fallback)
 
 
 @dataclass(frozen=True)
 class LaZSLSettings:
     """LaZSL (ICCV 2025) scoring, public-code defaults. The crop count is an extraction setting
-    (``ExtractSettings.n_crops``): crops are features, computed before any solve."""
+    (``ExtractSettings.n_crops``): crops are features, computed before any solve. ``recipe``
+    "official" uses the public code's Sinkhorn stopping rule here, and its sentence rule where the
+    attribute sentences are encoded (``ExtractSettings.lazsl_recipe``)."""
 
     theta: float = _ui(0.8, 0.0, 1.0, 0.05)  # weight of crop vs global similarity
     eps: float = 0.1  # Sinkhorn regularisation of each crop-to-attribute problem
+    recipe: str = "paper"  # one of RECIPE_NAMES
 
 
 _PER_METHOD = {"clip": ZeroShotSettings, "otfusion": OTFusionSettings, "gpua": GPUASettings,
@@ -162,9 +192,23 @@ class MethodSettings:
 
 # ----------------------------------------------------------------------------- recipes
 
-OTFUSION_RECIPES: dict[str, OTFusionSettings] = {"paper": OTFusionSettings()}
-GPUA_RECIPES: dict[str, GPUASettings] = {"paper": GPUASettings()}
-_RECIPES = {"otfusion": OTFUSION_RECIPES, "gpua": GPUA_RECIPES}
+OTFUSION_RECIPES: dict[str, OTFusionSettings] = {
+    "paper": OTFusionSettings(),
+    # The authors' released solver (core.methods.otfusion_common.RECIPES["official"]): VLM
+    # weights uniform in their group, adaptive source weights, up to 15 SwAV iterations.
+    "official": OTFusionSettings(lam=None, sinkhorn_iter=15, recipe="official",
+                                 weights="adaptive"),
+}
+GPUA_RECIPES: dict[str, GPUASettings] = {
+    "paper": GPUASettings(),
+    # The public code (core.methods.gpua.recipes.RECIPES["official"]): eps 0.05, hard targets,
+    # 400 THS steps without re-projection, 3 UCM rounds; Z = [VFM, VLM] not renormalised.
+    "official": GPUASettings(eps=0.05, targets="hard", ths_steps=400, reorthogonalize=False,
+                             recipe="official", n_ucm_iter=3),
+}
+LAZSL_RECIPES: dict[str, LaZSLSettings] = {"paper": LaZSLSettings(),
+                                           "official": LaZSLSettings(recipe="official")}
+_RECIPES = {"otfusion": OTFUSION_RECIPES, "gpua": GPUA_RECIPES, "lazsl": LAZSL_RECIPES}
 
 
 def recipe(method: str, name: str = "paper"):

@@ -68,8 +68,27 @@ def test_recipes_are_named_sets_of_defaults():
     assert recipe("otfusion") == OTFusionSettings() and recipe("gpua", "paper") == GPUASettings()
     with pytest.raises(ValueError, match="paper"):
         recipe("otfusion", "nope")
-    with pytest.raises(ValueError, match="otfusion, gpua"):
-        recipe("lazsl")
+    with pytest.raises(ValueError, match="otfusion, gpua, lazsl"):
+        recipe("clip")
+    for method in ("otfusion", "gpua", "lazsl"):
+        for name in config.RECIPE_NAMES:
+            assert recipe(method, name).recipe == name  # the settings name the recipe they hold
+
+
+def test_official_recipes_agree_with_the_solvers_recipe_tables():
+    """What config's official recipes pass to the solvers is what the solvers' own recipe tables
+    say the public code does (one fact, two places that must not drift)."""
+    from core.methods.gpua.recipes import RECIPES as GPUA_SOLVER_RECIPES
+    from core.methods.otfusion_common import RECIPES as OTFUSION_SOLVER_RECIPES
+
+    o, solver = recipe("otfusion", "official"), OTFUSION_SOLVER_RECIPES["official"]
+    assert (o.lam, o.sinkhorn_iter, o.weights) == (solver.lam, solver.sinkhorn_iter,
+                                                   solver.weights)
+    g, solver = recipe("gpua", "official"), GPUA_SOLVER_RECIPES["official"]
+    assert (g.eps, g.targets, g.ths_steps, g.reorthogonalize, g.n_ucm_iter) == (
+        solver.eps, solver.targets, solver.ths_steps, solver.reorthogonalize, solver.n_ucm_iter)
+    assert GPUASettings().n_ucm_iter == GPUA_SOLVER_RECIPES["paper"].n_ucm_iter
+    assert OTFusionSettings().setting == "main"  # Table 1's setting by default, not an ablation
 
 
 def test_ui_ranges_contain_their_defaults():

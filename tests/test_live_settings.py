@@ -46,8 +46,8 @@ CUSTOM = MethodSettings(
                       reorthogonalize=False, seed=3),
     lazsl=LaZSLSettings(theta=0.6, eps=0.2),
 )
-GPUA_KEYWORDS = {"vfm_features", "vlm_features", "text_features", "lam", "eps", "targets",
-                 "ths_steps", "ths_k", "reorthogonalize", "generator"}
+GPUA_KEYWORDS = {"vfm_features", "vlm_features", "text_features", "recipe", "lam", "eps",
+                 "n_ucm_iter", "targets", "ths_steps", "ths_k", "reorthogonalize", "generator"}
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
 
 
@@ -99,13 +99,22 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _check_otfusion(call, feats: FeatureSet, s: MethodSettings, *, labels="same"):
     args, kw = call
     assert args == ()
-    (vfm,) = kw["vfm_features"]
-    assert _same(vfm, feats.vfm_or_vlm())  # the VFM; the VLM's image features without one
-    (y,) = kw["vlm_probs"]
-    assert _same(y, zeroshot_probs(feats.vlm_image, feats.text, temperature=s.clip.temperature))
     o = s.otfusion
-    assert (kw["lam"], kw["eps"], kw["n_iter"], kw["sinkhorn_iter"], kw["variant"]) == (
-        o.lam, o.eps, o.n_iter, o.sinkhorn_iter, o.variant)
+    sources = [v for _, v in run_module.otfusion_sources(feats, o.setting)]
+    if o.variant != "semantic_only":
+        assert len(kw["vfm_features"]) == len(sources)
+        assert all(_same(a, b) for a, b in zip(kw["vfm_features"], sources))
+    if o.setting == "main" and not feats.extra_vlm_images:  # Table 1: CLIP's image features,
+        assert _same(kw["vfm_features"][0], feats.vlm_image)  # then the VFM
+        assert [_same(v, feats.vfm_image) for v in kw["vfm_features"]] == (
+            [False, True] if feats.vfm_image is not None else [False])
+    ys = kw["vlm_probs"]
+    assert len(ys) == 1 + len(feats.extra_vlm_images)
+    assert _same(ys[0], zeroshot_probs(feats.vlm_image, feats.text,
+                                       temperature=s.clip.temperature))
+    assert (kw["lam"], kw["eps"], kw["n_iter"], kw["sinkhorn_iter"], kw["variant"],
+            kw["recipe"], kw["weights"]) == (o.lam, o.eps, o.n_iter, o.sinkhorn_iter, o.variant,
+                                             o.recipe, o.weights)
     if labels == "same":
         assert _same(kw["labels"], feats.labels)
     elif labels is None:
@@ -119,14 +128,16 @@ def _check_gpua(call, pool: FeatureSet, s: GPUASettings, *, text=None):
     z = kw["vfm_features"]
     if s.concat_vlm and pool.vfm_image is not None:  # Z = [VFM, VLM], blockwise renormalised
         assert z.shape == (pool.n_images, pool.vfm_image.shape[1] + pool.vlm_image.shape[1])
-        assert _same(z, concat_features(pool.vfm_image, pool.vlm_image))
+        assert _same(z, concat_features(pool.vfm_image, pool.vlm_image,
+                                        renormalize=s.recipe == "paper"))
     else:
         assert _same(z, pool.vfm_or_vlm())
     assert _same(kw["vlm_features"], pool.vlm_image)
     assert _same(kw["text_features"], pool.text if text is None else text)
-    assert (kw["lam"], kw["eps"], kw["targets"], kw["ths_steps"], kw["ths_k"],
-            kw["reorthogonalize"]) == (s.lam, s.eps, s.targets, s.ths_steps, s.ths_k,
-                                       s.reorthogonalize)
+    assert (kw["recipe"], kw["lam"], kw["eps"], kw["n_ucm_iter"], kw["targets"], kw["ths_steps"],
+            kw["ths_k"], kw["reorthogonalize"]) == (s.recipe, s.lam, s.eps, s.n_ucm_iter,
+                                                    s.targets, s.ths_steps, s.ths_k,
+                                                    s.reorthogonalize)
     assert kw["generator"].initial_seed() == s.seed
 
 
@@ -135,7 +146,7 @@ def _check_lazsl(call, feats: FeatureSet, s: LaZSLSettings, n_crops: int):
     assert _same(glob, feats.crops[:, 0]) and _same(crops, feats.crops[:, 1:])
     assert crops.shape == (feats.n_images, n_crops, feats.vlm_image.shape[1])
     assert _same(attrs, feats.attributes) and _same(mask, feats.attribute_mask)
-    assert (kw["theta"], kw["eps"]) == (s.theta, s.eps)
+    assert (kw["theta"], kw["eps"], kw["recipe"]) == (s.theta, s.eps, s.recipe)
 
 
 # ----------------------------------------------------------------------------- run_methods
@@ -165,7 +176,8 @@ def test_gpua_inputs_follow_concat_vlm_and_a_missing_vfm(spy):
     clip_only = _feature_set(vfm=False)
     run_methods(clip_only, ("otfusion", "gpua"), CUSTOM)
     assert spy.calls["fit_gpua"][-1][1]["vfm_features"] is clip_only.vlm_image  # not [X, X]
-    assert spy.calls["otfusion"][-1][1]["vfm_features"][0] is clip_only.vlm_image
+    (only,) = spy.calls["otfusion"][-1][1]["vfm_features"]  # main setting without a VFM
+    assert only is clip_only.vlm_image
 
 
 def test_unlabelled_images_keep_otfusion_history_label_free(spy):
@@ -382,3 +394,54 @@ def test_app_rejects_unknown_inputs_and_controls_of_another_method(cb, image_zip
     with pytest.raises(gr.Error) as excinfo:
         cb.resolve("otfusion", session, {"gpua_lam": 0.5})
     assert "belong to another method" in str(excinfo.value.message)
+
+
+def _two_of_each(feats: FeatureSet) -> FeatureSet:
+    """``feats`` with a second VLM and a second VFM (perturbed copies, own names)."""
+    g = torch.Generator().manual_seed(7)
+    unit = torch.nn.functional.normalize
+
+    def other(x):
+        return unit(x + 0.5 * torch.randn(x.shape, generator=g), dim=-1)
+
+    return dataclasses.replace(
+        feats, extra_vlm_images=(other(feats.vlm_image),), extra_texts=(other(feats.text),),
+        extra_vfm_images=(other(feats.vfm_image),), vlm_names=("CLIP", "SigLIP"),
+        vfm_names=("DINOv2", "DINOv3"))
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("main", ["CLIP image", "SigLIP image", "DINOv2", "DINOv3"]),
+    ("vfm_only", ["DINOv2", "DINOv3"]),
+    ("vlm_only", ["CLIP image", "SigLIP image"]),
+])
+def test_otfusion_settings_fuse_their_sources_and_every_vlm(spy, setting, expected):
+    feats = _two_of_each(_feature_set())
+    s = MethodSettings(otfusion=config.OTFUSION_RECIPES["official"]).replace(
+        otfusion={"setting": setting})
+    result = run_methods(feats, ("otfusion",), s)["otfusion"]
+    _check_otfusion(spy.one("otfusion"), feats, s)
+    images = {"CLIP image": feats.vlm_image, "SigLIP image": feats.extra_vlm_images[0],
+              "DINOv2": feats.vfm_image, "DINOv3": feats.extra_vfm_images[0]}
+    passed = spy.one("otfusion")[1]["vfm_features"]
+    assert all(a is images[name] for a, name in zip(passed, expected, strict=True))
+    assert result.sources == (*expected, "Y: CLIP", "Y: SigLIP")
+    # two VLMs and several visual sources: the official recipe's adaptive weights have groups
+    weights = [step.lam for step in result.details.history]
+    assert all(len(w) == 2 and abs(sum(w) - 1) < 1e-6 for w in weights)
+
+
+def test_vfm_only_without_a_vfm_says_what_to_pick():
+    with pytest.raises(ValueError, match="needs a VFM"):
+        run_methods(_feature_set(vfm=False), ("otfusion",),
+                    MethodSettings(otfusion=OTFusionSettings(setting="vfm_only")))
+
+
+def test_official_gpua_recipe_reaches_the_solver_with_its_unrenormalised_z(spy):
+    feats = _feature_set()
+    s = MethodSettings(gpua=dataclasses.replace(config.GPUA_RECIPES["official"], ths_steps=3))
+    result = run_methods(feats, ("gpua",), s)["gpua"]
+    _check_gpua(spy.one("fit_gpua"), feats, s.gpua)
+    z = spy.one("fit_gpua")[1]["vfm_features"]
+    torch.testing.assert_close(z.norm(dim=-1), torch.full((feats.n_images,), 2 ** 0.5))
+    assert result.sources[0] == "[VFM 1, VLM 1 image]"

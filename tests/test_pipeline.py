@@ -188,6 +188,35 @@ def test_vlm_image_tower_as_vfm_and_no_vfm(image_zip, keys):
     assert run_methods(none.features, ("otfusion",), FAST)["otfusion"].probs.shape == (12, 3)
 
 
+def test_several_vlms_and_vfms_are_each_extracted_once_and_fused(image_zip, keys, tmp_path):
+    """Two VLMs (ViT and ResNet CLIP) and two VFMs: each model's features are exactly what a
+    one-model extraction gives, a second run is all cache hits, and OTFusion fuses them all."""
+    image_set = load_image_set(image_zip)
+    cache = FeatureCache(tmp_path / "cache")
+    several = ExtractSettings(vlm=keys["clip_vit"], vfm=keys["dinov2"],
+                              extra_vlms=(keys["clip_rn"],), extra_vfms=(keys["dinov3"],))
+    ex = extract(image_set, list(COLORS), several, cache=cache)
+    f = ex.features
+    assert len(f.extra_vlm_images) == len(f.extra_texts) == len(f.extra_vfm_images) == 1
+    assert f.vlm_names == (get_spec(keys["clip_vit"]).display_name,
+                           get_spec(keys["clip_rn"]).display_name)
+    assert f.vfm_names[1] == get_spec(keys["dinov3"]).display_name
+    alone = extract(image_set, list(COLORS),
+                    ExtractSettings(vlm=keys["clip_rn"], vfm=keys["dinov3"]), cache=None)
+    torch.testing.assert_close(f.extra_vlm_images[0], alone.features.vlm_image)
+    torch.testing.assert_close(f.extra_texts[0], alone.features.text)
+    torch.testing.assert_close(f.extra_vfm_images[0], alone.features.vfm_image)
+    again = extract(image_set, list(COLORS), several, cache=cache)
+    assert again.stats["forward_passes"] == 0
+    result = run_methods(f, ("otfusion",), FAST)["otfusion"]
+    assert len(result.sources) == 2 + 2 + 2  # two VLM image features, two VFMs, two Y terms
+    with pytest.raises(ValueError, match="named twice"):
+        extract(image_set, list(COLORS),
+                replace(several, extra_vfms=(keys["dinov2"],)))
+    with pytest.raises(ValueError, match="without a first VFM"):
+        extract(image_set, list(COLORS), replace(several, vfm=None))
+
+
 def test_segmentation_gives_label_maps_at_image_size(image_zip, settings, tmp_path):
     ex = extract(load_image_set(image_zip), list(COLORS), settings, cache=None)
     seg = segment(ex, [0, 5], cache=FeatureCache(tmp_path / "c"), per_class=16, ths_steps=3)

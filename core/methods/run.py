@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from core.config import SWEEP_EPSS, SWEEP_LAMS, GPUASettings, MethodSettings
+from core.config import (
+    OTFUSION_SETTINGS,
+    SWEEP_EPSS,
+    SWEEP_LAMS,
+    GPUASettings,
+    MethodSettings,
+)
 from core.methods.gpua.fit import concat_features, fit_gpua
 from core.methods.lazsl import lazsl_scores
 from core.methods.otfusion import otfusion
@@ -45,6 +51,15 @@ class FeatureSet:
         LaZSL attribute sentences per class, padded; ``attribute_mask`` (k, a) marks the real ones.
     labels : Tensor, shape (n,), long, or None
         True class index per image, -1 where unknown.
+    extra_vlm_images, extra_texts : tuple of Tensor, shapes (n, d_j) and (k, d_j)
+        Further VLMs (e.g. SigLIP beside CLIP), aligned: OTFusion fuses every VLM's probabilities
+        (Eq. 6's sum over j) and, in its main setting, every VLM's image features. The baseline,
+        GPUA and LaZSL use the first VLM only.
+    extra_vfm_images : tuple of Tensor, each (n, d_i)
+        Further VFMs (e.g. DINOv3 beside DINOv2), fused by OTFusion; GPUA uses the first VFM.
+    vlm_names, vfm_names : tuple of str
+        Display names of the VLMs (first = ``vlm_image``) and VFMs, for reports; empty: "VLM 1",
+        "VFM 1", ...
     """
 
     vlm_image: Tensor
@@ -54,6 +69,20 @@ class FeatureSet:
     attributes: Tensor | None = None
     attribute_mask: Tensor | None = None
     labels: Tensor | None = None
+    extra_vlm_images: tuple[Tensor, ...] = ()
+    extra_texts: tuple[Tensor, ...] = ()
+    extra_vfm_images: tuple[Tensor, ...] = ()
+    vlm_names: tuple[str, ...] = ()
+    vfm_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if len(self.extra_vlm_images) != len(self.extra_texts):
+            raise ValueError(
+                f"FeatureSet: {len(self.extra_vlm_images)} extra VLM image features but "
+                f"{len(self.extra_texts)} extra text prototypes; give one of each per extra VLM.")
+        if self.extra_vfm_images and self.vfm_image is None:
+            raise ValueError("FeatureSet: extra_vfm_images without vfm_image; put the first VFM "
+                             "in vfm_image.")
 
     @property
     def n_images(self) -> int:
@@ -66,6 +95,43 @@ class FeatureSet:
     def vfm_or_vlm(self) -> Tensor:
         """The VFM features, or the VLM's image features when no VFM was chosen (CLIP-only row)."""
         return self.vlm_image if self.vfm_image is None else self.vfm_image
+
+    def vlms(self) -> list[tuple[str, Tensor, Tensor]]:
+        """Every VLM as ``(name, image features (n, d_j), text prototypes (k, d_j))``."""
+        images = (self.vlm_image, *self.extra_vlm_images)
+        texts = (self.text, *self.extra_texts)
+        return [(_name(self.vlm_names, i, "VLM"), x, t)
+                for i, (x, t) in enumerate(zip(images, texts))]
+
+    def vfms(self) -> list[tuple[str, Tensor]]:
+        """Every VFM as ``(name, features (n, d_i))``; empty without a VFM."""
+        if self.vfm_image is None:
+            return []
+        return [(_name(self.vfm_names, i, "VFM"), v)
+                for i, v in enumerate((self.vfm_image, *self.extra_vfm_images))]
+
+
+def _name(names: tuple[str, ...], i: int, kind: str) -> str:
+    return names[i] if i < len(names) else f"{kind} {i + 1}"
+
+
+def otfusion_sources(features: FeatureSet, setting: str) -> list[tuple[str, Tensor]]:
+    """The visual sources OTFusion fits a GMM on, as ``(name, features (n, d))``, for ``setting``
+    (``core.config.OTFUSION_SETTINGS``): "main" every VLM's image features then every VFM (Table 1,
+    the official code); "vfm_only" the VFMs (Table 2 "DINOv2-only"); "vlm_only" the VLMs' image
+    features (Table 2 "CLIP-only"). Names of VLM image features end in " image"."""
+    if setting not in OTFUSION_SETTINGS:
+        raise ValueError(f"otfusion setting: expected one of {', '.join(OTFUSION_SETTINGS)}, got "
+                         f"{setting!r}.")
+    vlm_images = [(f"{name} image", x) for name, x, _ in features.vlms()]
+    if setting == "vlm_only":
+        return vlm_images
+    if setting == "vfm_only":
+        if not features.vfms():
+            raise ValueError("otfusion setting 'vfm_only' needs a VFM; pick one (e.g. DINOv2) or "
+                             "use the 'main' or 'vlm_only' setting.")
+        return features.vfms()
+    return vlm_images + features.vfms()
 
 
 @dataclass(frozen=True)
@@ -84,6 +150,9 @@ class MethodResult:
         Wall time of the solve (features already computed).
     details : object
         The solver's own result (OTFusionResult, Alignment, LazslResult) for the views that need it.
+    sources : tuple of str
+        The features behind the numbers, e.g. ``("CLIP ViT-B/16 image", "DINOv2 ViT-L/14",
+        "Y: CLIP ViT-B/16")`` (visual sources, then "Y: " + each VLM whose probabilities enter).
     diagnostics : dict
         What a method's internal stages did, for honest reporting. GPUA with THS steps:
         ``procrustes_pred`` (n,) the predictions of the Procrustes map W0 alone,
@@ -98,6 +167,7 @@ class MethodResult:
     seconds: float
     details: object = field(default=None, repr=False)
     diagnostics: dict = field(default_factory=dict, repr=False)
+    sources: tuple[str, ...] = ()
 
 
 def labelled_accuracy(pred: Tensor, labels: Tensor | None) -> float | None:
@@ -111,29 +181,49 @@ def labelled_accuracy(pred: Tensor, labels: Tensor | None) -> float | None:
 
 
 def gpua_inputs(features: FeatureSet, settings: GPUASettings) -> Tensor:
-    """Z for GPUA, shape (n, d_v) or (n, d_v + d_t): the VFM features, or with
-    ``settings.concat_vlm`` the paper's best ``concat_features(VFM, VLM)``. Without a VFM the
-    VLM's own image features stand in (and are not concatenated with themselves)."""
+    """Z for GPUA, shape (n, d_v) or (n, d_v + d_t): the first VFM's features, or with
+    ``settings.concat_vlm`` the paper's best ``concat_features(VFM, VLM)`` (the official recipe
+    does not renormalise the concatenation, as its public code). Without a VFM the VLM's own
+    image features stand in (and are not concatenated with themselves)."""
     if settings.concat_vlm and features.vfm_image is not None:
-        return concat_features(features.vfm_image, features.vlm_image)
+        return concat_features(features.vfm_image, features.vlm_image,
+                               renormalize=settings.recipe != "official")
     return features.vfm_or_vlm()
 
 
+def _gpua_sources(features: FeatureSet, settings: GPUASettings) -> tuple[str, ...]:
+    vlm = features.vlms()[0][0]
+    vfms = features.vfms()
+    if not vfms:
+        return (f"{vlm} image", f"text: {vlm}")
+    z = f"[{vfms[0][0]}, {vlm} image]" if settings.concat_vlm else vfms[0][0]
+    return (z, f"{vlm} image", f"text: {vlm}")
+
+
+def _vlm_probs(features: FeatureSet, settings: MethodSettings) -> list[Tensor]:
+    """Zero-shot probabilities (n, k) of every VLM, at the shared CLIP temperature."""
+    return [zeroshot_probs(x, t, temperature=settings.clip.temperature)
+            for _, x, t in features.vlms()]
+
+
 def _run_clip(features: FeatureSet, settings: MethodSettings):
-    probs = zeroshot_probs(features.vlm_image, features.text,
-                           temperature=settings.clip.temperature)
-    return probs, None
+    probs = zeroshot_probs(features.vlm_image, features.text, temperature=settings.clip.temperature)
+    vlm = features.vlms()[0][0]
+    return probs, None, (f"{vlm} image", f"text: {vlm}")
 
 
 def _run_otfusion(features: FeatureSet, settings: MethodSettings):
     s = settings.otfusion
-    y = zeroshot_probs(features.vlm_image, features.text, temperature=settings.clip.temperature)
+    ys = _vlm_probs(features, settings)
     labels = features.labels
     if labels is not None and bool((labels < 0).any()):
         labels = None  # history accuracy needs every label; the app reports accuracy separately
+    sources = [] if s.variant == "semantic_only" else otfusion_sources(features, s.setting)
     res = otfusion(
-        vfm_features=[features.vfm_or_vlm()],
-        vlm_probs=[y],
+        vfm_features=[v for _, v in sources] or [features.vlm_image],
+        vlm_probs=ys,
+        recipe=s.recipe,
+        weights=s.weights,
         lam=s.lam,
         eps=s.eps,
         n_iter=s.n_iter,
@@ -141,7 +231,8 @@ def _run_otfusion(features: FeatureSet, settings: MethodSettings):
         variant=s.variant,
         labels=labels,
     )
-    return res.probs, res
+    names = tuple(n for n, _ in sources) + tuple(f"Y: {n}" for n, _, _ in features.vlms())
+    return res.probs, res, names
 
 
 def fit_gpua_with(pool: FeatureSet, settings: GPUASettings, text: Tensor | None = None):
@@ -156,8 +247,10 @@ def fit_gpua_with(pool: FeatureSet, settings: GPUASettings, text: Tensor | None 
         vfm_features=gpua_inputs(pool, settings),
         vlm_features=pool.vlm_image,
         text_features=pool.text if text is None else text,
+        recipe=settings.recipe,
         lam=settings.lam,
         eps=settings.eps,
+        n_ucm_iter=settings.n_ucm_iter,
         targets=settings.targets,
         ths_steps=settings.ths_steps,
         ths_k=settings.ths_k,
@@ -170,7 +263,7 @@ def _run_gpua(features: FeatureSet, settings: MethodSettings):
     align = fit_gpua_with(features, settings.gpua)
     z = gpua_inputs(features, settings.gpua)
     probs = align.predict_proba(z, features.text, temperature=settings.clip.temperature)
-    return probs, align
+    return probs, align, _gpua_sources(features, settings.gpua)
 
 
 def _run_lazsl(features: FeatureSet, settings: MethodSettings):
@@ -186,12 +279,14 @@ def _run_lazsl(features: FeatureSet, settings: MethodSettings):
         features.attribute_mask,
         theta=settings.lazsl.theta,
         eps=settings.lazsl.eps,
+        recipe=settings.lazsl.recipe,
         return_plans=False,
     )
     # Scores are transport-weighted cosines; CLIP's logit scale turns them into probabilities
     # comparable with the baseline's.
     probs = torch.softmax(settings.clip.temperature * res.scores, dim=-1)
-    return probs, res
+    vlm = features.vlms()[0][0]
+    return probs, res, (f"{vlm} crops", f"attributes: {vlm}")
 
 
 _RUNNERS = {"clip": _run_clip, "otfusion": _run_otfusion, "gpua": _run_gpua, "lazsl": _run_lazsl}
@@ -231,7 +326,7 @@ def run_method(
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}.")
     settings = _check_settings(settings)
     start = time.perf_counter()
-    probs, details = _RUNNERS[method](features, settings)
+    probs, details, sources = _RUNNERS[method](features, settings)
     seconds = time.perf_counter() - start
     pred = probs.argmax(dim=-1)
     diagnose = _DIAGNOSTICS.get(method)
@@ -243,6 +338,7 @@ def run_method(
         seconds=seconds,
         details=details,
         diagnostics=diagnose(features, settings, details, pred) if diagnose else {},
+        sources=sources,
     )
 
 

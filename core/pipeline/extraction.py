@@ -56,6 +56,10 @@ class ExtractSettings:
     attributes : optional ``{class: [descriptor, ...]}``; classes without any use their name.
     precision : "fp32" (exact), "int8" (CPU dynamic quantisation) or "bf16" / "fp16" (CUDA); see
           ``core.models.load_encoder``. Part of the cache key.
+    extra_vlms, extra_vfms : further models for OTFusion, which fuses any number of each (e.g.
+          SigLIP beside CLIP; DINOv3 beside DINOv2); the baseline, GPUA and LaZSL use the first.
+    lazsl_recipe : the attribute sentences' connective rule ("paper" or "official", see
+          ``core.methods.zeroshot.descriptor_sentence``).
     """
 
     vlm: str = DEFAULT_VLM
@@ -67,6 +71,19 @@ class ExtractSettings:
     batch_size: int = BATCH_SIZE
     device: str | None = None
     precision: str = "fp32"
+    extra_vlms: tuple[str, ...] = ()
+    extra_vfms: tuple[str, ...] = ()
+    lazsl_recipe: str = "paper"
+
+    @property
+    def vlms(self) -> tuple[str, ...]:
+        """Every VLM key, the first one first."""
+        return (self.vlm, *self.extra_vlms)
+
+    @property
+    def vfms(self) -> tuple[str, ...]:
+        """Every VFM key (empty without a VFM)."""
+        return () if self.vfm is None else (self.vfm, *self.extra_vfms)
 
 
 @dataclass(frozen=True)
@@ -160,24 +177,35 @@ def _crop_boxes_from_sizes(items: Sequence[ImageItem], n_crops: int, scale) -> T
     ).to(torch.float32)
 
 
-def _load_models(settings: ExtractSettings) -> tuple[LazyEncoder, LazyEncoder | None]:
-    """The VLM and the VFM (None without one; the VLM itself when both keys are the same).
+def _load_models(settings: ExtractSettings) -> tuple[list[LazyEncoder], list[LazyEncoder]]:
+    """Every VLM and every VFM (one :class:`LazyEncoder` per distinct key, shared).
 
-    Nothing is loaded yet (see :class:`LazyEncoder`). Raises ValueError for an unknown key or a
-    vision-only model given as the VLM.
+    Nothing is loaded yet (see :class:`LazyEncoder`). Raises ValueError for an unknown key, a
+    vision-only model given as a VLM, extra VFMs without a first one, or a model named twice.
     """
     check_precision(settings.precision, resolve_device(settings.device))  # before any cache hit
-    vlm = LazyEncoder(settings.vlm, settings.device, precision=settings.precision)
-    if vlm.spec.kind != "vlm":
-        raise ValueError(
-            f"vlm: '{settings.vlm}' is a vision-only model; pick a vision-language model "
-            "(CLIP or SigLIP) for the text side."
-        )
-    if settings.vfm is None:
-        return vlm, None
-    vfm = vlm if settings.vfm == settings.vlm else LazyEncoder(
-        settings.vfm, settings.device, precision=settings.precision)
-    return vlm, vfm
+    if settings.extra_vfms and settings.vfm is None:
+        raise ValueError("vfm: extra VFMs were given without a first VFM; name the VFMs in order "
+                         "(e.g. dinov2-large, dinov3-vitl16).")
+    for kind, keys in (("vlm", settings.vlms), ("vfm", settings.vfms)):
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"{kind}: {', '.join(repeated)} named twice; list each model once.")
+    encoders: dict[str, LazyEncoder] = {}
+
+    def encoder(key: str) -> LazyEncoder:
+        if key not in encoders:
+            encoders[key] = LazyEncoder(key, settings.device, precision=settings.precision)
+        return encoders[key]
+
+    vlms = [encoder(key) for key in settings.vlms]
+    for key, vlm in zip(settings.vlms, vlms):
+        if vlm.spec.kind != "vlm":
+            raise ValueError(
+                f"vlm: '{key}' is a vision-only model; pick a vision-language model (CLIP or "
+                "SigLIP) for the text side, and list it as a VFM instead."
+            )
+    return vlms, [encoder(key) for key in settings.vfms]
 
 
 # (decoded images, their items, per-batch progress) -> their features, Tensor (n, ...)
@@ -186,17 +214,19 @@ _ImageCompute = Callable[[list, list[ImageItem], Progress], Tensor]
 
 def _image_requests(
     settings: ExtractSettings,
-    vlm: LazyEncoder,
-    vfm: LazyEncoder | None,
+    vlms: Sequence[LazyEncoder],
+    vfms: Sequence[LazyEncoder],
     cache: FeatureCache | None,
     hashes: list[str],
 ) -> dict[str, tuple[FeatureRequest, _ImageCompute, int]]:
     """The per-image features, looked up in the cache, with how to compute the misses and the
-    forward-pass views per image (1, or 1 + n_crops); keyed by their :class:`FeatureSet` field.
+    forward-pass views per image (1, or 1 + n_crops).
 
-    In the order they are computed for each chunk: "vlm_image" always, "vfm_image" with a VFM,
-    "crops" (LaZSL, keyed on the crop settings) when ``settings.n_crops > 0``.
+    In the order they are computed for each chunk: "vlm 0", "vlm 1", ... (every VLM's global
+    features), "vfm 0", ... (every VFM's), then "crops" (LaZSL, first VLM, keyed on the crop
+    settings) when ``settings.n_crops > 0``. A model listed as both VLM and VFM is one request.
     """
+    vlm = vlms[0]
     batch_size = settings.batch_size
 
     def global_features(model: LazyEncoder) -> tuple[FeatureRequest, _ImageCompute, int]:
@@ -207,9 +237,10 @@ def _image_requests(
             1,
         )
 
-    requests = {"vlm_image": global_features(vlm)}
-    if vfm is not None:
-        requests["vfm_image"] = global_features(vfm)
+    requests = {f"vlm {i}": global_features(m) for i, m in enumerate(vlms)}
+    for i, m in enumerate(vfms):  # a VLM's image tower as a VFM reuses its request
+        same = [name for name, j in zip(requests, vlms) if j is m]
+        requests[f"vfm {i}"] = requests[same[0]] if same else global_features(m)
     if settings.n_crops > 0:
         crop_settings = {"n_crops": int(settings.n_crops), "scale": list(settings.crop_scale)}
 
@@ -297,6 +328,7 @@ def _attribute_features(
     cache: FeatureCache | None,
     class_names: tuple[str, ...],
     attributes: Mapping[str, Sequence[str]] | None,
+    recipe: str = "paper",
 ) -> tuple[list[str], Tensor, Tensor, Tensor]:
     """LaZSL attribute sentences per class, each sentence encoded (and cached) once.
 
@@ -304,7 +336,7 @@ def _attribute_features(
     and the features (k, a, d), zero on the padding.
     """
     sentences, attribute_index, attribute_mask = descriptor_sentences(
-        dict(attributes or {}), class_names
+        dict(attributes or {}), class_names, recipe=recipe
     )
     sent_feats = cached_features(
         cache,
@@ -372,16 +404,18 @@ def extract(
         raise ValueError(f"classes: expected at least 2 classes, got {len(class_names)}.")
     start = time.perf_counter()
     report = progress or (lambda done, total, desc: None)
-    vlm, vfm = _load_models(settings)
+    vlms, vfms = _load_models(settings)
+    vlm = vlms[0]
     items = list(image_set.items)
     if not items:
         raise ValueError("images: no usable image in the upload; see the skipped files for why.")
 
     # 1. Cache lookups (no decoding, no model), then 2. decode and encode only the misses.
-    requests = _image_requests(settings, vlm, vfm, cache, [it.sha256 for it in items])
-    missing = {sha for request, _, _ in requests.values() for sha in request.missing}
+    requests = _image_requests(settings, vlms, vfms, cache, [it.sha256 for it in items])
+    unique = {id(r[0]): r for r in requests.values()}  # a shared request is computed once
+    missing = {sha for request, _, _ in unique.values() for sha in request.missing}
     todo = list({it.sha256: it for it in items if it.sha256 in missing}.values())
-    bad = _encode_misses(requests, todo, report)
+    bad = _encode_misses(unique, todo, report)
     kept = [it for it in items if it.sha256 not in bad]
     skipped = list(image_set.skipped)
     skipped += [SkippedFile(it.name, bad[it.sha256]) for it in items if it.sha256 in bad]
@@ -395,30 +429,35 @@ def extract(
 
     # 3. Text prototypes (and LaZSL attribute sentences), cached by their exact prompts.
     report(0, 1, "encoding class prompts")
-    text = _text_features(vlm, cache, class_names, tuple(settings.templates))
+    texts = [_text_features(m, cache, class_names, tuple(settings.templates)) for m in vlms]
     attributes = attribute_mask = attribute_index = None
     sentences: list[str] = []
     boxes = None
     if settings.n_crops > 0:
         sentences, attribute_index, attribute_mask, attributes = _attribute_features(
-            vlm, cache, class_names, settings.attributes
+            vlm, cache, class_names, settings.attributes, settings.lazsl_recipe
         )
         boxes = _crop_boxes_from_sizes(kept, settings.n_crops, settings.crop_scale)
     labels, warnings = None, []
     if any(it.label is not None for it in kept):
         labels, warnings = resolve_labels([it.label for it in kept], class_names)
-    n_forward = _forward_passes([vlm] if vfm is None else [vlm, vfm])
+    n_forward = _forward_passes([*vlms, *vfms])
     stats = _stats(items, missing, len(kept), len(todo) - len(bad), n_forward, cache, start)
     report(1, 1, "features ready")
     return Extraction(
         features=FeatureSet(
-            vlm_image=image_features["vlm_image"],
-            text=text,
-            vfm_image=image_features.get("vfm_image"),
+            vlm_image=image_features["vlm 0"],
+            text=texts[0],
+            vfm_image=image_features.get("vfm 0"),
             crops=image_features.get("crops"),
             attributes=attributes,
             attribute_mask=attribute_mask,
             labels=labels,
+            extra_vlm_images=tuple(image_features[f"vlm {i}"] for i in range(1, len(vlms))),
+            extra_texts=tuple(texts[1:]),
+            extra_vfm_images=tuple(image_features[f"vfm {i}"] for i in range(1, len(vfms))),
+            vlm_names=tuple(m.spec.display_name for m in vlms),
+            vfm_names=tuple(m.spec.display_name for m in vfms),
         ),
         items=tuple(kept),
         class_names=class_names,
