@@ -269,6 +269,18 @@ def test_encode_sentences_equals_the_text_tower():
     with torch.no_grad():
         manual = l2_normalize(encoder.model.encode_text(tokens))  # (S, d)
     torch.testing.assert_close(got, manual, atol=ATOL, rtol=0)
+    # Prompts are batched by length (each batch is trimmed to its longest), output in input order
+    seen = []
+    real = encoder._forward_text
+    encoder._forward_text = lambda t: seen.append(int(t.argmax(-1).max()) + 1) or real(t)
+    varied = ["a", "a photo of a very large and quite golden retriever dog.", "b c", "a cat.",
+              "one more rather long prompt about a tabby cat sitting", "dog"]
+    got = encoder.encode_sentences(varied, batch_size=2)
+    assert seen == sorted(seen) and seen[0] < seen[-1]
+    with torch.no_grad():
+        manual = l2_normalize(encoder.model.encode_text(encoder._text_tokenizer()(varied)))
+    torch.testing.assert_close(got, manual, atol=ATOL, rtol=0)
+    del encoder._forward_text
     with pytest.raises(ValueError, match="list of strings"):
         encoder.encode_sentences("one string")
     with pytest.raises(ValueError, match="non-empty"):

@@ -232,9 +232,16 @@ class Encoder:
         sentences = _check_strings(sentences, "sentences")
         tokenizer = self._text_tokenizer()
         step = _batch(batch_size)
-        batches = (tokenizer(sentences[i:i + step]) for i in range(0, len(sentences), step))
-        return self._run_batches(batches, len(sentences), self._forward_text, progress,
-                                 f"{self.spec.display_name}: text")
+        tokens = tokenizer(sentences)  # (S, context_length)
+        lengths = self._text_lengths(tokens)
+        if lengths is None:  # every batch costs the full context: order does not matter
+            order = torch.arange(len(sentences))
+        else:  # batches of similar lengths: each is trimmed to its own longest prompt
+            order = torch.argsort(lengths, stable=True)
+        batches = (tokens[order[i:i + step]] for i in range(0, len(sentences), step))
+        out = self._run_batches(batches, len(sentences), self._forward_text, progress,
+                                f"{self.spec.display_name}: text")
+        return out[torch.argsort(order)]  # back to the sentences' order
 
     # ------------------------------------------------------------------------ batching machinery
     def _run_images(self, images: Sequence[Image.Image], forward, batch_size: int,
@@ -280,6 +287,11 @@ class Encoder:
 
     def _forward_dense(self, x: Tensor) -> Tensor:  # (B, 3, S, S) -> (B, h, w, d_joint)
         raise NotImplementedError
+
+    def _text_lengths(self, tokens: Tensor) -> Tensor | None:
+        """Tokens each prompt really needs, (S,) long, when the forward trims the padding of a
+        batch (then similar lengths are batched together); None otherwise."""
+        return None
 
     def _forward_text(self, tokens: Tensor) -> Tensor:  # (B, ctx) -> (B, d)
         raise NotImplementedError
@@ -330,6 +342,11 @@ class OpenClipEncoder(Encoder):
         return maskclip_dense(self.model.visual, x)  # (B, h, w, d_joint)
 
     _forward_patches = _forward_dense
+
+    def _text_lengths(self, tokens: Tensor) -> Tensor | None:
+        if not _short_text_ok(self.model):
+            return None
+        return tokens.argmax(dim=-1) + 1  # up to the EOT, which has the largest id in the BPE
 
     def _forward_text(self, tokens: Tensor) -> Tensor:
         tokens = tokens.to(self.device)
