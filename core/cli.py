@@ -4,10 +4,8 @@ python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip
 python -m core download clip-vit-b16 dinov2-large
 python -m core models
 
-Exit codes (also in ``--help``): 0 success, 1 internal error (a bug), 2 user error (an option, a
-file or an input that cannot be used), 3 model weights not available on this machine, 130
-interrupted. A user error never prints a traceback; set FUSIONLAB_DEBUG=1 to see the traceback
-of an internal error.
+Exit codes: ``EXIT_CODES`` (also in ``--help``). A user error never prints a traceback; set
+FUSIONLAB_DEBUG=1 to see the traceback of an internal error.
 """
 
 from __future__ import annotations
@@ -19,7 +17,8 @@ import traceback
 from pathlib import Path
 
 from core import config
-from core.methods.otfusion import VARIANTS
+from core.methods.otfusion import VARIANTS, WEIGHTS
+from core.pipeline.progress import LineProgress
 
 METHOD_LIST = "clip,otfusion,gpua,lazsl"
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_WEIGHTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -29,50 +28,99 @@ EXIT_CODES = """exit codes:
   2    user error: an option, a file or an input that cannot be used (the message says which)
   3    model weights not available on this machine (see `python -m core download`)
   130  interrupted (Ctrl-C)"""
+_PROGRESS = LineProgress()  # on stderr; an error after an open line starts a new one
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_shared_args(p: argparse.ArgumentParser) -> None:
+    """Models, device, cache (then the solver options) of ``run`` and ``eval``."""
     p.add_argument("--vlm", default=config.DEFAULT_VLM,
-                   help="vision-language model key (see `models`)")
-    p.add_argument(
-        "--vfm",
-        default=config.DEFAULT_VFM,
-        help="vision-only model key, a VLM key (its image tower), or 'none' (VLM features only)",
-    )
+                   help="vision-language model key(s), a comma list (see `models`): the first is "
+                   "the baseline's, GPUA's and LaZSL's; OTFusion fuses them all")
+    p.add_argument("--vfm", default=config.DEFAULT_VFM,
+                   help="vision-only model key(s), a comma list (a VLM key: its image tower), or "
+                   "'none' (VLM features only): GPUA uses the first; OTFusion fuses them all")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--batch-size", type=int, default=config.BATCH_SIZE)
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FUSIONLAB_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    _add_solver_args(p)
 
 
-# Solver options: flag -> (method, field of its settings dataclass in core.config, help). The
-# parser's defaults and method_settings() both read this table, so a flag cannot drift from the
-# setting it sets.
+def model_keys(args) -> dict:
+    """``--vlm`` / ``--vfm`` as the fields of ``ExtractSettings`` and ``EvalConfig``: ``vlm``,
+    ``extra_vlms``, ``vfm`` (None for 'none') and ``extra_vfms``."""
+    vlms = _split(args.vlm, "--vlm")
+    vfms = () if str(args.vfm).strip().lower() == "none" else _split(args.vfm, "--vfm")
+    return {"vlm": vlms[0], "extra_vlms": vlms[1:], "vfm": vfms[0] if vfms else None,
+            "extra_vfms": vfms[1:]}
+
+
+def _split(text: str, flag: str, *, choices=None, cast=str) -> tuple:
+    """A comma-list option as a tuple; the error names the option and what it takes."""
+    try:
+        values = tuple(cast(x.strip()) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}.") from None
+    unknown = [v for v in values if choices is not None and v not in choices]
+    if unknown or not values:
+        wanted = f"choose from {', '.join(choices)}" if choices else "give at least one value"
+        raise ValueError(f"{flag}: " + (f"unknown {unknown}" if unknown else f"got {text!r}")
+                         + f"; {wanted}.")
+    return values
+
+
+# Solver options: flag -> (method, field of its settings dataclass in core.config, help). They
+# default to None, "not given": method_settings() starts from each method's recipe
+# (RECIPE_FLAGS, core.config's recipe tables) and sets only the flags given.
 SOLVER_FLAGS = {
-    "--lam": ("otfusion", "lam", "OTFusion lambda (weight of CLIP)"),
+    "--lam": ("otfusion", "lam", "OTFusion lambda, weight of each VLM's probabilities; "
+              "official recipe: 1/J each"),
     "--eps": ("otfusion", "eps", "OTFusion entropic regularisation"),
     "--n-iter": ("otfusion", "n_iter", "OTFusion outer iterations"),
     "--variant": ("otfusion", "variant", "OTFusion variant (Table 2 ablations)"),
+    "--otfusion-setting": ("otfusion", "setting", "OTFusion visual sources: main (every VLM's "
+                           "image features + every VFM, Table 1), vfm_only, vlm_only (Table 2)"),
+    "--otfusion-weights": ("otfusion", "weights", "OTFusion source weights; paper recipe: "
+                           "fixed"),
     "--gpua-lam": ("gpua", "lam", "GPUA lambda (weight of CLIP in UCM)"),
     "--gpua-eps": ("gpua", "eps", "GPUA UCM entropic regularisation"),
-    "--gpua-targets": ("gpua", "targets", "GPUA Procrustes targets (paper: soft)"),
+    "--gpua-targets": ("gpua", "targets", "GPUA Procrustes targets"),
+    "--gpua-ucm-iter": ("gpua", "n_ucm_iter", "GPUA UCM rounds"),
     "--ths-steps": ("gpua", "ths_steps", "GPUA THS refinement steps (0: Procrustes only)"),
     "--theta": ("lazsl", "theta", "LaZSL crop/global mix"),
 }
-_CHOICES = {"--variant": VARIANTS, "--gpua-targets": config.GPUA_TARGETS}
+FLAG_CHOICES = {"--variant": VARIANTS, "--otfusion-setting": config.OTFUSION_SETTINGS,
+                "--otfusion-weights": WEIGHTS, "--gpua-targets": config.GPUA_TARGETS}
+FLAG_ALIASES = {"--lam": ("--otfusion-lam",), "--eps": ("--otfusion-eps",),
+                "--n-iter": ("--otfusion-n-iter",), "--variant": ("--otfusion-variant",)}
+# --<method>-recipe -> method: the base of its settings (core.config's *_RECIPES tables).
+RECIPE_FLAGS = {"--otfusion-recipe": "otfusion", "--gpua-recipe": "gpua",
+                "--lazsl-recipe": "lazsl"}
 
 
 def _dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
+def _recipe_values(method: str, name: str) -> str:
+    """" (default X)" or " (paper recipe X, official Y)" from core.config, for a flag's help."""
+    values = {r: getattr(config.recipe(method, r), name) for r in config.RECIPE_NAMES}
+    if len(set(values.values())) == 1:
+        return f" (default {values[config.RECIPE_NAMES[0]]})"
+    return " (" + ", ".join(f"{r} recipe {v}" for r, v in values.items() if v is not None) + ")"
+
+
 def _add_solver_args(p: argparse.ArgumentParser) -> None:
-    defaults = config.MethodSettings()
-    g = p.add_argument_group("solvers (paper defaults, from core.config)")
+    g = p.add_argument_group("solvers (defaults: each method's recipe, from core.config)")
+    for flag, method in RECIPE_FLAGS.items():
+        g.add_argument(flag, default=getattr(config.MethodSettings(), method).recipe,
+                       choices=config.RECIPE_NAMES, help=f"{method} recipe: paper (our reading) "
+                       "or official (the authors' code); the flags below override it")
     for flag, (method, name, text) in SOLVER_FLAGS.items():
-        default = getattr(getattr(defaults, method), name)
-        g.add_argument(flag, dest=_dest(flag), type=type(default), default=default,
-                       choices=_CHOICES.get(flag), help=f"{text} (default {default})")
+        kind = str if flag in FLAG_CHOICES else type(getattr(config.recipe(method), name))
+        g.add_argument(flag, *FLAG_ALIASES.get(flag, ()), dest=_dest(flag), type=kind,
+                       default=None, choices=FLAG_CHOICES.get(flag),
+                       help=text + _recipe_values(method, name))
     g.add_argument("--n-crops", type=int, default=config.LAZSL_CROPS,
                    help=f"LaZSL crops per image (default {config.LAZSL_CROPS}; paper: "
                    f"{config.LAZSL_CROPS_PAPER})")
@@ -80,11 +128,14 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
 
 
 def method_settings(args) -> config.MethodSettings:
-    """The per-method settings dataclasses from the parsed solver flags (``SOLVER_FLAGS``)."""
+    """Each method's recipe (``RECIPE_FLAGS``) with the solver flags given (``SOLVER_FLAGS``)."""
+    base = config.MethodSettings(**{m: config.recipe(m, getattr(args, _dest(flag)))
+                                    for flag, m in RECIPE_FLAGS.items()})
     changes: dict[str, dict] = {}
     for flag, (method, name, _) in SOLVER_FLAGS.items():
-        changes.setdefault(method, {})[name] = getattr(args, _dest(flag))
-    return config.MethodSettings().replace(**changes)
+        if getattr(args, _dest(flag)) is not None:
+            changes.setdefault(method, {})[name] = getattr(args, _dest(flag))
+    return base.replace(**changes)
 
 
 def _cache(args):
@@ -93,30 +144,10 @@ def _cache(args):
     return None if args.no_cache else FeatureCache(args.cache_dir)
 
 
-def _methods(text: str) -> list[str]:
+def _methods(text: str) -> tuple[str, ...]:
     from core.methods.run import METHODS
 
-    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
-    return methods
-
-
-_PROGRESS_LINE_OPEN = [False]  # a progress line awaits its newline (an error must not join it)
-
-
-def _progress(done: int, total: int, desc: str) -> None:
-    print(f"\r{desc}: {done}/{total}", end="", file=sys.stderr, flush=True)
-    _PROGRESS_LINE_OPEN[0] = done < total
-    if done >= total:
-        print(file=sys.stderr)
-
-
-def _end_progress_line() -> None:
-    if _PROGRESS_LINE_OPEN[0]:
-        print(file=sys.stderr)
-        _PROGRESS_LINE_OPEN[0] = False
+    return _split(text.lower(), "--methods", choices=METHODS)
 
 
 def _classes(text: str):
@@ -149,7 +180,7 @@ def _report_skipped(skipped, already=()) -> None:
 
 def _no_images(exc, already=()) -> int:
     """Nothing usable: list every skipped file, the error and the count; a user error."""
-    _end_progress_line()
+    _PROGRESS.end_line()
     print(f"error: {exc}", file=sys.stderr)
     _report_skipped(exc.skipped, already)
     print(f"images: 0 used, {len(exc.skipped)} skipped", file=sys.stderr)
@@ -159,40 +190,35 @@ def _no_images(exc, already=()) -> int:
 def cmd_run(args) -> int:
     from core.data import NoImagesError, load_attributes, load_image_set
     from core.methods.run import run_methods
-    from core.pipeline.export import write_predictions
+    from core.pipeline.export import provenance, provenance_text, write_predictions
     from core.pipeline.extraction import ExtractSettings, extract
 
     methods = _methods(args.methods)
+    solver = method_settings(args)
     image_set = load_image_set(args.images, labels_csv=args.labels)
     _report_skipped(image_set.skipped)
     class_names, preset_templates = _classes(args.classes)
     templates = tuple(args.template) if args.template else (preset_templates or None)
     attributes = load_attributes(args.attributes) if args.attributes else None
     settings = ExtractSettings(
-        vlm=args.vlm,
-        vfm=None if args.vfm.lower() == "none" else args.vfm,
-        n_crops=args.n_crops if "lazsl" in methods else 0,
-        attributes=attributes,
-        batch_size=args.batch_size,
-        device=args.device,
-        **({"templates": templates} if templates else {}),
-    )
+        **model_keys(args), n_crops=args.n_crops if "lazsl" in methods else 0,
+        attributes=attributes, batch_size=args.batch_size, device=args.device,
+        lazsl_recipe=solver.lazsl.recipe, **({"templates": templates} if templates else {}))
     loaded = {(s.name, s.reason) for s in image_set.skipped}
     try:
         extraction = extract(image_set, class_names, settings, cache=_cache(args),
-                             progress=_progress)
+                             progress=_PROGRESS)
     except NoImagesError as exc:  # every image failed to decode
         return _no_images(exc, already=loaded)
     _report_skipped(extraction.skipped, already=loaded)
     for warning in extraction.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    solver = method_settings(args)
     results = run_methods(extraction.features, methods, solver)
-    out = Path(args.out)
-    paths = write_predictions(out, extraction, results, solver)
+    paths = write_predictions(Path(args.out), extraction, results, solver)
     for name, res in results.items():
         acc = "" if res.accuracy is None else f"  accuracy {100 * res.accuracy:.2f}%"
         print(f"{name:10s} {res.seconds * 1000:8.1f} ms{acc}")
+        print(f"{'':10s} {provenance_text(provenance(name, res, solver))}")
         d = res.diagnostics
         if "changed_by_ths" in d:  # GPUA: what THS changed against the Procrustes map alone
             before = d["procrustes_accuracy"]
@@ -223,33 +249,17 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _stderr_progress(done: int, total: int, desc: str) -> None:
-    print(f"\r{desc}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr,
-          flush=True)
-
-
-def _floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}.") from None
-    if not values:
-        raise ValueError(f"{what}: expected at least one number.")
-    return values
-
-
 def _add_eval_args(parser) -> None:
     """The eval subcommand's own options (models, cache and solver options are shared)."""
+    from core.data.benchmarks import LAYOUTS
     from core.methods.run import METHODS
 
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--dataset", help="benchmark key (imagenet, sun397, fgvc_aircraft, eurosat, "
-                   "stanford_cars, food101, oxford_pets, flowers102, caltech101, dtd, ucf101), a "
-                   "folder under --root, or a folder-per-class dataset path")
+    g.add_argument("--dataset", help=f"benchmark key ({', '.join(LAYOUTS)}), a folder under "
+                   "--root, or a folder-per-class dataset path")
     g.add_argument("--all", action="store_true", help="every dataset found under --root")
     g.add_argument("--root", help="folder holding the datasets (CoOp layout: DATASETS.md)")
-    g.add_argument("--methods", default=",".join(METHODS),
-                   help="comma list of " + ",".join(METHODS))
+    g.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHOD_LIST}")
     g.add_argument("--layout", default="auto", choices=["auto", "coop", "folder"],
                    help="read a benchmark's folder as CoOp (split file) or folder-per-class")
     g.add_argument("--split-file", help="another CoOp-format split JSON (one dataset only)")
@@ -257,6 +267,12 @@ def _add_eval_args(parser) -> None:
                    help="0: fit GPUA on the whole unlabeled train split; 16: GPUA*")
     g.add_argument("--gpua-fit", default="train", choices=["train", "test"],
                    help="fit GPUA on the train split (paper) or the test images (transductive)")
+    g.add_argument("--otfusion-recipes", default=",".join(config.RECIPE_NAMES),
+                   help="run OTFusion once per recipe, on the same features (the knobs given "
+                   "apply to each)")
+    g.add_argument("--otfusion-shots", type=int, default=0, help="0: OTFusion transductive on "
+                   "the test split (paper); N: inductive, fitted on N unlabeled train images "
+                   "per class, predicting the test split")
     g.add_argument("--seed", type=int, default=config.SEED,
                    help="GPUA* pool, --max-images subset, THS")
     g.add_argument("--sweep", action="store_true", help="also write the lam x eps table (Fig. 2)")
@@ -275,26 +291,18 @@ def _add_eval_args(parser) -> None:
 
 def eval_config_from_args(args):
     from core.eval.harness import EvalConfig
-    from core.methods.run import METHODS
 
-    methods = tuple(m.strip().lower() for m in args.methods.split(",") if m.strip())
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
-    for name in ("gpua_shots", "chunk_size", "max_images", "n_crops", "batch_size"):
-        value = getattr(args, name, None)
-        if value is not None and value < (0 if name in ("gpua_shots", "n_crops") else 1):
-            raise ValueError(f"--{name.replace('_', '-')}: got {value}; use a positive number.")
-    vfm = None if str(args.vfm).lower() == "none" else args.vfm
-    return EvalConfig(
-        methods=methods, vlm=args.vlm, vfm=vfm, solver=method_settings(args),
-        gpua_shots=args.gpua_shots, gpua_fit=args.gpua_fit, seed=args.seed,
-        max_images=args.max_images, template=args.template, n_crops=args.n_crops,
+    return EvalConfig(  # which checks the values (counts, recipes)
+        methods=_methods(args.methods), **model_keys(args), solver=method_settings(args),
+        otfusion_recipes=_split(args.otfusion_recipes, "--otfusion-recipes",
+                                choices=config.RECIPE_NAMES),
+        otfusion_shots=args.otfusion_shots, gpua_shots=args.gpua_shots, gpua_fit=args.gpua_fit,
+        seed=args.seed, max_images=args.max_images, template=args.template, n_crops=args.n_crops,
         attributes_file=args.attributes, attributes_dir=args.attributes_dir,
         lazsl_class_names=args.lazsl_class_names, batch_size=args.batch_size, device=args.device,
         chunk_size=args.chunk_size, sweep=args.sweep,
-        sweep_lams=_floats(args.sweep_lams, "--sweep-lams"),
-        sweep_epss=_floats(args.sweep_epss, "--sweep-epss"))
+        sweep_lams=_split(args.sweep_lams, "--sweep-lams", cast=float),
+        sweep_epss=_split(args.sweep_epss, "--sweep-epss", cast=float))
 
 
 def cmd_eval(args) -> int:
@@ -302,7 +310,6 @@ def cmd_eval(args) -> int:
     from core.data.benchmarks import LAYOUTS, DatasetError, find_benchmarks
     from core.eval.harness import evaluate_dataset
     from core.eval.report import markdown_report, summary_markdown, write_report, write_summary
-    from core.pipeline.cache import FeatureCache
 
     if bool(args.dataset) == bool(args.all):
         raise ValueError("eval: give --dataset NAME or --all (with --root DATA), not both.")
@@ -310,8 +317,7 @@ def cmd_eval(args) -> int:
         raise ValueError("eval --all: --attributes and --split-file are per dataset; use "
                          "--attributes-dir DIR (with <dataset>.json files) instead.")
     config = eval_config_from_args(args)
-    cache = None if args.no_cache else FeatureCache(args.cache_dir)
-    out = Path(args.out)
+    cache, out = _cache(args), Path(args.out)
     names = find_benchmarks(args.root) if args.all else [args.dataset]
     if not names:
         raise DatasetError(f"--all: no dataset under {args.root}; expected any of the folders "
@@ -321,7 +327,7 @@ def cmd_eval(args) -> int:
     for name in names:
         try:
             report = evaluate_dataset(name, args.root, config, cache=cache,
-                                      progress=_stderr_progress, split_file=args.split_file,
+                                      progress=_PROGRESS, split_file=args.split_file,
                                       layout=args.layout)
         except DatasetError as exc:
             if not args.all:
@@ -339,7 +345,7 @@ def cmd_eval(args) -> int:
             raise DatasetError(f"--all: no dataset under {args.root} could be evaluated:\n"
                                + listing)
         print(summary_markdown(reports, failures))
-        for path in write_summary(reports, failures, out, vlm=config.vlm, vfm=config.vfm):
+        for path in write_summary(reports, failures, out):
             print(f"wrote {path}")
     return 0 if reports else 2
 
@@ -357,17 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "line counts the images used and skipped.\n\n" + EXIT_CODES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, help="a folder, a .zip, or an image file")
-    p.add_argument(
-        "--classes",
-        required=True,
-        help="'cat, dog', one per line, a .txt/.json file, or preset:NAME (e.g. preset:dtd)",
-    )
+    p.add_argument("--classes", required=True, help="'cat, dog', one per line, a .txt/.json "
+                   "file, or preset:NAME (e.g. preset:dtd)")
     p.add_argument("--labels", default=None, help="CSV of filename,label (overrides folder labels)")
     p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
     p.add_argument("--methods", default="clip,otfusion", help=f"comma list of {METHOD_LIST}")
     p.add_argument("--out", default="fusionlab-out", help="folder for predictions.csv/json")
-    _add_model_args(p)
-    _add_solver_args(p)
+    _add_shared_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("download", help="pre-fetch model weights (on a machine with internet)")
@@ -379,8 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="reproduce the papers' tables on benchmark datasets")
     _add_eval_args(p)
-    _add_model_args(p)
-    _add_solver_args(p)
+    _add_shared_args(p)
     p.set_defaults(func=cmd_eval)
     return parser
 
@@ -398,20 +399,20 @@ def main(argv=None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except WeightsUnavailableError as exc:
-        _end_progress_line()
+        _PROGRESS.end_line()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_WEIGHTS
     except NoImagesError as exc:
         return _no_images(exc)
     except (ValueError, OSError, RuntimeError) as exc:
         # User mistakes (bad options, unreadable or unusable files): the message says what to do.
-        _end_progress_line()
+        _PROGRESS.end_line()
         print(f"error: {_one_line_oserror(exc)}", file=sys.stderr)
         return EXIT_USER
     except Exception as exc:  # a bug: say so plainly, traceback on request
         if os.environ.get("FUSIONLAB_DEBUG", "").strip() not in ("", "0"):
             traceback.print_exc()
-        _end_progress_line()
+        _PROGRESS.end_line()
         print(f"error: internal error ({type(exc).__name__}: {exc}); please report it. "
               "Set FUSIONLAB_DEBUG=1 to print the traceback.", file=sys.stderr)
         return EXIT_INTERNAL

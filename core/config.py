@@ -30,8 +30,8 @@ __all__ = [
     "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
     "LAZSL_CROPS_UI", "LAZSL_CROP_SCALE", "LAZSL_RECIPES", "LaZSLSettings", "MethodSettings",
     "OTFUSION_OFFICIAL_VFMS", "OTFUSION_RECIPES", "OTFUSION_SETTINGS", "OTFUSION_VARIANTS",
-    "OTFusionSettings", "RECIPE_NAMES", "SEED", "SWEEP_EPSS", "SWEEP_LAMS", "TEMPERATURE", "ZeroShotSettings",
-    "recipe", "ui_range",
+    "OTFusionSettings", "RECIPE_NAMES", "SEED", "SWEEP_EPSS", "SWEEP_LAMS", "TEMPERATURE",
+    "ZeroShotSettings", "rebase", "recipe", "ui_range",
 ]
 
 # ----------------------------------------------------------------------------- models and prompts
@@ -220,6 +220,22 @@ def recipe(method: str, name: str = "paper"):
     if name not in table:
         raise ValueError(f"recipe: {method} has the recipes {', '.join(table)}; got {name!r}.")
     return table[name]
+
+
+def rebase(settings, name: str):
+    """``settings`` (an OTFusion, GPUA or LaZSL settings object) moved onto the recipe ``name``:
+    the fields where ``settings`` differs from its own recipe keep their values, every other
+    field takes recipe ``name``'s. How one set of knobs runs under several recipes (the eval's
+    ``otfusion_recipes``); a knob set to its own recipe's default is not told from one left
+    alone, so it takes the other recipe's value."""
+    method = next((m for m, t in _RECIPES.items() if isinstance(settings, type(t["paper"]))), None)
+    if method is None:
+        raise ValueError(f"rebase: expected OTFusion, GPUA or LaZSL settings, got "
+                         f"{type(settings).__name__}.")
+    own = recipe(method, settings.recipe)
+    changed = {f.name: getattr(settings, f.name) for f in fields(settings)
+               if f.name != "recipe" and getattr(settings, f.name) != getattr(own, f.name)}
+    return replace(recipe(method, name), **changed)
 
 
 def ui_range(cls, name: str) -> tuple:

@@ -5,6 +5,7 @@ value that differs from it."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
@@ -164,15 +165,46 @@ def test_cli_parser_defaults_are_configs():
 
 
 def test_cli_solver_flags_set_the_field_they_name():
-    from core.cli import SOLVER_FLAGS, build_parser, method_settings
+    from core.cli import FLAG_CHOICES, SOLVER_FLAGS, build_parser, method_settings
 
     for flag, (method, name, _) in SOLVER_FLAGS.items():
         default = getattr(getattr(MethodSettings(), method), name)
-        value = {float: 0.123, int: 7, str: "hard" if method == "gpua" else "concat"}[
-            type(default)]
+        if flag in FLAG_CHOICES:  # a choice other than the default
+            value = next(c for c in FLAG_CHOICES[flag] if c != default)
+        else:
+            value = {float: 0.123, int: 7}[type(default)]
         args = build_parser().parse_args(["run", "--images", "x", "--classes", "a, b", flag,
                                           str(value)])
         assert method_settings(args) == MethodSettings().replace(**{method: {name: value}}), flag
+
+
+def test_cli_recipe_flags_take_configs_recipe_and_explicit_flags_override_it():
+    from core.cli import RECIPE_FLAGS, build_parser, method_settings
+
+    def parse(*flags):
+        return method_settings(build_parser().parse_args(["run", "--images", "x", "--classes",
+                                                          "a, b", *flags]))
+
+    for flag, method in RECIPE_FLAGS.items():
+        assert getattr(parse(flag, "official"), method) == recipe(method, "official"), flag
+    both = parse("--otfusion-recipe", "official", "--otfusion-lam", "0.3", "--gpua-recipe",
+                 "official", "--ths-steps", "9")
+    assert both.otfusion == dataclasses.replace(recipe("otfusion", "official"), lam=0.3)
+    assert both.gpua == dataclasses.replace(recipe("gpua", "official"), ths_steps=9)
+    assert both.otfusion.lam == 0.3 and recipe("otfusion", "official").lam is None
+
+
+def test_rebase_keeps_the_changed_knobs_and_takes_the_other_recipes_defaults():
+    from core.config import rebase
+
+    paper = OTFusionSettings(eps=0.05, setting="vfm_only")
+    official = rebase(paper, "official")
+    assert official == dataclasses.replace(recipe("otfusion", "official"), eps=0.05,
+                                      setting="vfm_only")
+    assert rebase(official, "paper") == paper  # and back
+    assert rebase(GPUASettings(), "official") == recipe("gpua", "official")
+    with pytest.raises(ValueError, match="OTFusion, GPUA or LaZSL"):
+        rebase(ZeroShotSettings(), "paper")
 
 
 def test_extract_settings_defaults_are_configs():

@@ -29,7 +29,7 @@ from core.data.benchmarks import (
     open_benchmark,
 )
 from core.eval.harness import DatasetReport, EvalConfig, MethodRow, evaluate_dataset, extract_split
-from core.eval.paper_numbers import DATASETS, TABLES, reported
+from core.eval.paper_numbers import DATASETS, TABLES, otfusion_protocol, reported
 from core.eval.report import markdown_report, summary_markdown, sweep_markdown, write_report
 from core.models import get_spec
 from core.models.tiny import tiny_test_models
@@ -113,16 +113,23 @@ def test_cli_end_to_end_writes_markdown_csv_json(models, data_root, cache_dir, t
     assert rc == 0
     stem = f"eurosat_{models['clip_vit']}_{models['dinov2']}"
     md = (out / f"{stem}.md").read_text()
-    assert "| Method | Accuracy (%) | Paper (%) | Δ |" in md
-    for title in ("CLIP zero-shot", "OTFusion", "GPUA", "LaZSL (class names)"):
+    assert "| Method | Recipe | Protocol | Accuracy (%) | Paper (%) | Δ |" in md
+    for title in ("CLIP zero-shot | – | zero-shot", "OTFusion | paper | joint",
+                  "OTFusion | official | joint", "GPUA | paper | full",
+                  "LaZSL (class names) | paper | class-names"):
         assert f"| {title} |" in md
     assert "20 test images, 10 classes" in md
     assert "a centered satellite photo of {}." in md  # the preset's single CoOp prompt
     assert "GPUA fitted on 20 unlabeled train images" in md
     assert md in capsys.readouterr().out
     rows = list(csv.DictReader((out / f"{stem}.csv").open()))
-    assert [r["method"] for r in rows] == ["clip", "otfusion", "gpua", "lazsl"]
+    # OTFusion once per recipe (both by default), on the same features
+    assert [(r["method"], r["recipe"]) for r in rows] == [
+        ("clip", ""), ("otfusion", "paper"), ("otfusion", "official"), ("gpua", "paper"),
+        ("lazsl", "paper")]
     assert all(r["status"] == "ok" and 0 <= float(r["accuracy"]) <= 100 for r in rows)
+    vlm, vfm = (get_spec(models[k]).display_name for k in ("clip_vit", "dinov2"))
+    assert rows[1]["sources"] == f"{vlm} image; {vfm}; Y: {vlm}"  # the main setting
     report = json.loads((out / f"{stem}.json").read_text())
     assert report["dataset"] == "eurosat" and report["n_test"] == 20
     assert report["n_gpua_pool"] == 20 and report["settings"]["vlm"] == models["clip_vit"]
@@ -137,7 +144,8 @@ def test_python_api_gpua_star_and_labels(models, data_root, cache_dir):
                               _config(models, methods=("clip", "otfusion", "gpua"),
                                       gpua_shots=1, seed=3), cache=cache)
     assert isinstance(report, DatasetReport)
-    assert [r.method for r in report.rows] == ["clip", "otfusion", "gpua"]
+    assert [r.key for r in report.rows] == ["clip", "otfusion:paper", "otfusion:official",
+                                            "gpua:paper"]
     gpua = report.row("gpua")
     assert gpua.title == "GPUA* (1-shot)" and gpua.protocol == "1-shot"
     assert report.n_gpua_pool == 10  # one unlabeled image per class
@@ -238,7 +246,7 @@ def test_lazsl_with_attribute_dir_and_without(models, data_root, cache_dir, tmp_
     skipped = evaluate_dataset("eurosat", data_root, _config(models, methods=("clip", "lazsl")),
                                cache=FeatureCache(cache_dir)).row("lazsl")
     assert skipped.status == "skipped" and "--attributes-dir" in skipped.note
-    assert "| LaZSL | skipped |" in markdown_report(
+    assert "| LaZSL | paper | class-names | skipped |" in markdown_report(
         evaluate_dataset("eurosat", data_root, _config(models, methods=("lazsl",)),
                          cache=FeatureCache(cache_dir)))
 
@@ -406,15 +414,180 @@ def test_markdown_shows_paper_number_and_difference():
         ref = reported(method, "oxford_pets", protocol, vlm_spec=b16, vfm_spec=dino_b)
         rows.append(MethodRow(method=method, title=method, protocol=protocol, status="ok",
                               accuracy=acc, n_images=3669, seconds=0.5, paper=ref.value,
-                              paper_source=ref.source, paper_exact=ref.exact))
+                              paper_source=ref.source, paper_exact=ref.exact,
+                              recipe="" if method == "clip" else "paper"))
     report = DatasetReport(
         dataset="oxford_pets", display_name="Oxford-IIIT Pets", n_classes=37, n_test=3669,
         n_gpua_pool=0, template="a photo of a {}, a type of pet.", rows=tuple(rows),
         extract_seconds={"test": 1.0},
         settings={"vlm": "clip-vit-b16", "vfm": "dinov2-base", "extraction": {"test": "1.0 s"}})
     md = markdown_report(report)
-    assert "| clip | 86.00 | 86.92 | -0.92 | 3,669 |" in md
-    assert "| otfusion | 95.00 | 94.58* | +0.42 |" in md
+    assert "| clip | – | zero-shot | 86.00 | 86.92 | -0.92 | 3,669 |" in md
+    assert "| otfusion | paper | joint | 95.00 | 94.58* | +0.42 |" in md
     assert "the paper used another VFM" in md
     summary = summary_markdown([report])
     assert "| oxford_pets | 3,669 | 86.00 | 86.92 | 95.00 | 94.58 |" in summary
+    assert "| otfusion [paper recipe] | otfusion [paper recipe] (paper) |" in summary
+
+
+# ----------------------------------------------------------------------------- OTFusion settings,
+# recipes and the inductive mode
+
+
+@pytest.mark.parametrize("setting, variant, has_vfm, protocol, table, pets", [
+    ("main", "joint", True, "joint", "Table 1a", 94.58),
+    ("vfm_only", "joint", True, "dinov2_only", "Table 2", 94.22),
+    ("vlm_only", "joint", True, "clip_only", "Table 2", 92.56),
+    ("main", "joint", False, "clip_only", "Table 2", 92.56),  # no VFM: the VLM image alone
+    ("main", "concat", True, "concat", "Table 2", 94.82),
+    ("main", "no_joint", True, "no_joint", "Table 2", 93.51),
+    ("vfm_only", "semantic_only", True, "semantic_only", "Table 2", 89.23),
+    ("vfm_only", "concat", True, "vfm_only-concat", None, None),  # no paper ran it
+])
+def test_otfusion_protocol_maps_each_setting_to_its_paper_row(setting, variant, has_vfm,
+                                                              protocol, table, pets):
+    assert otfusion_protocol(setting, variant, has_vfm=has_vfm) == protocol
+    hit = reported("otfusion", "oxford_pets", protocol, vlm_spec=get_spec("clip-vit-b16"),
+                   vfm_spec=get_spec("dinov2-large"))
+    if table is None:
+        assert hit is None
+    else:
+        assert (hit.value, hit.row.table, hit.exact) == (pets, table, True)
+
+
+@pytest.fixture()
+def paper_backbones(models, monkeypatch):
+    """The tiny test models reported as the papers' CLIP ViT-B/16 and DINOv2 ViT-L/14 to the
+    paper lookup (only there: extraction keeps the tiny models), so a tiny run gets paper rows."""
+    import core.models
+
+    real = core.models.get_spec
+    stand_in = {models["clip_vit"]: "clip-vit-b16", models["dinov2"]: "dinov2-large"}
+    monkeypatch.setattr(core.models, "get_spec", lambda key: real(stand_in.get(key, key)))
+
+
+# EuroSAT in OTFusion Tables 1a / 2 (CLIP ViT-B/16 + DINOv2 ViT-L/14)
+EUROSAT = {"joint": 81.86, "dinov2_only": 76.85, "clip_only": 65.78, "concat": 82.28,
+           "semantic_only": 50.47, "no_joint": 71.31}
+
+
+@pytest.mark.parametrize("otfusion, protocol", [
+    ({}, "joint"),
+    ({"setting": "vfm_only"}, "dinov2_only"),
+    ({"setting": "vlm_only"}, "clip_only"),
+    ({"variant": "concat"}, "concat"),
+    ({"variant": "semantic_only"}, "semantic_only"),
+])
+def test_eval_puts_each_settings_paper_row_beside_it(models, data_root, cache_dir,
+                                                     paper_backbones, otfusion, protocol):
+    solver = FAST.replace(otfusion=otfusion)
+    report = evaluate_dataset("eurosat", data_root,
+                              _config(models, methods=("clip", "otfusion"), solver=solver),
+                              cache=FeatureCache(cache_dir))
+    assert report.row("clip").paper == 50.42  # Table 1a's CLIP row
+    for recipe in ("paper", "official"):
+        row = report.row(f"otfusion:{recipe}")
+        assert (row.status, row.protocol, row.paper, row.paper_exact) == (
+            "ok", protocol, EUROSAT[protocol], True)
+        assert ("Table 1a" if protocol == "joint" else "Table 2") in row.paper_source
+    official = report.row("otfusion:official")
+    assert "CVPR 2026" in official.note and "v1" in official.note
+    assert "CVPR 2026" not in report.row("otfusion:paper").note
+    md = markdown_report(report)
+    assert f"| OTFusion | official | {protocol} |" in md and "| OTFusion | paper |" in md
+
+
+def test_both_recipes_run_on_the_same_features_and_name_their_sources(models, data_root,
+                                                                       cache_dir):
+    from core.config import recipe
+    from core.methods.run import labelled_accuracy, run_method
+
+    cache = FeatureCache(cache_dir)
+    report = evaluate_dataset("eurosat", data_root, _config(models, methods=("otfusion",)),
+                              cache=cache)
+    data = open_benchmark("eurosat", data_root)
+    test = extract_split(data.splits["test"], data.class_names,
+                         ExtractSettings(vlm=models["clip_vit"], vfm=models["dinov2"],
+                                         templates=(data.template,)), cache=cache).features
+    for name in ("paper", "official"):  # each row is its recipe's run on the same features
+        res = run_method("otfusion", test, FAST.replace(otfusion=recipe("otfusion", name)))
+        row = report.row(f"otfusion:{name}")
+        assert row.accuracy == pytest.approx(100 * labelled_accuracy(res.pred, test.labels))
+        assert row.sources == res.sources and len(row.sources) == 3  # image, VFM, Y
+    assert report.settings["otfusion_recipes"] == ["paper", "official"]
+    only = evaluate_dataset("eurosat", data_root, _config(
+        models, methods=("otfusion",), otfusion_recipes=("official",)), cache=cache)
+    assert [r.key for r in only.rows] == ["clip", "otfusion:official"]
+    summary = summary_markdown([report])
+    assert "| OTFusion [paper recipe] |" in summary and "OTFusion [official recipe]" in summary
+    with pytest.raises(ValueError, match="otfusion_recipes"):
+        _config(models, otfusion_recipes=("paper", "paper"))
+
+
+def test_cli_otfusion_recipes_and_several_models(models, data_root, cache_dir, tmp_path,
+                                                  paper_backbones, capsys):
+    out = tmp_path / "out"
+    rc = cli_main(["eval", "--vlm", f"{models['clip_vit']},{models['clip_rn']}", "--vfm",
+                   f"{models['dinov2']},{models['dinov3']}", "--cache-dir", str(cache_dir),
+                   "--dataset", "eurosat", "--root", str(data_root), "--methods",
+                   "clip,otfusion", "--otfusion-recipes", "official", "--out", str(out)])
+    assert rc == 0
+    stem = f"eurosat_{models['clip_vit']}-{models['clip_rn']}_{models['dinov2']}-{models['dinov3']}"
+    report = json.loads((out / f"{stem}.json").read_text())
+    assert report["settings"]["vlms"] == [models["clip_vit"], models["clip_rn"]]
+    otf = next(r for r in report["rows"] if r["method"] == "otfusion")
+    assert otf["recipe"] == "official" and otf["protocol"] == "joint"
+    assert len(otf["sources"]) == 2 + 2 + 2  # two VLM images, two VFMs, two Y terms
+    # the paper fused CLIP and DINOv2 only: its number is shown, flagged as not exact
+    assert otf["paper"] == EUROSAT["joint"] and otf["paper_exact"] is False
+    clip = next(r for r in report["rows"] if r["method"] == "clip")
+    assert clip["paper_exact"] is True  # the baseline uses the first VLM only
+    assert "fewer models than this run" in capsys.readouterr().out
+    assert _cli(models, cache_dir, "--dataset", "eurosat", "--root", str(data_root),
+                "--otfusion-recipes", "paper,v2") == 2
+    assert "--otfusion-recipes: unknown ['v2']; choose from paper, official" in (
+        capsys.readouterr().err)
+
+
+def test_otfusion_inductive_fits_on_a_train_pool_and_predicts_the_test_split(
+        models, data_root, cache_dir, paper_backbones, monkeypatch):
+    import core.methods.run as run_module
+    from core import fit_otfusion
+    from core.methods.run import labelled_accuracy
+    from core.methods.zeroshot import zeroshot_probs
+
+    fits = []
+    real = run_module.fit_otfusion
+    monkeypatch.setattr(run_module, "fit_otfusion",
+                        lambda *a, **kw: fits.append((a, kw)) or real(*a, **kw))
+    cache = FeatureCache(cache_dir)
+    report = evaluate_dataset("eurosat", data_root, _config(
+        models, methods=("clip", "otfusion"), otfusion_shots=1, seed=4), cache=cache)
+    rows = [r for r in report.rows if r.method == "otfusion"]
+    assert [(r.title, r.protocol, r.recipe) for r in rows] == [
+        ("OTFusion inductive (1-shot)", "inductive", "paper"),
+        ("OTFusion inductive (1-shot)", "inductive", "official")]
+    assert all(r.status == "ok" and r.paper is None for r in rows)  # no paper row for it
+    assert "otfusion pool" in report.settings["extraction"]
+    assert any("fitted on 10 unlabeled train images (1 per class, seed 4" in n
+               for n in report.notes)
+    # what was fitted: the pool's main-setting sources, one unlabeled image per class
+    (args, kw), _ = fits
+    assert [v.shape[0] for v in args[0]] == [10, 10] and kw["recipe"] == "paper"
+    # an independent run of the inductive mode gives the official row's accuracy
+    data = open_benchmark("eurosat", data_root)
+    settings = ExtractSettings(vlm=models["clip_vit"], vfm=models["dinov2"],
+                               templates=(data.template,))
+    pool = extract_split(balanced_subset(data.splits["train"], per_class=1, seed=4),
+                         data.class_names, settings, cache=cache).features
+    test = extract_split(data.splits["test"], data.class_names, settings, cache=cache).features
+    model = fit_otfusion([pool.vlm_image, pool.vfm_image],
+                         [zeroshot_probs(pool.vlm_image, pool.text)], recipe="official")
+    pred = model.predict([test.vlm_image, test.vfm_image],
+                         [zeroshot_probs(test.vlm_image, test.text)])
+    assert rows[1].accuracy == pytest.approx(100 * labelled_accuracy(pred, test.labels))
+    # the CLI option reaches the config
+    from core.cli import build_parser, eval_config_from_args
+
+    args = build_parser().parse_args(["eval", "--dataset", "x", "--otfusion-shots", "16"])
+    assert eval_config_from_args(args).otfusion_shots == 16

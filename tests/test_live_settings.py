@@ -41,10 +41,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 # Non-default values for every knob an entry point exposes (each differs from core.config's).
 CUSTOM = MethodSettings(
     clip=ZeroShotSettings(temperature=50.0),
-    otfusion=OTFusionSettings(lam=0.5, eps=0.05, n_iter=4, sinkhorn_iter=2, variant="concat"),
+    otfusion=OTFusionSettings(lam=0.5, eps=0.05, n_iter=4, sinkhorn_iter=2, variant="concat",
+                              setting="vfm_only", weights="adaptive"),
     gpua=GPUASettings(lam=0.7, eps=0.02, targets="hard", ths_steps=7, ths_k=2,
-                      reorthogonalize=False, seed=3),
-    lazsl=LaZSLSettings(theta=0.6, eps=0.2),
+                      reorthogonalize=False, seed=3, n_ucm_iter=2),
+    lazsl=LaZSLSettings(theta=0.6, eps=0.2, recipe="official"),
 )
 GPUA_KEYWORDS = {"vfm_features", "vlm_features", "text_features", "recipe", "lam", "eps",
                  "n_ucm_iter", "targets", "ths_steps", "ths_k", "reorthogonalize", "generator"}
@@ -174,7 +175,7 @@ def test_gpua_inputs_follow_concat_vlm_and_a_missing_vfm(spy):
     _check_gpua(spy.calls["fit_gpua"][-1], feats, CUSTOM.replace(gpua={"concat_vlm": False}).gpua)
     assert spy.calls["fit_gpua"][-1][1]["vfm_features"] is feats.vfm_image
     clip_only = _feature_set(vfm=False)
-    run_methods(clip_only, ("otfusion", "gpua"), CUSTOM)
+    run_methods(clip_only, ("otfusion", "gpua"), CUSTOM.replace(otfusion={"setting": "main"}))
     assert spy.calls["fit_gpua"][-1][1]["vfm_features"] is clip_only.vlm_image  # not [X, X]
     (only,) = spy.calls["otfusion"][-1][1]["vfm_features"]  # main setting without a VFM
     assert only is clip_only.vlm_image
@@ -244,13 +245,31 @@ def extractions(monkeypatch):
 
 
 CLI_CUSTOM = ["--lam", "0.5", "--eps", "0.05", "--n-iter", "4", "--variant", "concat",
+              "--otfusion-setting", "vfm_only", "--otfusion-weights", "adaptive",
               "--gpua-lam", "0.7", "--gpua-eps", "0.02", "--gpua-targets", "hard",
-              "--ths-steps", "7", "--theta", "0.6", "--n-crops", "3"]
+              "--gpua-ucm-iter", "2", "--ths-steps", "7", "--theta", "0.6",
+              "--lazsl-recipe", "official", "--n-crops", "3"]
+# Recipes as the base, explicit flags on top.
+CLI_RECIPES = ["--otfusion-recipe", "official", "--otfusion-lam", "0.4", "--gpua-recipe",
+               "official", "--ths-steps", "3", "--lazsl-recipe", "official"]
+CLI_EXPECTED = {
+    "defaults": MethodSettings(),
+    "custom": MethodSettings().replace(
+        otfusion={"lam": 0.5, "eps": 0.05, "n_iter": 4, "variant": "concat",
+                  "setting": "vfm_only", "weights": "adaptive"},
+        gpua={"lam": 0.7, "eps": 0.02, "targets": "hard", "n_ucm_iter": 2, "ths_steps": 7},
+        lazsl={"theta": 0.6, "recipe": "official"}),
+    "recipes": MethodSettings(
+        otfusion=dataclasses.replace(config.OTFUSION_RECIPES["official"], lam=0.4),
+        gpua=dataclasses.replace(config.GPUA_RECIPES["official"], ths_steps=3),
+        lazsl=config.LAZSL_RECIPES["official"]),
+}
 
 
-@pytest.mark.parametrize("flags", [[], CLI_CUSTOM], ids=["defaults", "custom"])
+@pytest.mark.parametrize("case, flags", [("defaults", []), ("custom", CLI_CUSTOM),
+                                         ("recipes", CLI_RECIPES)])
 def test_cli_run_passes_the_flags_to_the_methods(spy, extractions, keys, image_zip, tmp_path,
-                                                 flags):
+                                                 case, flags):
     from core.cli import main
 
     code = main(["run", "--images", str(image_zip), "--classes", ", ".join(COLORS),
@@ -259,17 +278,57 @@ def test_cli_run_passes_the_flags_to_the_methods(spy, extractions, keys, image_z
                  *flags])
     assert code == 0
     (extract_settings, ex), = extractions
-    n_crops = 3 if flags else config.LAZSL_CROPS
+    n_crops = 3 if case == "custom" else config.LAZSL_CROPS
     assert extract_settings.n_crops == n_crops
     assert (extract_settings.vlm, extract_settings.vfm) == (keys["clip_vit"], keys["dinov2"])
-    expected = MethodSettings() if not flags else MethodSettings().replace(
-        otfusion={"lam": 0.5, "eps": 0.05, "n_iter": 4, "variant": "concat"},
-        gpua={"lam": 0.7, "eps": 0.02, "targets": "hard", "ths_steps": 7},
-        lazsl={"theta": 0.6})
+    expected = CLI_EXPECTED[case]
+    # the LaZSL recipe also decides how the attribute sentences are encoded
+    assert extract_settings.lazsl_recipe == expected.lazsl.recipe
     feats = ex.features
     _check_otfusion(spy.one("otfusion"), feats, expected)
     _check_gpua(spy.one("fit_gpua"), feats, expected.gpua)
     _check_lazsl(spy.one("lazsl_scores"), feats, expected.lazsl, n_crops=n_crops)
+
+
+def test_cli_run_fuses_every_model_of_the_comma_lists_and_says_so(spy, extractions, keys,
+                                                                  image_zip, tmp_path, capsys):
+    import csv
+    import json
+
+    from core.cli import main
+    from core.models import get_spec
+
+    out = tmp_path / "out"
+    code = main(["run", "--images", str(image_zip), "--classes", ", ".join(COLORS), "--vlm",
+                 f"{keys['clip_vit']}, {keys['clip_rn']}", "--vfm",
+                 f"{keys['dinov2']},{keys['dinov3']}", "--no-cache", "--methods",
+                 "clip,otfusion,gpua", "--ths-steps", "2", "--out", str(out)])
+    assert code == 0
+    (settings, ex), = extractions
+    assert (settings.vlm, settings.extra_vlms) == (keys["clip_vit"], (keys["clip_rn"],))
+    assert (settings.vfm, settings.extra_vfms) == (keys["dinov2"], (keys["dinov3"],))
+    feats = ex.features
+    _check_otfusion(spy.one("otfusion"), feats, MethodSettings())  # all four visual sources
+    assert len(spy.one("otfusion")[1]["vfm_features"]) == 4
+    _check_gpua(spy.one("fit_gpua"), feats, GPUASettings(ths_steps=2))  # first VLM and VFM
+    names = [get_spec(keys[k]).display_name for k in ("clip_vit", "clip_rn", "dinov2", "dinov3")]
+    sources = [f"{names[0]} image", f"{names[1]} image", names[2], names[3], f"Y: {names[0]}",
+               f"Y: {names[1]}"]
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["vlms"] == [keys["clip_vit"], keys["clip_rn"]]
+    assert doc["vfms"] == [keys["dinov2"], keys["dinov3"]]
+    otf = doc["methods"]["otfusion"]
+    assert (otf["recipe"], otf["setting"], otf["variant"], otf["sources"]) == (
+        "paper", "main", "joint", sources)
+    assert doc["methods"]["gpua"]["sources"][0] == f"[{names[2]}, {names[0]} image]"
+    line = "paper recipe; main setting (joint); sources: " + ", ".join(sources)
+    assert line in capsys.readouterr().out  # the printed summary says it too
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert {r["otfusion_run"] for r in rows} == {line}
+    # a model listed twice is a user error, named as such (exit code 2, no traceback)
+    assert main(["run", "--images", str(image_zip), "--classes", ", ".join(COLORS), "--vfm",
+                 f"{keys['dinov2']},{keys['dinov2']}", "--no-cache", "--out", str(out)]) == 2
+    assert "named twice" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the eval harness
@@ -297,16 +356,31 @@ def test_eval_harness_passes_the_config_to_the_methods(spy, extractions, keys, t
     assert all(r.status == "ok" for r in report.rows), report.rows
     (test_settings, test_ex), (train_settings, train_ex) = extractions
     assert test_settings.n_crops == 3 and train_settings.n_crops == 0  # crops on the test split
+    assert test_settings.lazsl_recipe == "official"  # the sentence rule of the LaZSL recipe
     expected = CUSTOM.replace(gpua={"seed": 5})  # the harness's seed drives GPUA's THS too
     test = test_ex.features
+    # OTFusion once per recipe (both by default), each with every knob that was set
+    paper_call, official_call = spy.calls["otfusion"]
+    _check_otfusion(paper_call, test, expected, labels="given")
+    _check_otfusion(official_call, test, expected.replace(otfusion={"recipe": "official"}),
+                    labels="given")
     # labels: the harness's come from the split file, so only check they were given
-    _check_otfusion(spy.one("otfusion"), test, expected, labels="given")
-    assert spy.one("otfusion")[1]["labels"].shape == (test.n_images,)
+    assert paper_call[1]["labels"].shape == (test.n_images,)
     _check_lazsl(spy.one("lazsl_scores"), test, expected.lazsl, n_crops=3)
     # GPUA is fitted on the train split's features, against the test split's prototypes
     _check_gpua(spy.one("fit_gpua"), train_ex.features, expected.gpua, text=test.text)
     assert report.settings["solver"] == expected.as_dict()  # the report says what ran
-    assert report.row("otfusion").protocol == "concat"
+    otf = report.row("otfusion:paper")
+    assert otf.protocol == "vfm_only-concat"  # no paper ran that combination
+    assert len(otf.sources) == 2 and otf.sources[1].startswith("Y: ")  # the VFM, then Y
+
+
+def test_eval_cli_flags_reach_the_eval_config():
+    from core.cli import build_parser, eval_config_from_args
+
+    for case, flags in (("custom", CLI_CUSTOM), ("recipes", CLI_RECIPES)):
+        args = build_parser().parse_args(["eval", "--dataset", "x", *flags])
+        assert eval_config_from_args(args).solver == CLI_EXPECTED[case], case
 
 
 def test_eval_harness_defaults_are_configs(spy, extractions, keys, tmp_path):
@@ -319,11 +393,39 @@ def test_eval_harness_defaults_are_configs(spy, extractions, keys, tmp_path):
     (test_settings, test_ex), = extractions
     assert test_settings.n_crops == config.LAZSL_CROPS
     assert test_settings.batch_size == config.BATCH_SIZE
-    _check_otfusion(spy.one("otfusion"), test_ex.features, MethodSettings(), labels="given")
+    assert test_settings.lazsl_recipe == LaZSLSettings().recipe
+    paper_call, official_call = spy.calls["otfusion"]  # config's recipes, in order
+    _check_otfusion(paper_call, test_ex.features, MethodSettings(), labels="given")
+    _check_otfusion(official_call, test_ex.features,
+                    MethodSettings(otfusion=config.OTFUSION_RECIPES["official"]), labels="given")
+    assert [r.protocol for r in report.rows if r.method == "otfusion"] == ["joint", "joint"]
     _check_lazsl(spy.one("lazsl_scores"), test_ex.features, LaZSLSettings(),
                  n_crops=config.LAZSL_CROPS)
     assert any(f"{config.LAZSL_CROPS} crops per image (paper: {config.LAZSL_CROPS_PAPER}" in n
                for n in report.notes)
+
+
+def test_eval_harness_fuses_every_model_and_fits_gpua_on_the_first(spy, extractions, keys,
+                                                                    tmp_path):
+    from core.eval.harness import EvalConfig, evaluate_dataset
+
+    folder = _folder_dataset(tmp_path / "colours")
+    cfg = EvalConfig(vlm=keys["clip_vit"], extra_vlms=(keys["clip_rn"],), vfm=keys["dinov2"],
+                     extra_vfms=(keys["dinov3"],), methods=("otfusion", "gpua"),
+                     otfusion_recipes=("official",), seed=5, solver=CUSTOM.replace(
+                         otfusion={"setting": "main", "variant": "joint"}, gpua={"seed": 5}))
+    report = evaluate_dataset(str(folder), None, cfg)
+    (test_settings, test_ex), (train_settings, train_ex) = extractions
+    assert test_settings.vlms == (keys["clip_vit"], keys["clip_rn"])
+    assert test_settings.vfms == (keys["dinov2"], keys["dinov3"])
+    assert train_settings.vlms == (keys["clip_vit"],)  # GPUA's pool: the first models only
+    assert train_settings.vfms == (keys["dinov2"],)
+    test = test_ex.features
+    expected = cfg.solver.replace(otfusion={"recipe": "official"})
+    _check_otfusion(spy.one("otfusion"), test, expected, labels="given")
+    assert len(spy.one("otfusion")[1]["vfm_features"]) == 4
+    _check_gpua(spy.one("fit_gpua"), train_ex.features, cfg.solver.gpua, text=test.text)
+    assert len(report.row("otfusion").sources) == 6 and report.row("otfusion").protocol == "joint"
 
 
 # ----------------------------------------------------------------------------- the app

@@ -14,163 +14,28 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
-from core.config import (
-    BATCH_SIZE,
-    DEFAULT_VFM,
-    DEFAULT_VLM,
-    EVAL_CHUNK_SIZE,
-    LAZSL_CROPS,
-    LAZSL_CROPS_PAPER,
-    SEED,
-    SWEEP_EPSS,
-    SWEEP_LAMS,
-    MethodSettings,
+from core.config import LAZSL_CROPS_PAPER, MethodSettings, rebase
+from core.data import load_attributes
+from core.data.benchmarks import BenchmarkData, balanced_subset, open_benchmark
+from core.eval.paper_numbers import otfusion_protocol, reported_all
+from core.eval.records import DatasetReport, EvalConfig, MethodRow
+from core.eval.splits import Progress, SplitFeatures, extract_split, train_pool
+from core.methods.run import (
+    METHOD_TITLES,
+    FeatureSet,
+    fit_gpua_with,
+    fit_otfusion_with,
+    gpua_inputs,
+    gpua_sources,
+    otfusion_inputs,
 )
-from core.data import ImageSet, SkippedFile, load_attributes
-from core.data.benchmarks import (
-    BenchmarkData,
-    DatasetError,
-    SplitEntry,
-    balanced_subset,
-    iter_chunks,
-    open_benchmark,
-)
-from core.eval.paper_numbers import reported, reported_all
-from core.methods.run import METHOD_TITLES, METHODS, FeatureSet, fit_gpua_with, gpua_inputs
 
-Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Everything a run depends on besides the data (defaults from ``core.config``: the papers'
-    solver settings; LaZSL with ``LAZSL_CROPS`` crops, noted in the report as not the paper's)."""
-
-    methods: tuple[str, ...] = METHODS
-    vlm: str = DEFAULT_VLM
-    vfm: str | None = DEFAULT_VFM
-    solver: MethodSettings = field(default_factory=MethodSettings)
-    gpua_shots: int = 0  # 0: the whole train split (GPUA); 16: GPUA*
-    gpua_fit: str = "train"  # or "test" (transductive)
-    seed: int = SEED  # GPUA* pool, max_images subsets and GPUA's THS (overrides solver's)
-    max_images: int | None = None  # class-balanced subset of each split, for quick runs
-    template: str | None = None  # overrides the preset's prompt (not the paper protocol)
-    n_crops: int = LAZSL_CROPS
-    attributes_file: str | None = None
-    attributes_dir: str | None = None
-    lazsl_class_names: bool = False
-    batch_size: int = BATCH_SIZE
-    device: str | None = None
-    chunk_size: int = EVAL_CHUNK_SIZE
-    sweep: bool = False
-    sweep_lams: tuple[float, ...] = SWEEP_LAMS
-    sweep_epss: tuple[float, ...] = SWEEP_EPSS
-
-
-@dataclass(frozen=True)
-class MethodRow:
-    """One method on one dataset. accuracy and paper are percentages; status ok/skipped/failed."""
-
-    method: str
-    title: str
-    protocol: str
-    status: str
-    accuracy: float | None = None
-    n_images: int = 0
-    seconds: float = 0.0
-    paper: float | None = None
-    paper_source: str = ""
-    paper_exact: bool = True
-    other_reported: tuple[dict, ...] = ()
-    note: str = ""
-
-    @property
-    def diff(self) -> float | None:
-        if self.accuracy is None or self.paper is None:
-            return None
-        return self.accuracy - self.paper
-
-
-@dataclass(frozen=True)
-class DatasetReport:
-    """A dataset's results, timings and the settings that produced them."""
-
-    dataset: str
-    display_name: str
-    n_classes: int
-    n_test: int
-    n_gpua_pool: int
-    template: str
-    rows: tuple[MethodRow, ...]
-    extract_seconds: dict
-    settings: dict
-    notes: tuple[str, ...] = ()
-    skipped: tuple[SkippedFile, ...] = ()
-    sweep: tuple[dict, ...] = ()
-
-    def row(self, method: str) -> MethodRow | None:
-        return next((r for r in self.rows if r.method == method), None)
-
-
-@dataclass(frozen=True)
-class SplitFeatures:
-    """Features of one split. ``features.labels`` come from the split's entries (-1 never)."""
-
-    features: FeatureSet
-    skipped: tuple[SkippedFile, ...]
-    seconds: float
-    cache_hits: int
-    encoded: int
-
-    def describe(self) -> str:
-        return f"{self.seconds:.1f} s ({self.cache_hits:,} cached, {self.encoded:,} encoded)"
-
-
-def extract_split(entries: Sequence[SplitEntry], class_names, settings, *, cache=None,
-                  chunk_size: int = EVAL_CHUNK_SIZE, progress: Progress | None = None,
-                  desc: str = "images") -> SplitFeatures:
-    """Features of a split, ``chunk_size`` files at a time (see the module note on memory)."""
-    from core.pipeline.extraction import extract
-
-    start, parts, skipped = time.perf_counter(), [], []
-    label_of = {e.name: e.label for e in entries}
-    done = hits = encoded = 0
-    for items, bad in iter_chunks(entries, chunk_size):
-        skipped += bad
-        done += len(items) + len(bad)
-        if items:
-            try:
-                ex = extract(ImageSet(tuple(items)), class_names, settings, cache=cache)
-            except ValueError as exc:  # every image of the chunk failed to decode
-                if "could be decoded" not in str(exc):
-                    raise
-                skipped += [SkippedFile(it.name, "cannot decode") for it in items]
-            else:
-                skipped += list(ex.skipped)
-                hits += ex.stats.get("cache_hits", 0)
-                encoded += ex.stats.get("encoded", 0)
-                parts.append((ex.features, [label_of[it.name] for it in ex.items]))
-        if progress:
-            progress(done, len(entries), desc)
-    if not parts:
-        raise DatasetError(f"{desc}: none of the {len(entries)} images could be read or decoded "
-                           f"(e.g. {skipped[0].name}: {skipped[0].reason})." if skipped else
-                           f"{desc}: no images.")
-
-    def cat(name):
-        tensors = [getattr(f, name) for f, _ in parts]
-        return None if tensors[0] is None else torch.cat(tensors)
-
-    features = replace(parts[0][0], vlm_image=cat("vlm_image"), vfm_image=cat("vfm_image"),
-                       crops=cat("crops"),
-                       labels=torch.tensor([lab for _, labs in parts for lab in labs]))
-    return SplitFeatures(features, tuple(skipped), time.perf_counter() - start, hits, encoded)
+__all__ = ["DatasetReport", "EvalConfig", "MethodRow", "SplitFeatures", "evaluate_dataset",
+           "extract_split"]
 
 
 def _attributes(data: BenchmarkData, config: EvalConfig, notes: list[str]):
@@ -201,44 +66,164 @@ def _fit_gpua(pool: FeatureSet, test: FeatureSet, settings: MethodSettings):
     before = None  # the Procrustes map alone, to report what THS changed
     if settings.gpua.ths_steps > 0:
         before = align.procrustes_only().predict(z_test, test.text)
-    return probs.argmax(dim=-1), before
+    return probs.argmax(dim=-1), before, gpua_sources(test, settings.gpua)
 
 
-def _paper(method, dataset, protocol, vlm_spec, vfm_spec, is_preset) -> dict:
-    if not is_preset:
-        return {}
-    found = reported_all(method, dataset, protocol, vlm_spec=vlm_spec, vfm_spec=vfm_spec)
-    best = reported(method, dataset, protocol, vlm_spec=vlm_spec, vfm_spec=vfm_spec)
-    if best is None:
-        return {}
-    return {"paper": best.value, "paper_source": best.source, "paper_exact": best.exact,
-            "other_reported": tuple({"value": r.value, "source": r.source, "exact": r.exact}
-                                    for r in found[1:])}
+def _fit_otfusion(pool: FeatureSet, test: FeatureSet, settings: MethodSettings):
+    """OTFusion's inductive mode: GMMs and weights fitted on the pool, the test split scored by
+    their fusion with its VLM probabilities, without OT."""
+    model = fit_otfusion_with(pool, settings)
+    vs, ys, names = otfusion_inputs(test, settings)
+    return model.predict_proba(vs, ys).argmax(dim=-1), None, names
+
+
+def _paper_lookup(data: BenchmarkData, config: EvalConfig) -> Callable:
+    """``(method, protocol) -> {"paper", "paper_source", "paper_exact", "other_reported"}`` for
+    this dataset and these backbones ({} where no paper ran it). Not exact when the paper used
+    another VFM, or fused fewer models than this run's OTFusion (extra VLMs / VFMs)."""
+    from core.models import get_spec
+
+    vlm_spec = get_spec(config.vlm)
+    vfm_spec = get_spec(config.vfm) if config.vfm else None
+    more_models = bool(config.extra_vlms or config.extra_vfms)
+
+    def lookup(method: str, protocol: str) -> dict:
+        if not data.is_preset:
+            return {}
+        found = reported_all(method, data.key, protocol, vlm_spec=vlm_spec, vfm_spec=vfm_spec)
+        if not found:
+            return {}
+        best = found[0]
+        return {"paper": best.value, "paper_source": best.source,
+                "paper_exact": best.exact and not (more_models and method == "otfusion"),
+                "other_reported": tuple({"value": r.value, "source": r.source,
+                                         "exact": r.exact} for r in found[1:])}
+
+    return lookup
+
+
+# The OTFusion paper's numbers are its v1 text's (arXiv 2506.13723); its authors' released code
+# is the CVPR 2026 revision, for which we hold no table.
+OFFICIAL_NOTE = "official recipe: the authors' CVPR 2026 code"
+OFFICIAL_COMPARED = ", compared with the v1 paper's table (the only published numbers we hold)"
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One row to compute: a method under one settings, on the test split by ``run_method``, or
+    by ``predict(settings)`` -> ``(pred (n,), Procrustes-only pred or None, sources)``."""
+
+    method: str
+    title: str
+    protocol: str
+    settings: MethodSettings
+    predict: Callable | None = None
+    skipped: str = ""  # why it cannot run (a "skipped" row with this note)
+
+
+# (shots per class, 0: all; extraction settings, report key, progress label) -> pool features
+_Pool = Callable[[int, object, str, str], FeatureSet]
+
+
+def _otfusion_runs(config: EvalConfig, solver: MethodSettings, test: FeatureSet, pool: _Pool,
+                   has_train: bool, base, key: str, notes: list[str]) -> list[_Run]:
+    """One run per recipe (``rebase``), transductive on the test split or, with
+    ``otfusion_shots``, inductive from a pool of the train split."""
+    shots, fitted = config.otfusion_shots, None
+    if shots and has_train:
+        fitted = pool(shots, base, "otfusion pool", f"{key} train ({shots}-shot)")
+        notes.append(f"OTFusion inductive: fitted on {fitted.n_images:,} unlabeled train images "
+                     f"({shots} per class, seed {config.seed}; the labels only pick the pool), "
+                     "predicting the test split without OT (the official code's mode).")
+    elif shots:
+        notes.append("OTFusion: no train split to fit the inductive mode on; it ran "
+                     "transductively on the test split.")
+    runs = []
+    for name in config.otfusion_recipes:
+        s = solver.replace(otfusion=rebase(solver.otfusion, name))
+        if fitted is not None:
+            runs.append(_Run("otfusion", f"OTFusion inductive ({shots}-shot)", "inductive", s,
+                             lambda s: _fit_otfusion(fitted, test, s)))
+        else:
+            protocol = otfusion_protocol(s.otfusion.setting, s.otfusion.variant,
+                                         has_vfm=config.vfm is not None)
+            runs.append(_Run("otfusion", METHOD_TITLES["otfusion"], protocol, s))
+    return runs
+
+
+def _gpua_run(config: EvalConfig, solver: MethodSettings, test: FeatureSet, pool: _Pool,
+              has_train: bool, base, key: str, notes: list[str]) -> tuple[_Run, int]:
+    """GPUA fitted on the train split (all of it, or ``gpua_shots`` per class: GPUA*), else on
+    the test images; returns the run and the pool size (0 without a pool)."""
+    title, protocol = METHOD_TITLES["gpua"], "transductive"
+    if not (config.gpua_fit == "train" and has_train):
+        notes.append(f"GPUA fitted on the {test.n_images:,} unlabeled test images "
+                     "(transductive; the papers fit on the train split).")
+        return _Run("gpua", title, protocol, solver), 0
+    # GPUA uses the first VLM and VFM only: the pool skips the other models' features
+    fitted = pool(config.gpua_shots, replace(base, extra_vlms=(), extra_vfms=()), "train",
+                  f"{key} train")
+    if config.gpua_shots > 0:
+        title, protocol = f"GPUA* ({config.gpua_shots}-shot)", f"{config.gpua_shots}-shot"
+        pool_note = (f"{config.gpua_shots} per class, seed {config.seed}; the labels only pick "
+                     "this balanced pool, as GPUA* does")
+    else:
+        protocol, pool_note = "full", "the whole train split"
+    if not solver.gpua.concat_vlm:
+        protocol += "-vfm-only"
+    notes.append(f"GPUA fitted on {fitted.n_images:,} unlabeled train images ({pool_note}); "
+                 "evaluated on the test split.")
+    return _Run("gpua", title, protocol, solver,
+                lambda s: _fit_gpua(fitted, test, s)), fitted.n_images
+
+
+def _solve(run: _Run, test: FeatureSet, paper: Callable, notes: list[str]) -> MethodRow:
+    """The row of one run: accuracy, sources, the paper number (``paper(method, protocol)``)."""
+    from core.methods.run import labelled_accuracy, run_method
+
+    recipe = getattr(getattr(run.settings, run.method), "recipe", "")
+    common = dict(method=run.method, title=run.title, protocol=run.protocol,
+                  n_images=test.n_images, recipe=recipe)
+    if run.skipped:
+        return MethodRow(status="skipped", note=run.skipped, **common)
+    start = time.perf_counter()
+    try:
+        if run.predict is not None:
+            pred, before_ths, sources = run.predict(run.settings)
+        else:
+            res = run_method(run.method, test, run.settings)
+            pred, before_ths, sources = (res.pred, res.diagnostics.get("procrustes_pred"),
+                                         res.sources)
+    except (ValueError, RuntimeError) as exc:
+        return MethodRow(status="failed", note=str(exc), **common)
+    acc = labelled_accuracy(pred, test.labels)
+    w0_acc = None if before_ths is None else labelled_accuracy(before_ths, test.labels)
+    if w0_acc is not None:  # no paper number for it: a note, not a row
+        notes.append(f"{run.title} with the Procrustes map W0 alone (no THS): {100 * w0_acc:.2f}%"
+                     f"; THS changed {int((before_ths != pred).sum()):,} test predictions.")
+    seconds, found = time.perf_counter() - start, paper(run.method, run.protocol)
+    note = ""
+    if run.method == "otfusion" and recipe == "official":
+        note = OFFICIAL_NOTE + (OFFICIAL_COMPARED if found else "")
+    return MethodRow(status="ok", accuracy=None if acc is None else 100 * acc, seconds=seconds,
+                     sources=tuple(sources), note=note, **found, **common)
 
 
 def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig | None = None,
                      *, cache=None, progress: Progress | None = None,
                      split_file=None, layout: str = "auto") -> DatasetReport:
     """Run every method of ``config`` on one dataset (the Python API of ``python -m core eval``)."""
-    from core.methods.run import labelled_accuracy, run_method, sensitivity_sweep
-    from core.models import get_spec
+    from core.methods.run import sensitivity_sweep
     from core.pipeline.extraction import ExtractSettings
 
     config = config or EvalConfig()
     data = (dataset if isinstance(dataset, BenchmarkData)
             else open_benchmark(dataset, root, split_file=split_file, layout=layout))
-    unknown = [m for m in config.methods if m not in METHODS]
-    if unknown or not config.methods:
-        raise ValueError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}.")
-    if config.gpua_fit not in ("train", "test"):
-        raise ValueError(f"gpua_fit: expected 'train' or 'test', got {config.gpua_fit!r}.")
     notes = list(data.notes)
     solver = config.solver.replace(gpua={"seed": config.seed})
     template = config.template or data.template
     if config.template and data.is_preset:
         notes.append(f"prompt overridden with {config.template!r}: not the paper protocol.")
-    vlm_spec = get_spec(config.vlm)
-    vfm_spec = get_spec(config.vfm) if config.vfm else None
 
     attrs, lazsl_title = None, METHOD_TITLES["lazsl"]
     run_lazsl = "lazsl" in config.methods
@@ -250,12 +235,13 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
         if run_lazsl and config.n_crops != LAZSL_CROPS_PAPER:
             notes.append(f"LaZSL with {config.n_crops} crops per image (paper: "
                          f"{LAZSL_CROPS_PAPER}; --n-crops).")
-    base = ExtractSettings(vlm=config.vlm, vfm=config.vfm, templates=(template,),
-                           batch_size=config.batch_size, device=config.device)
+    base = ExtractSettings(vlm=config.vlm, vfm=config.vfm, extra_vlms=config.extra_vlms,
+                           extra_vfms=config.extra_vfms, templates=(template,),
+                           batch_size=config.batch_size, device=config.device,
+                           lazsl_recipe=solver.lazsl.recipe)
     test_entries = data.splits["test"]
     if config.max_images:
         test_entries = balanced_subset(test_entries, config.max_images, seed=config.seed)
-    if config.max_images:
         notes.append(f"quick run on a class-balanced subset (--max-images {config.max_images}): "
                      "not comparable with the papers' numbers.")
     split = extract_split(
@@ -263,87 +249,50 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
         replace(base, n_crops=config.n_crops if run_lazsl else 0, attributes=attrs),
         cache=cache, chunk_size=config.chunk_size, progress=progress, desc=f"{data.key} test")
     test, skipped = split.features, list(split.skipped)
-    extraction = {"test": split.describe()}
-    seconds = {"test": round(split.seconds, 3)}
+    extraction, seconds = {"test": split.describe()}, {"test": round(split.seconds, 3)}
 
-    pool, pool_note, gpua_protocol = None, "", "transductive"
-    if "gpua" in config.methods:
-        train: tuple[SplitEntry, ...] = data.splits.get("train", ())
-        if config.gpua_fit == "train" and train:
-            if config.gpua_shots > 0:
-                train = balanced_subset(train, per_class=config.gpua_shots, seed=config.seed)
-                gpua_protocol = f"{config.gpua_shots}-shot"
-                pool_note = (f"{config.gpua_shots} per class, seed {config.seed}; the labels only "
-                             "pick this balanced pool, as GPUA* does")
-            else:
-                gpua_protocol, pool_note = "full", "the whole train split"
-            if config.max_images:
-                train = balanced_subset(train, config.max_images, seed=config.seed)
-            split = extract_split(
-                train, data.class_names, base, cache=cache, chunk_size=config.chunk_size,
-                progress=progress, desc=f"{data.key} train")
-            pool = split.features
-            skipped += split.skipped
-            extraction["train"] = split.describe()
-            seconds["train"] = round(split.seconds, 3)
-            if not solver.gpua.concat_vlm:
-                gpua_protocol += "-vfm-only"
-            notes.append(f"GPUA fitted on {pool.n_images:,} unlabeled train images ({pool_note})"
-                         "; evaluated on the test split.")
-        else:
-            notes.append(f"GPUA fitted on the {test.n_images:,} unlabeled test images "
-                         "(transductive; the papers fit on the train split).")
+    def pool(shots: int, settings, name: str, desc: str) -> FeatureSet:
+        part = train_pool(data, settings, shots, seed=config.seed, max_images=config.max_images,
+                          chunk_size=config.chunk_size, cache=cache, progress=progress, desc=desc)
+        skipped.extend(part.skipped)
+        extraction[name], seconds[name] = part.describe(), round(part.seconds, 3)
+        return part.features
 
-    rows = []
+    has_train, n_pool, runs = bool(data.splits.get("train")), 0, []
+    context = (config, solver, test, pool, has_train, base, data.key, notes)
     for method in ["clip"] + [m for m in config.methods if m != "clip"]:
-        title, protocol = METHOD_TITLES[method], "zero-shot"
         if method == "otfusion":
-            protocol = "clip_only" if config.vfm is None else solver.otfusion.variant
+            runs += _otfusion_runs(*context)
         elif method == "gpua":
-            if config.gpua_shots and pool is not None:
-                title = f"GPUA* ({config.gpua_shots}-shot)"
-            protocol = gpua_protocol
+            gpua, n_pool = _gpua_run(*context)
+            runs.append(gpua)
         elif method == "lazsl":
-            title, protocol = lazsl_title, "descriptors" if attrs is not None else "class-names"
-        common = dict(method=method, title=title, protocol=protocol, n_images=test.n_images)
-        if method == "lazsl" and not run_lazsl:
             where = f" in {config.attributes_dir}" if config.attributes_dir else ""
-            rows.append(MethodRow(status="skipped", note=(
-                f"no descriptors{where}: put {data.key}.json (DCLIP format) in --attributes-dir, "
-                "or pass --lazsl-class-names (class names only; not the paper protocol)"),
-                **common))
-            continue
-        start = time.perf_counter()
-        try:
-            if method == "gpua" and pool is not None:
-                pred, before_ths = _fit_gpua(pool, test, solver)
-            else:
-                res = run_method(method, test, solver)
-                pred, before_ths = res.pred, res.diagnostics.get("procrustes_pred")
-        except (ValueError, RuntimeError) as exc:
-            rows.append(MethodRow(status="failed", note=str(exc), **common))
-            continue
-        acc = labelled_accuracy(pred, test.labels)
-        w0_acc = None if before_ths is None else labelled_accuracy(before_ths, test.labels)
-        if w0_acc is not None:  # no paper number for it: a note, not a row
-            notes.append(f"{title} with the Procrustes map W0 alone (no THS): {100 * w0_acc:.2f}%"
-                         f"; THS changed {int((before_ths != pred).sum()):,} test predictions.")
-        paper = _paper(method, data.key, protocol, vlm_spec, vfm_spec, data.is_preset)
-        rows.append(MethodRow(status="ok", accuracy=None if acc is None else 100 * acc,
-                              seconds=time.perf_counter() - start, **paper, **common))
+            runs.append(_Run("lazsl", lazsl_title, "descriptors" if attrs is not None else
+                             "class-names", solver, skipped="" if run_lazsl else (
+                                 f"no descriptors{where}: put {data.key}.json (DCLIP format) in "
+                                 "--attributes-dir, or pass --lazsl-class-names (class names "
+                                 "only; not the paper protocol)")))
+        else:
+            runs.append(_Run("clip", METHOD_TITLES["clip"], "zero-shot", solver))
+    paper = _paper_lookup(data, config)
+    rows = [_solve(run, test, paper, notes) for run in runs]
 
     sweep = ()
     if config.sweep:
         sweep = tuple(sensitivity_sweep(test, lams=config.sweep_lams, epss=config.sweep_epss,
                                         settings=solver))
     settings = {
-        "vlm": config.vlm, "vfm": config.vfm, "template": template, "methods": list(config.methods),
-        "gpua_shots": config.gpua_shots, "gpua_fit": config.gpua_fit, "seed": config.seed,
-        "max_images": config.max_images, "n_crops": config.n_crops if run_lazsl else 0,
-        "solver": solver.as_dict(), "extraction": extraction,
+        "vlm": config.vlm, "vfm": config.vfm, "vlms": list(base.vlms), "vfms": list(base.vfms),
+        "template": template, "methods": list(config.methods),
+        "otfusion_recipes": list(config.otfusion_recipes),
+        "otfusion_shots": config.otfusion_shots, "gpua_shots": config.gpua_shots,
+        "gpua_fit": config.gpua_fit, "seed": config.seed, "max_images": config.max_images,
+        "n_crops": config.n_crops if run_lazsl else 0, "solver": solver.as_dict(),
+        "extraction": extraction,
     }
     return DatasetReport(
         dataset=data.key, display_name=data.display_name, n_classes=len(data.class_names),
-        n_test=test.n_images, n_gpua_pool=pool.n_images if pool is not None else 0,
-        template=template, rows=tuple(rows), extract_seconds=seconds, settings=settings,
-        notes=tuple(notes), skipped=tuple(skipped), sweep=sweep)
+        n_test=test.n_images, n_gpua_pool=n_pool, template=template, rows=tuple(rows),
+        extract_seconds=seconds, settings=settings, notes=tuple(notes), skipped=tuple(skipped),
+        sweep=sweep)

@@ -55,9 +55,10 @@ class PaperRow:
     """One row of a paper's table.
 
     method : our method key ("clip", "otfusion", "gpua", "lazsl").
-    protocol : what was run: "zero-shot" (CLIP); an OTFusion variant ("joint", "semantic_only",
-        "concat", "no_joint", "clip_only", "dinov2_only"); GPUA "full" or "16-shot" (fitted on the
-        train split) or "16-shot-vfm-only"; LaZSL "descriptors".
+    protocol : what was run: "zero-shot" (CLIP); an OTFusion setting and variant as named by
+        :func:`otfusion_protocol` ("joint", "semantic_only", "concat", "no_joint", "clip_only",
+        "dinov2_only"); GPUA "full" or "16-shot" (fitted on the train split) or
+        "16-shot-vfm-only"; LaZSL "descriptors".
     vfm : None when the row uses no VFM (or the VLM's own image features).
     values : dataset key -> accuracy in percent. average : the paper's own average.
     """
@@ -115,9 +116,10 @@ TABLES: tuple[PaperRow, ...] = (
          note="'Y-only': OT on the CLIP probabilities alone"),
     _otf("Table 2", "clip_only", CLIP_B16, None,
          "69.90 68.91 26.07 65.78 69.72 87.03 92.56 78.60 94.12 50.83 77.08 70.96",
-         note="CLIP's own image features as the only 'VFM' (--vfm none)"),
+         note="CLIP's own image features as the only visual source (setting vlm_only)"),
     _otf("Table 2", "dinov2_only", CLIP_B16, DINOV2_L,
-         "76.71 69.92 27.45 76.85 71.62 86.00 94.22 86.16 97.04 53.66 76.58 74.20"),
+         "76.71 69.92 27.45 76.85 71.62 86.00 94.22 86.16 97.04 53.66 76.58 74.20",
+         note="DINOv2 as the only visual source (setting vfm_only)"),
     _otf("Table 2", "concat", CLIP_B16, DINOV2_L,
          "77.14 71.57 28.86 82.28 72.14 87.50 94.82 85.79 96.84 55.20 78.80 75.54"),
     _otf("Table 2", "no_joint", CLIP_B16, DINOV2_L,
@@ -163,6 +165,30 @@ SEGMENTATION: dict[str, dict[str, float]] = {
     "SC-CLIP": {"ade20k": 20.1, "voc20": 84.3, "context59": 40.1},
     "SC-CLIP + GPUA (DINOv3)": {"ade20k": 21.3, "voc20": 87.6, "context59": 41.0},
 }
+
+
+# (OTFusionSettings.setting, .variant) -> the protocol of the paper row that ran it: Table 1's
+# full OTFusion is the main setting (the VLM's image features and DINOv2, one GMM each); Table 2's
+# ablations are the single-source settings and the other variants of the main setting.
+_OTF_PROTOCOLS = {("main", "joint"): "joint", ("main", "concat"): "concat",
+                  ("main", "no_joint"): "no_joint", ("vfm_only", "joint"): "dinov2_only",
+                  ("vlm_only", "joint"): "clip_only"}
+
+
+def otfusion_protocol(setting: str, variant: str, *, has_vfm: bool = True) -> str:
+    """The protocol name of an OTFusion run, which picks its paper row (``TABLES``).
+
+    main + joint -> "joint" (Table 1a / 1b); vfm_only -> "dinov2_only" and vlm_only ->
+    "clip_only" (Table 2); main + concat / no_joint -> "concat" / "no_joint" and semantic_only
+    (any setting: no visual source) -> "semantic_only" (Table 2). The main setting without a VFM
+    fuses the VLM's image features alone, i.e. vlm_only. Other combinations no paper ran are
+    named "<setting>-<variant>" (no paper row).
+    """
+    if variant == "semantic_only":
+        return "semantic_only"
+    if setting == "main" and not has_vfm:
+        setting = "vlm_only"
+    return _OTF_PROTOCOLS.get((setting, variant), f"{setting}-{variant}")
 
 
 @dataclass(frozen=True)

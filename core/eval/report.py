@@ -1,9 +1,10 @@
 """Tables of the evaluation harness: Markdown, CSV and JSON, per dataset, summary and sweep.
 
-Accuracies are percentages; "Paper" is the number the papers report for the same method, dataset
-and backbones (``core.eval.paper_numbers``), marked ``*`` when the paper used another VFM, and Δ =
-ours -
-paper. Pure functions of ``DatasetReport`` objects: nothing here computes features or solves.
+Accuracies are percentages; "Paper" is the number the papers report for the same method, protocol
+(OTFusion: setting and variant, ``paper_numbers.otfusion_protocol``), dataset and backbones
+(``core.eval.paper_numbers``), marked ``*`` when the paper used another VFM or fewer models, and
+Δ = ours - paper. Each row names its recipe and the features behind it. Pure functions of
+``DatasetReport`` objects: nothing here computes features or solves.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from core.eval.harness import DatasetReport, MethodRow
+from core.eval.records import DatasetReport, MethodRow
 
 
 def _num(x: float | None, digits: int = 2) -> str:
@@ -42,32 +43,49 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _models(settings: dict) -> tuple[str, str]:
+    """The VLM and VFM keys of a report's settings, several joined by "+" ("" without a VFM)."""
+    vlms = settings.get("vlms") or [settings["vlm"]]
+    vfms = settings.get("vfms", [settings["vfm"]] if settings.get("vfm") else [])
+    return "+".join(vlms), "+".join(vfms)
+
+
 def stem(report: DatasetReport) -> str:
     """File name stem: dataset and models, so runs with other models do not overwrite."""
-    s = report.settings
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{report.dataset}_{s['vlm']}_{s['vfm'] or 'none'}")
+    vlm, vfm = _models(report.settings)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{report.dataset}_{vlm}_{vfm or 'none'}")
+
+
+def _note(row: MethodRow) -> str:
+    """The last column: paper source, sources of our number, then the row's note."""
+    parts = [row.paper_source, "sources: " + ", ".join(row.sources) if row.sources else "",
+             row.note]
+    return "; ".join(p for p in parts if p)
 
 
 def markdown_report(report: DatasetReport) -> str:
-    s = report.settings
+    vlm, vfm = _models(report.settings)
     lines = [
-        f"## {report.display_name} ({report.dataset}): {s['vlm']} + {s['vfm'] or 'no VFM'}",
+        f"## {report.display_name} ({report.dataset}): {vlm} + {vfm or 'no VFM'}",
         "",
         f"{report.n_test:,} test images, {report.n_classes} classes, prompt \"{report.template}\""
         + (f"; GPUA pool {report.n_gpua_pool:,} train images" if report.n_gpua_pool else "")
         + ".",
-        "Feature extraction: " + "; ".join(f"{k} {v}" for k, v in s["extraction"].items())
+        "Feature extraction: "
+        + "; ".join(f"{k} {v}" for k, v in report.settings["extraction"].items())
         + ". Solve times below (features are cached: reruns only re-solve).",
         "",
-        "| Method | Accuracy (%) | Paper (%) | Δ | n | Solve (s) | Paper source / note |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| Method | Recipe | Protocol | Accuracy (%) | Paper (%) | Δ | n | Solve (s) | "
+        "Paper source / sources / note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in report.rows:
-        source = r.paper_source + (f"; {r.note}" if r.note and r.paper_source else r.note)
-        lines.append(f"| {r.title} | {_ours_cell(r)} | {_paper_cell(r)} | {_signed(r.diff)} | "
-                     f"{r.n_images:,} | {_num(r.seconds, 3)} | {_cell(source)} |")
+        lines.append(f"| {r.title} | {r.recipe or '–'} | {r.protocol} | {_ours_cell(r)} | "
+                     f"{_paper_cell(r)} | {_signed(r.diff)} | {r.n_images:,} | "
+                     f"{_num(r.seconds, 3)} | {_cell(_note(r))} |")
     if any(r.paper is not None and not r.paper_exact for r in report.rows):
-        lines += ["", "\\* the paper used another VFM (see the source); compare with care."]
+        lines += ["", "\\* the paper used another VFM, or fewer models than this run (see the "
+                  "source); compare with care."]
     notes = list(report.notes)
     if report.skipped:
         shown = "; ".join(f"{x.name}: {x.reason}" for x in report.skipped[:5])
@@ -80,21 +98,22 @@ def markdown_report(report: DatasetReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-_CSV_FIELDS = ("dataset", "method", "title", "protocol", "status", "accuracy", "paper", "diff",
-               "paper_exact", "paper_source", "n_images", "solve_seconds", "extract_seconds",
-               "vlm", "vfm", "template", "note")
+_CSV_FIELDS = ("dataset", "method", "title", "recipe", "protocol", "status", "accuracy", "paper",
+               "diff", "paper_exact", "paper_source", "sources", "n_images", "solve_seconds",
+               "extract_seconds", "vlm", "vfm", "template", "note")
 
 
 def _csv_rows(report: DatasetReport) -> list[dict]:
+    vlm, vfm = _models(report.settings)
     return [{
-        "dataset": report.dataset, "method": r.method, "title": r.title, "protocol": r.protocol,
-        "status": r.status, "accuracy": _num(r.accuracy, 4), "paper": _num(r.paper),
-        "diff": _num(r.diff, 4), "paper_exact": r.paper_exact if r.paper is not None else "",
-        "paper_source": r.paper_source, "n_images": r.n_images,
-        "solve_seconds": _num(r.seconds, 4),
-        "extract_seconds": sum(report.extract_seconds.values()),
-        "vlm": report.settings["vlm"], "vfm": report.settings["vfm"] or "none",
-        "template": report.template, "note": r.note,
+        "dataset": report.dataset, "method": r.method, "title": r.title, "recipe": r.recipe,
+        "protocol": r.protocol, "status": r.status, "accuracy": _num(r.accuracy, 4),
+        "paper": _num(r.paper), "diff": _num(r.diff, 4),
+        "paper_exact": r.paper_exact if r.paper is not None else "",
+        "paper_source": r.paper_source, "sources": "; ".join(r.sources),
+        "n_images": r.n_images, "solve_seconds": _num(r.seconds, 4),
+        "extract_seconds": sum(report.extract_seconds.values()), "vlm": vlm,
+        "vfm": vfm or "none", "template": report.template, "note": r.note,
     } for r in report.rows]
 
 
@@ -108,7 +127,7 @@ def _csv(rows: list[dict], fields) -> str:
 
 def report_json(report: DatasetReport) -> dict:
     out = asdict(report)
-    out["rows"] = [dict(asdict(r), diff=r.diff) for r in report.rows]
+    out["rows"] = [dict(asdict(r), diff=r.diff, key=r.key) for r in report.rows]
     out["skipped"] = [{"name": x.name, "reason": x.reason} for x in report.skipped]
     return out
 
@@ -153,10 +172,11 @@ def write_report(report: DatasetReport, out: str | Path) -> list[Path]:
 
 
 def _methods(reports: list[DatasetReport]) -> list[tuple[str, str]]:
+    """``(row key, column title)`` of every row seen, in order (a recipe in brackets)."""
     seen: dict[str, str] = {}
     for rep in reports:
         for r in rep.rows:
-            seen.setdefault(r.method, r.title)
+            seen.setdefault(r.key, f"{r.title} [{r.recipe} recipe]" if r.recipe else r.title)
     return list(seen.items())
 
 
@@ -167,7 +187,7 @@ def summary_rows(reports: list[DatasetReport]) -> list[dict]:
     for rep in reports:
         row = {"dataset": rep.dataset, "n_test": rep.n_test}
         for m, _ in methods:
-            r = rep.row(m)
+            r = next((r for r in rep.rows if r.key == m), None)
             row[m] = r.accuracy if r is not None and r.status == "ok" else None
             row[f"{m}_paper"] = r.paper if r is not None else None
         rows.append(row)
@@ -186,8 +206,8 @@ def summary_markdown(reports: list[DatasetReport], failures: dict | None = None)
     methods = _methods(reports)
     lines = ["## Summary: accuracy (%), ours / paper", ""]
     if reports:
-        s = reports[0].settings
-        lines += [f"Models: {s['vlm']} + {s['vfm'] or 'no VFM'}.", ""]
+        vlm, vfm = _models(reports[0].settings)
+        lines += [f"Models: {vlm} + {vfm or 'no VFM'}.", ""]
     lines.append("| Dataset | n | " + " | ".join(f"{t} | {t} (paper)" for _, t in methods) + " |")
     lines.append("|---|---:|" + "---:|---:|" * len(methods))
     for row in summary_rows(reports):
@@ -205,10 +225,11 @@ def summary_markdown(reports: list[DatasetReport], failures: dict | None = None)
     return "\n".join(lines) + "\n"
 
 
-def write_summary(reports: list[DatasetReport], failures: dict, out: str | Path, *, vlm: str,
-                  vfm: str | None) -> list[Path]:
+def write_summary(reports: list[DatasetReport], failures: dict, out: str | Path) -> list[Path]:
+    """``summary_<vlm>_<vfm>.md/.csv/.json`` in ``out`` (the models of the first report)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    vlm, vfm = _models(reports[0].settings) if reports else ("none", "")
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", f"summary_{vlm}_{vfm or 'none'}")
     rows = summary_rows(reports)
     fields = list(dict.fromkeys(k for r in rows for k in r))

@@ -26,6 +26,7 @@ from core.config import (
 from core.methods.gpua.fit import concat_features, fit_gpua
 from core.methods.lazsl import lazsl_scores
 from core.methods.otfusion import otfusion
+from core.methods.otfusion_inductive import fit_otfusion
 from core.methods.zeroshot import zeroshot_probs
 from core.metrics import accuracy
 
@@ -191,7 +192,9 @@ def gpua_inputs(features: FeatureSet, settings: GPUASettings) -> Tensor:
     return features.vfm_or_vlm()
 
 
-def _gpua_sources(features: FeatureSet, settings: GPUASettings) -> tuple[str, ...]:
+def gpua_sources(features: FeatureSet, settings: GPUASettings) -> tuple[str, ...]:
+    """The names of the features GPUA aligns (Z, the VLM image features, the text prototypes),
+    for ``MethodResult.sources`` and the reports of a fit on a pool."""
     vlm = features.vlms()[0][0]
     vfms = features.vfms()
     if not vfms:
@@ -212,27 +215,38 @@ def _run_clip(features: FeatureSet, settings: MethodSettings):
     return probs, None, (f"{vlm} image", f"text: {vlm}")
 
 
-def _run_otfusion(features: FeatureSet, settings: MethodSettings):
+def otfusion_inputs(features: FeatureSet, settings: MethodSettings):
+    """What OTFusion fuses under ``settings.otfusion``: ``(visual sources, each (n, d_s); VLM
+    probabilities, each (n, k); their names for MethodResult.sources)``. ``semantic_only`` fits
+    no GMM; the VLM image features are passed as a placeholder source and not named."""
     s = settings.otfusion
-    ys = _vlm_probs(features, settings)
+    sources = [] if s.variant == "semantic_only" else otfusion_sources(features, s.setting)
+    names = tuple(n for n, _ in sources) + tuple(f"Y: {n}" for n, _, _ in features.vlms())
+    return [v for _, v in sources] or [features.vlm_image], _vlm_probs(features, settings), names
+
+
+def _otfusion_keywords(s) -> dict:
+    """The solver keywords of ``OTFusionSettings`` ``s`` (one map for otfusion and fit_otfusion)."""
+    return dict(recipe=s.recipe, weights=s.weights, lam=s.lam, eps=s.eps, n_iter=s.n_iter,
+                sinkhorn_iter=s.sinkhorn_iter, variant=s.variant)
+
+
+def _run_otfusion(features: FeatureSet, settings: MethodSettings):
+    vs, ys, names = otfusion_inputs(features, settings)
     labels = features.labels
     if labels is not None and bool((labels < 0).any()):
         labels = None  # history accuracy needs every label; the app reports accuracy separately
-    sources = [] if s.variant == "semantic_only" else otfusion_sources(features, s.setting)
-    res = otfusion(
-        vfm_features=[v for _, v in sources] or [features.vlm_image],
-        vlm_probs=ys,
-        recipe=s.recipe,
-        weights=s.weights,
-        lam=s.lam,
-        eps=s.eps,
-        n_iter=s.n_iter,
-        sinkhorn_iter=s.sinkhorn_iter,
-        variant=s.variant,
-        labels=labels,
-    )
-    names = tuple(n for n, _ in sources) + tuple(f"Y: {n}" for n, _, _ in features.vlms())
+    res = otfusion(vfm_features=vs, vlm_probs=ys, labels=labels,
+                   **_otfusion_keywords(settings.otfusion))
     return res.probs, res, names
+
+
+def fit_otfusion_with(pool: FeatureSet, settings: MethodSettings):
+    """OTFusion's inductive mode (the official code's): fit the GMMs and source weights on the
+    unlabeled ``pool`` under ``settings.otfusion`` and return the ``OTFusionModel``; score other
+    images with ``model.predict_proba(*otfusion_inputs(test, settings)[:2])``."""
+    vs, ys, _ = otfusion_inputs(pool, settings)
+    return fit_otfusion(vs, ys, **_otfusion_keywords(settings.otfusion))
 
 
 def fit_gpua_with(pool: FeatureSet, settings: GPUASettings, text: Tensor | None = None):
@@ -263,7 +277,7 @@ def _run_gpua(features: FeatureSet, settings: MethodSettings):
     align = fit_gpua_with(features, settings.gpua)
     z = gpua_inputs(features, settings.gpua)
     probs = align.predict_proba(z, features.text, temperature=settings.clip.temperature)
-    return probs, align, _gpua_sources(features, settings.gpua)
+    return probs, align, gpua_sources(features, settings.gpua)
 
 
 def _run_lazsl(features: FeatureSet, settings: MethodSettings):

@@ -44,14 +44,49 @@ def prediction_rows(extraction, results: dict[str, MethodResult]) -> list[dict]:
     return rows
 
 
-def _csv_text(rows: list[dict], methods) -> str:
+def provenance(method: str, result: MethodResult, solver: MethodSettings | None = None) -> dict:
+    """What produced a method's numbers: ``{"recipe", "setting", "variant", "sources"}``.
+
+    ``recipe`` for the methods that have one (OTFusion, GPUA, LaZSL; needs ``solver``), OTFusion's
+    ``setting`` (``core.config.OTFUSION_SETTINGS``) and ``variant``, and always ``sources``: the
+    features behind the numbers (``MethodResult.sources``). Keys that do not apply are absent.
+    """
+    per = getattr(solver, method, None) if solver is not None else None
+    record = {}
+    if hasattr(per, "recipe"):
+        record["recipe"] = per.recipe
+    if method == "otfusion" and per is not None:
+        record.update(setting=per.setting, variant=per.variant)
+    record["sources"] = list(result.sources)
+    return record
+
+
+def provenance_text(record: dict) -> str:
+    """One line for a :func:`provenance` record, e.g. "official recipe; main setting (joint);
+    sources: CLIP ViT-B/16 image, DINOv2 ViT-L/14, Y: CLIP ViT-B/16"."""
+    parts = []
+    if "recipe" in record:
+        parts.append(f"{record['recipe']} recipe")
+    if "setting" in record:
+        parts.append(f"{record['setting']} setting ({record['variant']})")
+    if record.get("sources"):
+        parts.append("sources: " + ", ".join(record["sources"]))
+    return "; ".join(parts)
+
+
+def _csv_text(rows: list[dict], results: dict[str, MethodResult],
+              solver: MethodSettings | None) -> str:
+    """Per method: prediction, confidence and ``<m>_run`` (what produced them, the same text on
+    every row, so that a CSV on its own still says which recipe and features it comes from)."""
     fields = ["file", "label", "true_class"]
-    for m in methods:
-        fields += [f"{m}_pred", f"{m}_confidence"]
+    runs = {}
+    for m, r in results.items():
+        fields += [f"{m}_pred", f"{m}_confidence", f"{m}_run"]
+        runs[f"{m}_run"] = provenance_text(provenance(m, r, solver))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(dict(row, **runs) for row in rows)
     return buf.getvalue()
 
 
@@ -75,12 +110,14 @@ def _json_text(extraction, results, rows, solver: MethodSettings | None) -> str:
     doc = {
         "vlm": settings.vlm,
         "vfm": settings.vfm,
+        "vlms": list(settings.vlms),
+        "vfms": list(settings.vfms),
         "templates": list(settings.templates),
         "classes": list(extraction.class_names),
         "solver_settings": _solver_record(solver, results),
         "methods": {
             m: {"title": METHOD_TITLES.get(m, m), "accuracy": r.accuracy, "seconds": r.seconds,
-                **_scalar_diagnostics(r)}
+                **provenance(m, r, solver), **_scalar_diagnostics(r)}
             for m, r in results.items()
         },
         "skipped": [{"file": s.name, "reason": s.reason} for s in extraction.skipped],
@@ -91,15 +128,18 @@ def _json_text(extraction, results, rows, solver: MethodSettings | None) -> str:
     return json.dumps(doc)
 
 
-def predictions_csv(extraction, results: dict[str, MethodResult]) -> str:
-    """CSV text: file, label, true_class, then ``<method>_pred`` and ``<method>_confidence``."""
-    return _csv_text(prediction_rows(extraction, results), results)
+def predictions_csv(extraction, results: dict[str, MethodResult],
+                    solver: MethodSettings | None = None) -> str:
+    """CSV text: file, label, true_class, then ``<method>_pred``, ``<method>_confidence`` and
+    ``<method>_run`` (recipe, setting and sources, see :func:`provenance`)."""
+    return _csv_text(prediction_rows(extraction, results), results, solver)
 
 
 def predictions_json(extraction, results: dict[str, MethodResult],
                      solver: MethodSettings | None = None) -> str:
     """JSON text: models, templates, classes, the solver settings that produced the results (when
-    given), per-method accuracy and timings, skipped files, and per-image top-k."""
+    given), per method its accuracy, timing, recipe, setting and sources (:func:`provenance`),
+    skipped files, and per-image top-k."""
     return _json_text(extraction, results, prediction_rows(extraction, results), solver)
 
 
@@ -110,6 +150,6 @@ def write_predictions(out_dir, extraction, results: dict[str, MethodResult],
     out.mkdir(parents=True, exist_ok=True)
     rows = prediction_rows(extraction, results)
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
-    csv_path.write_text(_csv_text(rows, results), encoding="utf-8")
+    csv_path.write_text(_csv_text(rows, results, solver), encoding="utf-8")
     json_path.write_text(_json_text(extraction, results, rows, solver), encoding="utf-8")
     return [csv_path, json_path]

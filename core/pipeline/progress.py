@@ -8,6 +8,7 @@ The encoders report ``progress(done, total, desc)`` after each batch of their ow
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -71,3 +72,24 @@ class WorkProgress:
     def drop(self, units: int) -> None:
         """Expect ``units`` fewer (work that will not happen)."""
         self.total = max(self.done, self.total - int(units))
+
+
+class LineProgress:
+    """``progress(done, total, desc)`` as one line of a terminal stream (default: ``sys.stderr``
+    as it is at each call), rewritten in place (``\r``) and ended when ``done`` reaches
+    ``total``. :meth:`end_line` ends a line still open, so that an error printed after it starts
+    on its own line."""
+
+    def __init__(self, stream=None):
+        self._stream = stream
+        self.open = False  # a line awaits its newline
+
+    def __call__(self, done: int, total: int, desc: str) -> None:
+        print(f"\r{desc}: {done}/{total}", end="" if done < total else "\n",
+              file=self._stream or sys.stderr, flush=True)
+        self.open = done < total
+
+    def end_line(self) -> None:
+        if self.open:
+            print(file=self._stream or sys.stderr)
+            self.open = False
