@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -189,9 +190,10 @@ def _no_images(exc, already=()) -> int:
 
 def cmd_run(args) -> int:
     from core.data import NoImagesError, load_attributes, load_image_set
-    from core.methods.run import run_methods
-    from core.pipeline.export import provenance, provenance_text, write_predictions
-    from core.pipeline.extraction import ExtractSettings, extract
+    from core.methods.run import run_method
+    from core.pipeline.export import write_predictions
+    from core.pipeline.extraction import ExtractSettings
+    from core.pipeline.stages import extract_in_stages
 
     methods = _methods(args.methods)
     solver = method_settings(args)
@@ -205,28 +207,42 @@ def cmd_run(args) -> int:
         attributes=attributes, batch_size=args.batch_size, device=args.device,
         lazsl_recipe=solver.lazsl.recipe, **({"templates": templates} if templates else {}))
     loaded = {(s.name, s.reason) for s in image_set.skipped}
+    start, results = time.perf_counter(), {}
+    wanted = ("clip", *[m for m in methods if m != "clip"])
     try:
-        extraction = extract(image_set, class_names, settings, cache=_cache(args),
-                             progress=_PROGRESS)
+        # Each method is printed as soon as its features exist: CLIP zero-shot after the first
+        # VLM, OTFusion and GPUA after the other models, LaZSL after its crops.
+        for stage in extract_in_stages(image_set, class_names, settings, cache=_cache(args),
+                                       progress=_PROGRESS):
+            extraction = stage.extraction
+            for name in [m for m in wanted if m in stage.methods and m not in results]:
+                results[name] = run_method(name, extraction.features, solver)
+                _print_result(name, results[name], solver, time.perf_counter() - start)
     except NoImagesError as exc:  # every image failed to decode
         return _no_images(exc, already=loaded)
     _report_skipped(extraction.skipped, already=loaded)
     for warning in extraction.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    results = run_methods(extraction.features, methods, solver)
+    results = {m: results[m] for m in wanted}
     paths = write_predictions(Path(args.out), extraction, results, solver)
-    for name, res in results.items():
-        acc = "" if res.accuracy is None else f"  accuracy {100 * res.accuracy:.2f}%"
-        print(f"{name:10s} {res.seconds * 1000:8.1f} ms{acc}")
-        print(f"{'':10s} {provenance_text(provenance(name, res, solver))}")
-        d = res.diagnostics
-        if "changed_by_ths" in d:  # GPUA: what THS changed against the Procrustes map alone
-            before = d["procrustes_accuracy"]
-            before = "" if before is None else f", W0 alone {100 * before:.2f}%"
-            print(f"{'':10s} THS changed {d['changed_by_ths']} predictions of W0{before}")
     print("wrote " + ", ".join(str(p) for p in paths))
     print(f"images: {len(extraction.items)} used, {len(extraction.skipped)} skipped")
     return 0
+
+
+def _print_result(name: str, res, solver, elapsed: float) -> None:
+    """One method's lines: accuracy, solve time, when it was ready, what produced it."""
+    from core.pipeline.export import provenance, provenance_text
+
+    acc = "" if res.accuracy is None else f"  accuracy {100 * res.accuracy:.2f}%"
+    print(f"{name:10s} {res.seconds * 1000:8.1f} ms{acc}  (ready {elapsed:.1f} s after start)",
+          flush=True)
+    print(f"{'':10s} {provenance_text(provenance(name, res, solver))}")
+    d = res.diagnostics
+    if "changed_by_ths" in d:  # GPUA: what THS changed against the Procrustes map alone
+        before = d["procrustes_accuracy"]
+        before = "" if before is None else f", W0 alone {100 * before:.2f}%"
+        print(f"{'':10s} THS changed {d['changed_by_ths']} predictions of W0{before}")
 
 
 def cmd_download(args) -> int:

@@ -266,7 +266,7 @@ def test_cli_internal_errors_exit_1_with_a_plain_message(keys, tmp_path, capsys,
     def broken(*args, **kwargs):
         raise TypeError("an internal bug")
 
-    monkeypatch.setattr(run_module, "run_methods", broken)
+    monkeypatch.setattr(run_module, "run_method", broken)
     monkeypatch.delenv("FUSIONLAB_DEBUG", raising=False)
     code = _cli(keys, tmp_path, _folder(tmp_path, 2, 0), "a, b")
     err = capsys.readouterr().err

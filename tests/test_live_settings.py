@@ -22,6 +22,7 @@ from PIL import Image
 
 import core.methods.run as run_module
 import core.pipeline.extraction as extraction_module
+import core.pipeline.stages as stages_module
 from core import config
 from core.config import (
     GPUASettings,
@@ -241,6 +242,7 @@ def extractions(monkeypatch):
         return out
 
     monkeypatch.setattr(extraction_module, "extract", spy)
+    monkeypatch.setattr(stages_module, "extract", spy)  # the CLI extracts in stages
     return seen
 
 
@@ -277,7 +279,10 @@ def test_cli_run_passes_the_flags_to_the_methods(spy, extractions, keys, image_z
                  "--methods", "clip,otfusion,gpua,lazsl", "--out", str(tmp_path / "out"),
                  *flags])
     assert code == 0
-    (extract_settings, ex), = extractions
+    # CLIP first, then the VFM, then LaZSL's crops: the last stage has every setting
+    assert [(st.vfm, st.n_crops > 0) for st, _ in extractions] == [
+        (None, False), (keys["dinov2"], False), (keys["dinov2"], True)]
+    extract_settings, ex = extractions[-1]
     n_crops = 3 if case == "custom" else config.LAZSL_CROPS
     assert extract_settings.n_crops == n_crops
     assert (extract_settings.vlm, extract_settings.vfm) == (keys["clip_vit"], keys["dinov2"])
@@ -304,7 +309,8 @@ def test_cli_run_fuses_every_model_of_the_comma_lists_and_says_so(spy, extractio
                  f"{keys['dinov2']},{keys['dinov3']}", "--no-cache", "--methods",
                  "clip,otfusion,gpua", "--ths-steps", "2", "--out", str(out)])
     assert code == 0
-    (settings, ex), = extractions
+    assert [len(st.vlms) + len(st.vfms) for st, _ in extractions] == [1, 4]  # CLIP, then all
+    settings, ex = extractions[-1]
     assert (settings.vlm, settings.extra_vlms) == (keys["clip_vit"], (keys["clip_rn"],))
     assert (settings.vfm, settings.extra_vfms) == (keys["dinov2"], (keys["dinov3"],))
     feats = ex.features

@@ -3,7 +3,6 @@ stages share features (no forward pass twice) and the last equals a one-go extra
 
 import io
 import zipfile
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -85,9 +84,22 @@ def test_without_a_cache_a_temporary_one_is_used_and_removed(keys, image_set, mo
     assert made and not any(__import__("os").path.exists(p) for p in made)
 
 
-def test_a_failing_stage_raises_after_the_earlier_ones_were_yielded(keys, image_set):
-    bad = replace(ExtractSettings(vlm=keys["clip_vit"], vfm="no-such-model"))
-    gen = extract_in_stages(image_set, CLASSES, bad)
+def test_a_failing_stage_raises_after_the_earlier_ones_were_yielded(keys, image_set,
+                                                                   monkeypatch):
+    with pytest.raises(ValueError, match="no-such-model"):  # bad keys: before any stage
+        next(extract_in_stages(image_set, CLASSES,
+                               ExtractSettings(vlm=keys["clip_vit"], vfm="no-such-model")))
+    real, calls = stages_module.extract, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("weights of the VFM are not on this machine")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages_module, "extract", second_fails)
+    gen = extract_in_stages(image_set, CLASSES,
+                            ExtractSettings(vlm=keys["clip_vit"], vfm=keys["dinov2"]))
     assert next(gen).name == "vlm"
-    with pytest.raises(ValueError, match="no-such-model"):
+    with pytest.raises(OSError, match="VFM"):
         next(gen)

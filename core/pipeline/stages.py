@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from core.data import ImageSet
 from core.pipeline.cache import FeatureCache
-from core.pipeline.extraction import Extraction, ExtractSettings, extract
+from core.pipeline.extraction import Extraction, ExtractSettings, _load_models, extract
 from core.pipeline.progress import Progress
 
 __all__ = ["Stage", "extract_in_stages", "stage_settings"]
@@ -82,6 +82,7 @@ def extract_in_stages(
     generator after the earlier stages were yielded, so a caller keeps what it already showed.
     Progress descriptions are prefixed with the stage ("1/3 ...").
     """
+    _load_models(settings)  # every model key checked before the first stage runs (loads nothing)
     steps = stage_settings(settings)
     tmp = None
     if cache is None:
