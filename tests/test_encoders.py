@@ -79,7 +79,7 @@ def test_registry_has_the_design_models():
     expected = {"clip-vit-b32", "clip-vit-b16", "clip-vit-l14", "clip-rn50", "siglip-vit-b16",
                 "dinov2-small", "dinov2-base", "dinov2-large", "dinov2-giant", "dinov2-reg-small",
                 "dinov2-reg-base", "dinov2-reg-large", "dinov2-reg-giant", "dinov3-vits16",
-                "dinov3-vitb16"}
+                "dinov3-vitb16", "dinov3-vitl16"}
     assert expected <= keys
     assert all(not s.hidden and not s.random_init for s in PUBLIC)
     assert all(s.hidden for s in MODELS.values() if s.key in TINY.values())
