@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.checks import l2_normalize  # noqa: E402
 from core.methods.gpua.fit import concat_features, fit_gpua  # noqa: E402
-from core.methods.gpua.ucm import _swav_sinkhorn  # noqa: E402
 from core.methods.lazsl import lazsl_scores  # noqa: E402
 from core.methods.zeroshot import zeroshot_probs  # noqa: E402
+from core.solvers.sinkhorn_swav import sinkhorn_swav  # noqa: E402
 from core.synthetic.features import make_synthetic  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def swav_stop_rows():
     for n, k in [(160, 10), (800, 50), (1600, 100), (16000, 1000)]:
         ds = make_synthetic(n, k, seed=0)
         score = -torch.cdist(ds.vlm_image, ds.vlm_text) / 0.1
-        _, used = _swav_sinkhorn(score, eps=0.05, max_iter=50, tol=1e-5)
+        used = sinkhorn_swav(score, eps=0.05, max_iter=50, tol=1e-5).n_iter
         print(f"  (n, K) = ({n}, {k}), nK = {n * k:.0e}: {used} iterations")
 
 

@@ -79,7 +79,7 @@ def test_registry_has_the_design_models():
     expected = {"clip-vit-b32", "clip-vit-b16", "clip-vit-l14", "clip-rn50", "siglip-vit-b16",
                 "dinov2-small", "dinov2-base", "dinov2-large", "dinov2-giant", "dinov2-reg-small",
                 "dinov2-reg-base", "dinov2-reg-large", "dinov2-reg-giant", "dinov3-vits16",
-                "dinov3-vitb16"}
+                "dinov3-vitb16", "dinov3-vitl16"}
     assert expected <= keys
     assert all(not s.hidden and not s.random_init for s in PUBLIC)
     assert all(s.hidden for s in MODELS.values() if s.key in TINY.values())
@@ -610,3 +610,93 @@ def test_truncated_safetensors_reports_incomplete_cache(no_hub, monkeypatch, lib
     with pytest.raises(WeightsUnavailableError, match="cached files are incomplete") as info:
         load_encoder(spec.key, device="cpu")
     assert "python -m core download" in str(info.value)
+
+
+def _edit_checkpoint(edit):
+    """A ``weights`` hook for _cached_clip_spec: load the saved state dict, ``edit`` it, save."""
+    from safetensors.torch import load_file, save_file
+
+    def rewrite(path):
+        state = load_file(str(path))
+        edit(state)
+        save_file(state, str(path))
+    return rewrite
+
+
+def _drop_visual_proj(state):
+    del state["visual.proj"]
+
+
+def _misshape_visual_proj(state):
+    state["visual.proj"] = torch.zeros(8, 32)  # the architecture's is (64, 32)
+
+
+def _by_name(monkeypatch, spec, clip):
+    """``spec`` built the way real entries are (open_clip.create_model by name), with the tiny
+    architecture registered in open_clip under a test name."""
+    name = "fusionlab-tiny-vit-p16"
+    cfg = {**clip.spec.arch_config, "quick_gelu": True}
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, name, cfg)
+    return register_model(replace(spec, arch_config=None, model_id=name), overwrite=True)
+
+
+def test_open_clip_entry_built_by_name_loads_its_cached_checkpoint(no_hub, monkeypatch, images):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clip = load_encoder(TINY["clip_vit"], device="cpu")
+    spec = _cached_clip_spec(no_hub, clip, key="test-clip-by-name", repo="fusionlab-test/by-name")
+    spec = _by_name(monkeypatch, spec, clip)
+    loaded = load_encoder(spec.key, device="cpu")
+    assert loaded.model is not clip.model
+    torch.testing.assert_close(loaded.encode_images(images), clip.encode_images(images),
+                               atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("build", ["arch_config", "create_model"])
+@pytest.mark.parametrize("edit,expected", [
+    (_drop_visual_proj, ["missing 1 tensor", "visual.proj"]),
+    (_misshape_visual_proj, ["1 tensor(s) of the wrong shape", "visual.proj", "(8, 32)",
+                             "(64, 32)"]),
+])
+def test_open_clip_checkpoint_that_does_not_fit_is_a_clear_error_not_random_weights(
+        no_hub, monkeypatch, build, edit, expected):
+    """A cached open_clip checkpoint lacking a tensor (or with one of the wrong shape) gives the
+    same 'cached files are incomplete' error as the transformers path, not load_state_dict's raw
+    RuntimeError, and never a model with random weights in its place. Both ways we build open_clip
+    models: from the entry's arch_config (CLIP(...)) and by name (create_model, the real
+    entries)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clip = load_encoder(TINY["clip_vit"], device="cpu")
+    repo = f"fusionlab-test/clip-{edit.__name__.strip('_')}-{build}"
+    spec = _cached_clip_spec(no_hub, clip, key=f"test-{repo.split('/')[1]}", repo=repo,
+                             weights=_edit_checkpoint(edit))
+    if build == "create_model":
+        spec = _by_name(monkeypatch, spec, clip)
+    with pytest.raises(WeightsUnavailableError, match="cached files are incomplete") as info:
+        load_encoder(spec.key, device="cpu")
+    message = str(info.value)
+    for part in expected + ["not the expected model", "random", "python -m core download"]:
+        assert part in message, (part, message)
+    assert info.value.key == spec.key and info.value.cache_dir == str(no_hub)
+
+
+def test_transformers_checkpoint_with_a_tensor_of_the_wrong_shape_is_the_same_error(
+        no_hub, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dino = load_encoder(TINY["dinov2"], device="cpu")
+    name = "embeddings.patch_embeddings.projection.weight"  # (32, 3, 14, 14)
+
+    def misshape(path):
+        state = load_file(str(path))
+        state[name] = torch.zeros(32, 3, 7, 7)
+        save_file(state, str(path), metadata={"format": "pt"})
+
+    spec = _cached_dino_spec(no_hub, dino, key="test-dino-wrong-shape",
+                             repo="fusionlab-test/dino-wrong-shape", damage=misshape)
+    with pytest.raises(WeightsUnavailableError, match="cached files are incomplete") as info:
+        load_encoder(spec.key, device="cpu")
+    message = str(info.value)
+    for part in [name, "wrong shape", "(32, 3, 7, 7)", "(32, 3, 14, 14)", "not the expected model",
+                 "random", "python -m core download"]:
+        assert part in message, (part, message)

@@ -5,18 +5,22 @@ the augmentations' statistics, recipe resolution, input checks, and a synthetic 
 official recipe beats zero-shot CLIP."""
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from otfusion_reference import plain_swav_sinkhorn
 
 from core.checks import l2_normalize
+from core.methods.gpua import fit as gpua_fit
 from core.methods.gpua.fit import concat_features, fit_gpua
 from core.methods.gpua.recipes import RECIPES
 from core.methods.gpua.ths import augment
-from core.methods.gpua.ucm import _swav_sinkhorn
 from core.methods.zeroshot import zeroshot_probs
 from core.metrics import accuracy
+from core.solvers.sinkhorn_swav import sinkhorn_swav, solve_swav
 from core.synthetic.features import make_synthetic
 
 ATOL_PLAN = 1e-4  # the issue's bar for the UCM plan (rows sum to 1)
@@ -43,24 +47,6 @@ def _unit(v):
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def _ref_sinkhorn(score, eps, max_iter, tol):
-    """SwAV's loop, written out: classes to 1/K, then samples to 1/n, stop on max |dQ| < tol."""
-    q = np.exp((score - score.max(axis=1, keepdims=True)) / eps).T  # (K, n)
-    q = q / q.sum()
-    n_cls, n = q.shape
-    used = 0
-    for _ in range(max_iter):
-        used += 1
-        prev = q.copy()
-        for k in range(n_cls):
-            q[k] = q[k] / q[k].sum() / n_cls
-        for i in range(n):
-            q[:, i] = q[:, i] / q[:, i].sum() / n
-        if np.abs(q - prev).max() < tol:
-            break
-    return (q * n).T, used
-
-
 def _ref_ucm(z, x, y, *, n_rounds, lam=0.9, eps=0.05, max_iter=50, tol=1e-5):
     """The public code's UCM from the facts: P0 = softmax(100 X Y^T); centres from the 8 most
     confident samples per class (weighted by P0, averaged, normalised); rounds of
@@ -82,7 +68,9 @@ def _ref_ucm(z, x, y, *, n_rounds, lam=0.9, eps=0.05, max_iter=50, tol=1e-5):
         visual = np.array(
             [[-math.dist(z[i], centres[c]) / 0.1 for c in range(n_cls)] for i in range(n)]
         )
-        p, used = _ref_sinkhorn((1 - lam) * visual + lam * semantic, eps, max_iter, tol)
+        p, used = plain_swav_sinkhorn(torch.from_numpy((1 - lam) * visual + lam * semantic),
+                                      eps, max_iter, tol)
+        p = p.numpy()
         rounds.append(used)
         for c in range(n_cls):
             mean = (p[:, c, None] * z).sum(axis=0) / (p[:, c].sum() + 1e-6)
@@ -135,20 +123,38 @@ def test_float32_ucm_plan_within_1e4_of_the_float64_reference(seed, difficulty):
     assert align.predict(z_test, y).tolist() == _predict(z_test, ref_w0, y).tolist()
 
 
-def test_swav_sinkhorn_stops_like_the_loop_and_runs_max_iter_with_tol_zero():
+def test_swav_sinkhorn_at_the_official_settings_stops_like_the_loop():
+    """The shared solver (core.solvers.sinkhorn_swav) at GPUA's eps, against the plain loop."""
     g = torch.Generator().manual_seed(3)
     score = -3.0 * torch.rand(37, 5, generator=g, dtype=torch.float64)
     for tol in (1e-3, 1e-5, 1e-9):
-        probs, used = _swav_sinkhorn(score, eps=0.05, max_iter=200, tol=tol)
-        ref, ref_used = _ref_sinkhorn(score.numpy(), 0.05, 200, tol)
-        assert used == ref_used
-        np.testing.assert_allclose(probs.numpy(), ref, atol=1e-12, rtol=0)
-    _, used = _swav_sinkhorn(score, eps=0.05, max_iter=7, tol=0.0)
-    assert used == 7
+        res = sinkhorn_swav(score, eps=0.05, max_iter=200, tol=tol)
+        ref, ref_used = plain_swav_sinkhorn(score, 0.05, 200, tol)
+        assert res.n_iter == ref_used
+        torch.testing.assert_close(37 * res.plan, ref, atol=1e-12, rtol=0)
+    assert sinkhorn_swav(score, eps=0.05, max_iter=7, tol=0.0).n_iter == 7
     # invariants: rows sum to 1 exactly after the last step; columns near n/K once converged
-    probs, _ = _swav_sinkhorn(score, eps=0.05, max_iter=2000, tol=1e-15)
+    probs = 37 * sinkhorn_swav(score, eps=0.05, max_iter=2000, tol=1e-15).plan
     torch.testing.assert_close(probs.sum(1), torch.ones(37, dtype=torch.float64))
     torch.testing.assert_close(probs.sum(0), torch.full((5,), 37 / 5, dtype=torch.float64))
+
+
+def test_ucm_runs_the_shared_solver_once_per_round(monkeypatch):
+    """One SwAV Sinkhorn in the code base: the official UCM calls core.solvers' solve_swav."""
+    import core.methods.gpua.ucm as ucm
+
+    assert not hasattr(ucm, "_swav_sinkhorn")
+    calls = []
+
+    def counting(scores, **kw):
+        res = solve_swav(scores, **kw)
+        calls.append(res.n_iter)
+        return res
+
+    monkeypatch.setattr(ucm, "solve_swav", counting)
+    z, x, y, *_ = _features(0, "default")
+    align = fit_gpua(z, x, y, recipe="official", n_ucm_iter=4, ths_steps=0)
+    assert calls == list(align.ucm_n_iter) and len(calls) == 4
 
 
 def test_ucm_without_rounds_is_the_zero_shot_softmax_and_identity_shrink_can_be_switched_off():
@@ -266,20 +272,37 @@ def test_official_recipe_refuses_features_that_are_not_unit_blocks():
     assert unit.probs.shape == (N_POOL, N_CLASSES)
 
 
-def test_underflow_of_the_probability_domain_sinkhorn_is_a_clear_error():
-    # Every image sits on prototype 0; prototype 1 is antipodal: its column underflows in float32
-    # (0.9 * 2 / 0.1 / 0.05 = 360 > 87 = -log(float32 tiny)) and SwAV's loop would give NaN.
+def _antipodal_second_class():
+    """20 images on prototype 0; prototype 1 antipodal (cosine -1, distance 2)."""
     d = 4
     y = torch.eye(2, d)
     y[1] = -y[0]
     x = torch.zeros(20, d)
     x[:, 0] = 1.0
     x[:, 1] = 0.01 * torch.arange(20)
-    x = x / x.norm(dim=1, keepdim=True)
-    with pytest.raises(ValueError, match="underflowed"):
+    return x / x.norm(dim=1, keepdim=True), y
+
+
+def test_underflow_of_the_probability_domain_sinkhorn_is_a_clear_error():
+    # temperature 1 keeps P0 of class 1 at about e^-2, but the Sinkhorn kernel of class 1 is
+    # exp(-0.9 * 2 / 0.1 / 0.05) = exp(-360) in every row: 0 in float32 (below ~e^-104), where
+    # the public code's loop gives NaN.
+    x, y = _antipodal_second_class()
+    with pytest.raises(ValueError, match=r"Sinkhorn kernel.*underflowed.*torch.float32.*\[1\]"):
+        fit_gpua(x, x, y, recipe="official", temperature=1.0, ths_steps=0)
+    fine = fit_gpua(x.double(), x.double(), y.double(), recipe="official", temperature=1.0,
+                    ths_steps=0)
+    assert bool(torch.isfinite(fine.probs).all())  # 360 < 745 in float64
+    assert fine.probs[:, 1].sum() == pytest.approx(10.0, abs=0.1)  # about its n/K share
+
+
+def test_underflow_of_the_zero_shot_start_is_a_clear_error():
+    # At temperature 100, P0 of class 1 is e^-200 = 0 in float32: no start centre (0 / 0).
+    x, y = _antipodal_second_class()
+    with pytest.raises(ValueError, match=r"P0 underflowed.*torch.float32.*\[1\]"):
         fit_gpua(x, x, y, recipe="official", ths_steps=0)
     fine = fit_gpua(x.double(), x.double(), y.double(), recipe="official", ths_steps=0)
-    assert bool(torch.isfinite(fine.probs).all())  # 360 < 745 in float64
+    assert bool(torch.isfinite(fine.probs).all())
 
 
 def test_batch_size_fraction_one_is_full_batch():
@@ -301,3 +324,34 @@ def test_official_recipe_beats_zero_shot_on_the_hard_preset():
     zero_shot = accuracy(zeroshot_probs(ds.vlm_image[N_POOL:], y).argmax(1), labels_test)
     assert accuracy(align.predict(z_test, y), labels_test) > zero_shot + 0.1
     assert accuracy(align.pseudo_labels, labels) > zero_shot
+
+
+# ----------------------------------------------------------------------------- documentation
+
+
+def test_docs_say_the_official_recipe_reproduces_the_public_code_and_list_its_values():
+    """The public code is reproduced by recipe='official', not by tuning the paper recipe's
+    knobs; the module doc lists the official values, which must be the recipe's."""
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", *sorted((root / "core").rglob("*.py")),
+             *sorted((root / "demo").rglob("*.py"))]
+    assert not [str(f) for f in files if re.search("emulat", f.read_text(), re.IGNORECASE)]
+    readme = " ".join((root / "README.md").read_text().split())
+    assert 'fit_gpua(..., recipe="paper")` (the default)' in readme
+    assert '`recipe="official"` reproduces the public code' in readme
+    doc = " ".join(gpua_fit.__doc__.split())
+    assert '``recipe="paper"`` (default)' in doc
+    assert '``recipe="official"`` reproduces the public code' in doc
+    r = RECIPES["official"]
+
+    def num(v):  # as the doc writes numbers: 0.05, 5e-4, 1e-7
+        return f"{v:.0e}".replace("e-0", "e-") if 0 < abs(v) < 1e-3 else f"{v:g}"
+
+    for fact in (f"eps {num(r.eps)}", f"at most {r.sinkhorn_max_iter} iterations",
+                 f"below {num(r.sinkhorn_tol)}", f"{r.n_ucm_iter} UCM rounds",
+                 f"W0 - {num(r.identity_shrink)} (W0 - I)", f"{r.ths_steps} steps",
+                 f"weight decay {num(r.ths_weight_decay)}", f"decay to {num(r.ths_lr_min)}",
+                 f"random {r.ths_batch_size:.0%} subset", f"hub weight {num(r.ths_hub_weight)}",
+                 f"sigma {num(r.ths_noise_std)}", f"dropout ({num(r.ths_dropout)})",
+                 f"{r.targets} Procrustes targets", "top-3", "no re-projection"):
+        assert fact in doc, fact

@@ -7,8 +7,9 @@ path is exercised at real size by benchmarks/encode.py.
 from __future__ import annotations
 
 import open_clip
+import pytest
 import torch
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, DINOv3ViTConfig
 
 from core.models import MODELS, get_spec, list_models, model_choices
 from core.models.realsize import DINOV2_BASE_CONFIG, realsize_models
@@ -17,6 +18,14 @@ from core.models.realsize import DINOV2_BASE_CONFIG, realsize_models
 # DINOv2 ViT-B/14 (torch.hub dinov2_vitb14).
 CLIP_B16_PARAMS = 149_620_737
 DINOV2_B14_PARAMS = 86_580_480
+# DINOv3 ViTs as facebookresearch/dinov3 builds them (hub/backbones.py: width, depth, heads; MLP
+# ratio 4, patch 16, 4 storage = register tokens for every size) and their model cards' sizes.
+DINOV3_PUBLISHED = {  # key: (width, depth, heads, parameters)
+    "dinov3-vits16": (384, 12, 6, 21e6),
+    "dinov3-vitb16": (768, 12, 12, 86e6),
+    "dinov3-vitl16": (1024, 24, 16, 300e6),
+}
+DINOV3_REGISTERS = 4  # transformers' DINOv3ViTConfig defaults to 0; the Hub configs set 4
 
 
 def _vit_params(*, width, layers, mlp, patch, n_pos, channels=3):
@@ -77,3 +86,27 @@ def test_dinov2_base_published_size():
     assert expected == DINOV2_B14_PARAMS
     assert sum(p.numel() for p in model.parameters()) == expected
     assert model.config.hidden_size == spec.output_dim
+
+
+def test_every_dinov3_entry_is_in_the_published_table():
+    dinov3 = {s.key for s in list_models("vfm") if s.model_id.startswith("facebook/dinov3")}
+    assert dinov3 == set(DINOV3_PUBLISHED)
+
+
+@pytest.mark.parametrize("key", sorted(DINOV3_PUBLISHED))
+def test_dinov3_entry_matches_its_published_architecture(key):
+    """The entry's token layout and width, on the real-size architecture (meta device): the
+    prefix the loader strips is CLS + registers, and the patch grid fills the rest."""
+    spec = get_spec(key)
+    width, depth, heads, params = DINOV3_PUBLISHED[key]
+    config = DINOv3ViTConfig(hidden_size=width, num_hidden_layers=depth,
+                             num_attention_heads=heads, intermediate_size=4 * width,
+                             patch_size=16, num_register_tokens=DINOV3_REGISTERS)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+        out = model(pixel_values=torch.empty(1, 3, spec.image_size, spec.image_size))
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=0.03)  # rounded
+    h, w = spec.grid_size
+    assert out.last_hidden_state.shape == (1, spec.n_prefix_tokens + h * w, spec.output_dim)
+    assert spec.n_prefix_tokens == 1 + DINOV3_REGISTERS and spec.patch_size == config.patch_size
+    assert spec.gated and spec.hf_repo.endswith("-pretrain-lvd1689m")

@@ -269,3 +269,46 @@ def unavailable(spec, cache_dir: str, reason: str) -> WeightsUnavailableError:
     return WeightsUnavailableError(
         "\n".join(lines), key=spec.key, repo=repo, cache_dir=cache_dir, reason=reason
     )
+
+
+INCOMPLETE = "the cached files are incomplete"  # one wording for every unusable cached file
+
+
+def checkpoint_does_not_fit(spec, cache_dir: str, *, missing=(), mismatched=(), unexpected=(),
+                            detail: str = "") -> WeightsUnavailableError:
+    """The error for a cached checkpoint that does not fit the entry's architecture.
+
+    Parameters
+    ----------
+    missing, unexpected : iterable of str
+        Tensor names the architecture has and the checkpoint lacks, and the reverse.
+    mismatched : iterable of (name, checkpoint shape, model shape)
+    detail : str
+        What the loader said, for when the names above are not known.
+
+    Loading such a checkpoint would leave tensors random-initialised (transformers) or fail with
+    ``load_state_dict``'s raw error (open_clip); both libraries get this message instead.
+    """
+    def names(items) -> str:
+        items = sorted(items)
+        return ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+
+    missing, unexpected = list(missing), list(unexpected)
+    shapes = sorted((str(k), tuple(a), tuple(b)) for k, a, b in mismatched)
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensor(s) of the architecture ({names(missing)})")
+    if shapes:
+        listed = ", ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in shapes[:5])
+        parts.append(f"{len(shapes)} tensor(s) of the wrong shape ({listed}"
+                     f"{', ...' if len(shapes) > 5 else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensor(s) the architecture does not have "
+                     f"({names(unexpected)})")
+    found = "; ".join(parts) or detail
+    return unavailable(
+        spec, cache_dir,
+        f"{INCOMPLETE} or not the expected model (its checkpoint: {found}); it is not loaded, "
+        "since that would leave random weights in the model (an interrupted, corrupted or "
+        "mismatched download)",
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 import threading
 import warnings
 
@@ -26,9 +27,11 @@ from safetensors import SafetensorError
 
 from core.models.encoders import Encoder, OpenClipEncoder, TransformersEncoder
 from core.models.hub import (
+    INCOMPLETE,
     TOKENIZER_FILES,
     FileNeed,
     cached_path,
+    checkpoint_does_not_fit,
     ensure_weights,
     files_needed,
     hf_cache_dir,
@@ -50,6 +53,8 @@ PRECISIONS = {"fp32": ("cpu", "cuda", "mps"), "int8": ("cpu",), "bf16": ("cuda",
 _LOADED: dict[tuple[ModelSpec, str], Encoder] = {}  # shared read-only models, never user data
 _LOADED_FAST: dict[tuple[ModelSpec, str, str], Encoder] = {}  # their non-fp32 twins
 _LOAD_LOCK = threading.Lock()
+# What reading a damaged checkpoint file raises (torch.load, safetensors).
+_UNREADABLE = (OSError, RuntimeError, ValueError, EOFError, SafetensorError, pickle.UnpicklingError)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -176,7 +181,7 @@ def _build(spec: ModelSpec, device: torch.device) -> Encoder:
     except (OSError, SafetensorError) as exc:  # in the cache but incomplete: a missing shard,
         if spec.random_init:  # a truncated .safetensors (SafetensorError is not an OSError)
             raise
-        raise unavailable(spec, cache_dir, f"the cached files are incomplete ({exc})") from exc
+        raise unavailable(spec, cache_dir, f"{INCOMPLETE} ({exc})") from exc
     model = model.to(device).eval().requires_grad_(False)
     if spec.library == "open_clip":
         return OpenClipEncoder(spec, model, device, tokenizer_factory)
@@ -198,14 +203,13 @@ def _build_open_clip(spec: ModelSpec, cache_dir: str | None, paths: dict[str, st
         cfg = copy.deepcopy(dict(spec.arch_config))
         model_cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
         model = model_cls(**cfg, quick_gelu=spec.quick_gelu)
-        if weights is not None:
-            open_clip.load_checkpoint(model, weights)
         context_length = cfg.get("text_cfg", {}).get("context_length", 77)
     else:
-        model = open_clip.create_model(
-            spec.model_id, pretrained=weights, force_quick_gelu=spec.quick_gelu
-        )
+        # What create_model(pretrained=<file>) does, with the checkpoint loaded by us below.
+        model = open_clip.create_model(spec.model_id, force_quick_gelu=spec.quick_gelu)
         context_length = None
+    if weights is not None:
+        _load_open_clip_checkpoint(model, weights, spec, cache_dir or hf_cache_dir())
 
     def tokenizer_factory():
         if spec.tokenizer_repo:
@@ -237,6 +241,33 @@ def _build_open_clip(spec: ModelSpec, cache_dir: str | None, paths: dict[str, st
     return model, tokenizer_factory
 
 
+def _load_open_clip_checkpoint(model, weights: str, spec: ModelSpec, cache_dir: str) -> None:
+    """open_clip's strict ``load_checkpoint``, its refusals turned into the clear cache error.
+
+    open_clip raises ``load_state_dict``'s RuntimeError for a missing, extra or misshaped tensor
+    (a KeyError for some missing ones); the checkpoint is then read again only to name them.
+    """
+    import open_clip
+
+    try:
+        open_clip.load_checkpoint(model, weights)  # strict=True
+    except (RuntimeError, KeyError) as exc:
+        try:
+            found = open_clip.factory.load_state_dict(weights)
+        except _UNREADABLE:  # a truncated .bin fails in torch.load: exc already says so
+            found = None
+        if found is None:
+            raise checkpoint_does_not_fit(spec, cache_dir, detail=str(exc)) from exc
+        expected = model.state_dict()
+        raise checkpoint_does_not_fit(
+            spec, cache_dir, detail=str(exc).splitlines()[-1],
+            missing=[k for k in expected if k not in found],
+            unexpected=[k for k in found if k not in expected],
+            mismatched=[(k, found[k].shape, v.shape) for k, v in expected.items()
+                        if k in found and found[k].shape != v.shape],
+        ) from exc
+
+
 def _build_transformers(spec: ModelSpec, cache_dir: str | None):
     from transformers import AutoConfig, AutoModel
 
@@ -248,23 +279,19 @@ def _build_transformers(spec: ModelSpec, cache_dir: str | None):
             )
         model = AutoModel.from_config(AutoConfig.for_model(**dict(spec.arch_config)))
     else:
+        # ignore_mismatched_sizes: a misshaped tensor is reported in ``info`` (and refused
+        # below) instead of raising a bare RuntimeError after a table on stderr.
         model, info = AutoModel.from_pretrained(
             spec.hf_repo, cache_dir=cache_dir, local_files_only=True, dtype=torch.float32,
-            output_loading_info=True,
+            output_loading_info=True, ignore_mismatched_sizes=True,
         )
         # transformers fills tensors missing from the checkpoint (or of the wrong shape) with
         # random values and only prints a table: that would be a silent random-weights model.
-        missing = list(info.get("missing_keys", ())) + [
-            str(m[0]) if isinstance(m, tuple) else str(m)
-            for m in info.get("mismatched_keys", ())]
-        if missing:
-            shown = ", ".join(sorted(missing)[:5]) + (", ..." if len(missing) > 5 else "")
-            raise unavailable(
-                spec, cache_dir or hf_cache_dir(),
-                f"its checkpoint is missing {len(missing)} tensor(s) of the architecture "
-                f"({shown}); loading it would leave them as random weights (a corrupted or "
-                "mismatched download)",
-            )
+        # Tensors the architecture does not use (heads of other tasks) are fine.
+        missing, mismatched = info.get("missing_keys", ()), info.get("mismatched_keys", ())
+        if missing or mismatched:
+            raise checkpoint_does_not_fit(spec, cache_dir or hf_cache_dir(), missing=missing,
+                                          mismatched=mismatched)
     config = model.config
     n_registers = int(getattr(config, "num_register_tokens", 0))
     expected = {

@@ -174,6 +174,12 @@ _BUILTIN = [
           patch=16, dim=384, n_prefix=5, gated=True),
     _dino("dinov3-vitb16", "DINOv3 ViT-B/16 (gated)", "facebook/dinov3-vitb16-pretrain-lvd1689m",
           patch=16, dim=768, n_prefix=5, gated=True),
+    # OTFusion's official default VFM with dinov2-reg-large. n_prefix 5 = CLS + the 4 storage
+    # (register) tokens every DINOv3 ViT has (facebookresearch/dinov3 hub/backbones.py,
+    # n_storage_tokens=4; the checkpoints' config.json sets num_register_tokens 4, although
+    # transformers' DINOv3ViTConfig defaults to 0). The loader checks it against the config.
+    _dino("dinov3-vitl16", "DINOv3 ViT-L/16 (gated)", "facebook/dinov3-vitl16-pretrain-lvd1689m",
+          patch=16, dim=1024, n_prefix=5, gated=True),
 ]
 
 MODELS: dict[str, ModelSpec] = {spec.key: spec for spec in _BUILTIN}

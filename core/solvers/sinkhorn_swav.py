@@ -1,11 +1,13 @@
-"""Probability-domain Sinkhorn with SwAV's early stop: the OT step of OTFusion's official recipe.
+"""Probability-domain Sinkhorn with SwAV's early stop: the OT step of the official recipes of
+OTFusion (``core.methods.otfusion_official``) and GPUA (its UCM, ``core.methods.gpua.ucm``).
 
 For scores S (n, m) to *maximise* it approximates the entropic plan
 
     max_Q  <Q, S> + eps H(Q)   over Q >= 0 with rows 1/n and columns 1/m
 
 by the iteration of SwAV (Caron et al., NeurIPS 2020, ``distributed_sinkhorn``) as the authors of
-OTFusion's CVPR 2026 revision run it:
+OTFusion's CVPR 2026 revision (eps 0.01, at most 15 iterations) and of GPUA's public code (eps
+0.05, at most 50) run it:
 
     Q <- exp((S - max_k S_ik) / eps);   Q <- Q / sum(Q)                     (mass 1)
     repeat at most ``max_iter`` times:
@@ -19,14 +21,15 @@ stop for small n than for large n (at n = 50,000 an entry is at most 2e-5 and 1e
 Which Sinkhorn to choose: :func:`core.solvers.sinkhorn.sinkhorn` for everything except
 reproducing code written this way; it is log-domain stable, takes any marginals, batches and
 masks, and stops on the marginal error. This one exists because its early stop and its
-probability-domain kernel are part of what the official recipe computes.
+probability-domain kernel are part of what the official recipes compute.
 
 Numerics. The kernel is formed once, like the code it reproduces: an entry more than ~87 eps
 below its row's maximum (float32; ~708 eps in float64) underflows to zero, which for eps = 0.01 is
 a score 0.87 below the sample's best class. Each step divides elementwise by the sums (as SwAV
 does), so a column whose sum is subnormal is rescaled without overflow. A column whose every entry
-underflowed would divide 0 by 0 (a NaN plan in the original code): here it keeps zero mass and
-``marginal_error`` shows the violation.
+underflowed would divide 0 by 0 (a NaN plan in the original code): here it keeps zero mass,
+``log_v`` is -inf there and ``marginal_error`` shows the violation (GPUA's UCM refuses such a
+plan, since a class with no mass gets no pseudo-label).
 
 Stopping test without a copy of Q: iteration t divides by r_i = n * row sum and c_k = m * column
 sum, so Q_{t-1} = Q_t r_i c_k and |Q_t - Q_{t-1}| = Q_t |1 - r_i c_k|. Since Q_t <= 1/n this is at

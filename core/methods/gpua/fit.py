@@ -31,7 +31,9 @@ quirks included; its defaults and where each comes from are in ``core.methods.gp
 - centres start from the 8 most confident samples per class under ``softmax(100 X Y^T)``;
 - SwAV's probability-domain Sinkhorn at eps 0.05, at most 50 iterations, stopping when the largest
   change of the mass-1 plan is below 1e-5; 3 UCM rounds by default (the code reads them per
-  dataset from a table, ``MAX_ITER_MAP``, that the public repository does not include);
+  dataset from a table, ``MAX_ITER_MAP``, that the public repository does not include). The
+  solver is ``core.solvers.sinkhorn_swav``, shared with OTFusion's official recipe; where a class
+  underflows for every sample (the code's plan turns NaN) we raise a clear error instead;
 - hard Procrustes targets, then ``W0 <- W0 - 0.9 (W0 - I)`` with the (d_v, d_t) identity, i.e. W0
   shrunk 90% toward the identity on its top-left block. With ``Z = [VFM, VLM]`` that block maps
   the first d_t VFM coordinates onto the text space, which looks like a bug (the VLM block sits
@@ -322,12 +324,6 @@ def fit_gpua(
         z, x, y, lam=lam, eps=eps, n_iter=n_ucm_iter, temperature=temperature,
         sinkhorn_max_iter=sinkhorn_max_iter, sinkhorn_tol=sinkhorn_tol,
     )
-    if official and not bool(torch.isfinite(probs).all()):
-        raise ValueError(
-            f"GPUA (recipe='official'): the probability-domain Sinkhorn underflowed in {dtype} "
-            "(a class scored far below every sample's best class) and gave NaN, as the public "
-            "code would; pass float64 features, raise eps, or use recipe='paper' (log domain)."
-        )
     check_finite(probs, "UCM correspondences")
     if not official and sinkhorn_tol > 0 and n_ucm_iter > 0 and err > sinkhorn_tol:
         warnings.warn(

@@ -17,12 +17,15 @@ text space with a (semi-)orthogonal ``W`` (d_v, d_t):
   Eq. 16 it counts the same competing sets N_i that enter the hinge.
 
 The public code's THS (``alignment_loss`` in ``alignment_utils.py``, ``refine_mapping`` in
-``gpa.py``) differs, and ``include_positive``, ``hub_weight``, ``lr_min``, ``noise_std`` and
-``dropout`` reproduce it: N_i is the top-k over *all* prototypes, so the pseudo-label's own
-prototype is often in it (its hinge term is the constant ``hub_weight * h_l``, no gradient, but
-``h_c`` counts it); ``h_c`` is weighted by 2; each step draws a random 75% subset, adds Gaussian
-noise (sigma 0.035) with probability 1/2 and applies dropout (rate 0.05, survivors scaled by
-1/0.95) with probability 1/2; the cosine decay ends at 1e-7; W is never re-projected.
+``gpa.py``) differs: N_i is the top-k over *all* prototypes, so the pseudo-label's own prototype is
+often in it (its hinge term is the constant ``hub_weight * h_l``, no gradient, but ``h_c`` counts
+it); ``h_c`` is weighted by 2; each step draws a random 75% subset, adds Gaussian noise (sigma
+0.035) with probability 1/2 and applies dropout (rate 0.05, survivors scaled by 1/0.95) with
+probability 1/2; AdamW has weight decay 5e-4 and its cosine decay ends at 1e-7; W is never
+re-projected. ``fit_gpua(..., recipe="official")`` runs it that way (``include_positive``,
+``hub_weight``, ``noise_std``, ``dropout``, ``lr_min`` and the rest set by
+``core.methods.gpua.recipes``), matching it in distribution: the random draws are ours, not the
+code's seeds. The paper recipe, the default, keeps the settings above.
 
 The refinement runs AdamW with cosine decay on a leaf copy of ``W``. After each step ``W`` can be
 pulled back to the (semi-)orthogonal matrices by one Newton-Schulz polar iteration (two products

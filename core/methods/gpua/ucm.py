@@ -22,9 +22,8 @@ cluster. ``P0`` uses CLIP's temperature tau (Algorithm 1 writes ``Softmax(X Y^T)
 
 :func:`mine_correspondences_official` is the public code's UCM (``main.py`` of Yuteam14/GPUA,
 read at commit 388fe56; see its docstring for the differences, each one a quirk reproduced on
-purpose). Its SwAV Sinkhorn (:func:`_swav_sinkhorn`, probability domain with an early stop) is a
-private copy for now: OTFusion's official recipe needs the same solver, and the two should
-become one function in ``core.solvers``.
+purpose). Its SwAV Sinkhorn (probability domain, early stop) is
+:func:`core.solvers.sinkhorn_swav.solve_swav`, the solver OTFusion's official recipe uses too.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from core.checks import l2_normalize
 from core.solvers.sinkhorn import sinkhorn
+from core.solvers.sinkhorn_swav import solve_swav
 
 __all__ = ["mine_correspondences", "mine_correspondences_official"]
 
@@ -101,44 +101,19 @@ def mine_correspondences(
     return probs, tuple(n_iters), err
 
 
-def _swav_sinkhorn(scores: Tensor, *, eps: float, max_iter: int, tol: float) -> tuple[Tensor, int]:
-    """SwAV's Sinkhorn in the probability domain, with the public GPUA code's early stop.
+def _refuse_empty_classes(empty: Tensor, dtype: torch.dtype, what: str, fix: str) -> None:
+    """Refuse classes (``empty``, bool (K,)) whose ``what`` underflowed to 0 for every sample.
 
-    ``Q = exp((S - rowmax S) / eps)`` transposed to (K, n) and scaled to total mass 1; then up to
-    ``max_iter`` times: rows (classes) to 1/K, columns (samples) to 1/n; stop as soon as the
-    largest entrywise change of Q over that iteration is below ``tol`` (strictly). Entries of
-    a mass-1 Q are about 1/(nK), so the same ``tol = 1e-5`` means less as the problem grows:
-    on synthetic zero-shot scores it took 50 (the cap), 47, 36 and 2 iterations at nK = 2e3,
-    4e4, 2e5 and 2e7 (``benchmarks/recipes.py``). No log domain: an entry more than ~87 eps
-    below its row's maximum underflows to 0 in float32 (~745 eps in float64), and a class whose
-    column underflows everywhere makes the plan NaN, as in the public code; the caller checks.
-
-    Parameters
-    ----------
-    scores : Tensor, shape (n, K)
-    eps : float > 0
-    max_iter : int >= 1
-    tol : float >= 0
-
-    Returns
-    -------
-    probs : Tensor, shape (n, K)
-        ``n * Q``: rows sum to 1 (the last step), columns to about n/K.
-    n_iter : int
-        Iterations run (the stopping one included).
+    The public code computes on and returns NaN there (0 / 0); our solver would instead keep
+    the class empty and silently give it no pseudo-label. Neither is a UCM result.
     """
-    q = torch.exp((scores - scores.amax(dim=1, keepdim=True)) / eps).T  # (K, n)
-    q = q / q.sum()
-    n_classes, n = q.shape
-    n_iter = 0
-    for _ in range(max_iter):
-        n_iter += 1
-        prev = q
-        q = q / q.sum(dim=1, keepdim=True) / n_classes
-        q = q / q.sum(dim=0, keepdim=True) / n
-        if float((q - prev).abs().max()) < tol:
-            break
-    return (q * n).T, n_iter
+    if bool(empty.any()):
+        classes = empty.nonzero().flatten().tolist()
+        raise ValueError(
+            f"GPUA (recipe='official'): {what} underflowed to 0 for every sample in {dtype} for "
+            f"class(es) {classes[:10]}, where the public code gives NaN; {fix}, or use "
+            "recipe='paper' (log domain)."
+        )
 
 
 def _confident_centres(z: Tensor, probs: Tensor, n_confident: int) -> Tensor:
@@ -180,7 +155,7 @@ def mine_correspondences_official(
     fails); then ``n_iter`` rounds of
 
         S = (1 - lam) * (-d(Z, C) / tau) + lam * (-d(X, Y) / tau)          (n, K)
-        P = n * SwAV-Sinkhorn(S, eps, at most sinkhorn_max_iter, stop at max|dQ| < tol)
+        P = n * solve_swav(S, eps, at most sinkhorn_max_iter, stop at max|dQ| < tol)
         C = (P^T Z / (colsum P + 1e-6)) / (norm + 1e-6)
 
     Differences from :func:`mine_correspondences` (the paper's reading): distances instead of
@@ -209,17 +184,32 @@ def mine_correspondences_official(
         Sinkhorn iterations per round.
     marginal_error : float
         L1 column-marginal error of the last plan ``probs / n`` against 1/K (0 when n_iter = 0).
+
+    Raises
+    ------
+    ValueError
+        A class whose P0 or Sinkhorn kernel underflowed to zero for every sample (where the
+        public code gives NaN).
     """
-    n, n_classes = z.shape[0], text.shape[0]
+    n = z.shape[0]
     probs = torch.softmax(temperature * (x @ text.T), dim=1)  # (n, K)
+    # A class with P0 = 0 everywhere has no weighted start centre (0 / 0).
+    _refuse_empty_classes(probs.amax(dim=0) == 0, probs.dtype, "the zero-shot probability P0",
+                          "pass float64 features or a lower temperature")
     centres = _confident_centres(z, probs, min(OFFICIAL_N_CONFIDENT, n))
     semantic = -torch.cdist(x, text) / OFFICIAL_DISTANCE_SCALE  # (n, K), fixed across rounds
     n_iters, err = [], 0.0
     for _ in range(n_iter):
         visual = -torch.cdist(z, centres) / OFFICIAL_DISTANCE_SCALE  # (n, K)
         score = (1.0 - lam) * visual + lam * semantic
-        probs, used = _swav_sinkhorn(score, eps=eps, max_iter=sinkhorn_max_iter, tol=sinkhorn_tol)
+        res = solve_swav(score, eps=eps, max_iter=sinkhorn_max_iter, tol=sinkhorn_tol, out=score)
+        _refuse_empty_classes(
+            torch.isneginf(res.log_v), score.dtype,
+            f"the probability-domain Sinkhorn kernel exp((S - row max) / {eps:g})",
+            "such a class scores more than ~104 eps below every sample's best class (745 eps "
+            "in float64); pass float64 features or raise eps")
+        probs = res.plan.mul_(n)  # rows sum to 1
         centres = _official_centres(z, probs)
-        n_iters.append(used)
-        err = float((probs.sum(dim=0) / n - 1.0 / n_classes).abs().sum())
+        n_iters.append(res.n_iter)
+        err = res.marginal_error
     return probs, tuple(n_iters), err
