@@ -281,3 +281,10 @@ def test_app_controls_read_their_defaults_and_ranges_from_config():
     assert values["Methods"] == list(cb.APP_METHODS) == list(cb.RUN_DEFAULTS["methods"])
     assert cb.RUN_DEFAULTS["n_crops"] == config.LAZSL_CROPS
     assert values["OTFusion λ"] == ex.PLAYGROUND_DEFAULTS["lam"] == OTFusionSettings().lam
+
+
+def test_the_official_otfusion_sources_are_registry_models():
+    from core.models import get_spec
+
+    assert [get_spec(k).kind for k in (config.DEFAULT_VLM, *config.OTFUSION_OFFICIAL_VFMS)] == [
+        "vlm", "vfm", "vfm"]
