@@ -3,6 +3,7 @@
 - Accuracy, per-class accuracy and the confusion matrix (rows true class, columns prediction).
 - Modality gap (Liang et al. 2022): distance between the centroids of the L2-normalised image and
   text embeddings; and the mean cosine of each image to its assigned prototype.
+- Cluster tightness: the mean cosine of each sample to the normalised mean of its class.
 - Hubness (Radovanovic et al. 2010): skewness of the k-occurrence distribution of the prototypes;
   large positive skew means a few prototypes ("hubs") are the nearest neighbours of many queries,
   which GPUA's THS refinement penalises.
@@ -21,6 +22,7 @@ from core.checks import check_int, check_matrix, l2_normalize
 
 __all__ = [
     "accuracy",
+    "class_mean_cosine",
     "confusion_matrix",
     "hubness",
     "k_occurrence",
@@ -173,6 +175,30 @@ def mean_assigned_cosine(image_features, text_features, assignment) -> float:
         )
     _check_range(assignment, "assignment", t.shape[0])
     return float((x * t[assignment]).sum(dim=1).mean())
+
+
+def class_mean_cosine(features, labels) -> float:
+    """Mean cosine of each sample to the L2-normalised mean of its class's samples.
+
+    Real CLIP / DINOv2 features of one class give about 0.6-0.8; 1 means every class is a point.
+
+    Parameters
+    ----------
+    features : Tensor, shape (n, d)
+        L2-normalised here.
+    labels : Tensor, shape (n,), integer classes >= 0
+
+    Returns
+    -------
+    float in [-1, 1]
+    """
+    x = l2_normalize(check_matrix(features, "features").double())
+    labels = _as_labels(labels, "labels")
+    if labels.shape != (x.shape[0],) or int(labels.min()) < 0:
+        raise ValueError(f"labels: expected {x.shape[0]} non-negative class ids, one per row of "
+                         f"features, got shape {tuple(labels.shape)}.")
+    sums = torch.zeros(int(labels.max()) + 1, x.shape[1], dtype=x.dtype).index_add_(0, labels, x)
+    return float((x * l2_normalize(sums)[labels]).sum(dim=1).mean())  # (k, d) class means
 
 
 def k_occurrence(query, prototypes, *, k: int = 10) -> Tensor:

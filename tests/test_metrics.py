@@ -12,6 +12,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion
 
 from core.metrics import (
     accuracy,
+    class_mean_cosine,
     confusion_matrix,
     hubness,
     k_occurrence,
@@ -91,6 +92,24 @@ def test_modality_gap_and_assigned_cosine():
         modality_gap(x, torch.randn(3, 4))
     with pytest.raises(ValueError, match="assignment"):
         mean_assigned_cosine(x, t, assign[:10])
+
+
+def test_class_mean_cosine_vs_loop_and_known_answers():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    labels = torch.randint(4, (40,), generator=gen)
+    xn = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    ref = []
+    for i in range(40):
+        mean = xn[labels.numpy() == int(labels[i])].mean(0)
+        ref.append(float(xn[i] @ mean / np.linalg.norm(mean)))
+    assert class_mean_cosine(2 * x, labels) == pytest.approx(np.mean(ref), abs=ATOL)
+    # every class a single point: 1; two antipodal members make a zero mean: 0 (not NaN)
+    e = torch.eye(3, dtype=torch.float64)
+    assert class_mean_cosine(e[[0, 0, 1, 2, 2]], torch.tensor([0, 0, 1, 2, 2])) == pytest.approx(1)
+    assert class_mean_cosine(torch.cat([e[:1], -e[:1]]), torch.tensor([0, 0])) == 0.0
+    with pytest.raises(ValueError, match="labels"):
+        class_mean_cosine(x, labels[:10])
 
 
 def _naive_k_occurrence(q, p, k):

@@ -129,7 +129,8 @@ def test_default_is_easier_than_hard():
     easy = make_synthetic(1000, 10, seed=0)
     hard = make_synthetic(1000, 10, seed=0, difficulty="hard")
     assert _zeroshot_acc(easy) > _zeroshot_acc(hard) + 0.1
-    assert set(PRESETS) == {"default", "hard"}
+    assert set(PRESETS) == {"default", "hard", "clip-b16-dinov2-l", "clip-b16-dinov2-b",
+                            "clip-b16-two-vfms"}  # the realistic ones: test_synthetic_realistic
 
 
 def test_patch_synthetic():

@@ -2,5 +2,7 @@
 
 from core.synthetic.features import SyntheticData, make_synthetic
 from core.synthetic.patches import PatchSyntheticData, make_patch_synthetic
+from core.synthetic.presets import PRESETS
 
-__all__ = ["SyntheticData", "make_synthetic", "PatchSyntheticData", "make_patch_synthetic"]
+__all__ = ["PRESETS", "SyntheticData", "make_synthetic", "PatchSyntheticData",
+           "make_patch_synthetic"]

@@ -3,10 +3,10 @@
 The generator mimics the geometry that makes VLM x VFM fusion worth doing, so every solver can be
 tested without model weights:
 
-- One latent class structure ``L`` (k, d_latent). The VLM class directions are a random linear
-  image of ``L``; the VFM class directions are a random linear image of a *correlated* copy
+- One latent class structure ``L`` (k, d_latent). The VLM class directions are a linear image of
+  ``L``; the VFM class directions a linear image of a *correlated* copy
   ``rho * L + sqrt(1 - rho^2) * L'`` in another dimension, so the two spaces agree on which classes
-  are close without being a rotation of each other.
+  are close without being a rotation of each other (``core.synthetic.spaces``).
 - VLM space: images = class direction + within-class noise (``vlm_noise``); text prototypes = class
   direction + ``text_noise`` (a mediocre zero-shot classifier). A modality gap: after normalising,
   every image embedding gets the same offset ``gap * u_img`` and every text embedding a different
@@ -14,24 +14,21 @@ tested without model weights:
   (Liang et al. 2022, "Mind the Gap"). ``u_img`` and ``u_txt`` are orthonormal and orthogonal to
   the class directions and the noise, so the gap shrinks cosines (and calibration) but changes no
   argmax: the zero-shot accuracy is set by the noise alone and is stable across seeds.
-- VFM space: tighter clusters (less noise per dimension) and no text.
+- VFM space: tighter clusters and no text. Extra VFMs (``extra_vfm_noise``) and VLMs
+  (``extra_vlm_noise``) are further spaces over the same latent classes, each with its own noise.
 
-Noise vectors are isotropic Gaussians scaled by ``1/sqrt(d)`` so a noise level of 1 has about the
-norm of a class direction. All outputs are L2-normalised float32; one ``seed`` gives identical data.
-Patch-level features for segmentation (label maps): ``core.synthetic.patches``.
+Noise levels are relative to the unit norm of a class direction. All outputs are L2-normalised
+float32; one ``seed`` gives identical data. Patch-level features for segmentation (label maps):
+``core.synthetic.patches``.
 
-Presets (``difficulty=``): ``"default"`` is a moderate problem (zero-shot about 75-85%);
-``"hard"`` (``HARD``) is tuned so CLIP zero-shot accuracy (argmax of ``zeroshot_probs``) is about
-45-55% for any 3 <= k <= 100 while a GMM / k-means on the VFM features recovers the classes (> 85%
-after Hungarian matching) -- the regime of the OTFusion paper (Table 1: CLIP 50% on EuroSAT,
-OTFusion 82%). A preset's ``vlm_noise`` is its value at k = 20; other k use it times
-log(20) / log(k), because at a fixed noise the zero-shot accuracy falls with log(k). Measured
-values are in ``HARD_MEASURED``.
+Presets (``difficulty=``: ``"default"``, ``"hard"`` at d 64 / 96; ``"clip-b16-dinov2-l"``,
+``"clip-b16-dinov2-b"``, ``"clip-b16-two-vfms"`` at real models' widths and tightness), what they
+give and what each OTFusion recipe does on them: ``core.synthetic.presets``.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,29 +36,17 @@ from torch import Tensor
 
 from core.checks import check_int, check_range, l2_normalize
 
-__all__ = [
-    "DEFAULT",
-    "HARD",
-    "HARD_MEASURED",
-    "PRESETS",
-    "SyntheticData",
-    "class_sizes",
-    "make_synthetic",
-]
+# The presets lived here before core.synthetic.presets: still importable from this module.
+from core.synthetic.presets import (  # noqa: F401
+    DEFAULT,
+    HARD,
+    HARD_MEASURED,
+    PRESETS,
+    resolve_knobs,
+)
+from core.synthetic.spaces import Space, class_structure, model_space
 
-# Knob values of each preset. Noise levels are relative to the unit norm of a class direction.
-DEFAULT = dict(vlm_noise=2.0, text_noise=0.8, vfm_noise=1.5, gap=0.8, class_correlation=0.8)
-HARD = dict(vlm_noise=2.95, text_noise=1.0, vfm_noise=2.0, gap=0.8, class_correlation=0.7)
-PRESETS = {"default": DEFAULT, "hard": HARD}
-# A preset's vlm_noise is its value at this many classes; other k use it times log(20) / log(k).
-_REFERENCE_CLASSES = 20
-
-# What "hard" gives, measured over seeds 0-4 at n in {1000, 2000} and k in {10, 20} (d_vlm=64,
-# d_vfm=96): CLIP zero-shot accuracy 0.44-0.54 (mean 0.50); k-means on the VFM features (sklearn,
-# n_init=10) 0.92-1.00 after Hungarian matching; nearest true VFM class mean >= 0.99.
-# tests/test_synthetic.py asserts looser bands than these, which the solver tests rely on.
-HARD_MEASURED = dict(zeroshot_accuracy=(0.44, 0.54), vfm_kmeans_matched_accuracy=(0.92, 1.0))
-
+__all__ = ["SyntheticData", "class_sizes", "make_synthetic"]
 
 @dataclass(frozen=True)
 class SyntheticData:
@@ -82,8 +67,13 @@ class SyntheticData:
         Noise-free class directions of the VLM space (normalised, without the gap).
     vfm_class_means : Tensor, shape (k, d_vfm)
         Noise-free class directions of the VFM space (normalised).
-    The remaining fields record the knobs that produced the data (``vlm_noise`` after the
-    per-k rescaling of a preset).
+    vfm_extra : tuple of Tensor, shapes (n, d_vfm)
+        Further VFMs of the same images (``extra_vfm_noise``), each with its own class structure
+        and noise, L2-normalised; ``vfm_extra_class_means`` their (k, d_vfm) class directions.
+    vlm_extra_image, vlm_extra_text : tuple of Tensor, shapes (n, d_vlm) and (k, d_vlm)
+        Further VLMs (``extra_vlm_noise``), each with its own space, gap and text prototypes.
+    The remaining fields record the knobs that produced the data (``vlm_noise`` and the extra
+    VLMs' image noise after the per-k rescaling of a preset).
     """
 
     vlm_image: Tensor
@@ -101,6 +91,16 @@ class SyntheticData:
     vfm_noise: float
     gap: float
     class_correlation: float
+    vfm_extra: tuple[Tensor, ...] = ()
+    vfm_extra_class_means: tuple[Tensor, ...] = ()
+    vlm_extra_image: tuple[Tensor, ...] = ()
+    vlm_extra_text: tuple[Tensor, ...] = ()
+    rank: int = 0
+    shared: float = 0.0
+    vlm_spread: float = 0.0
+    vfm_spread: float = 0.0
+    extra_vfm_noise: tuple[float, ...] = ()
+    extra_vlm_noise: tuple[tuple[float, float], ...] = ()
 
     @property
     def n_classes(self) -> int:
@@ -109,6 +109,26 @@ class SyntheticData:
     @property
     def n_samples(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def vlm_images(self) -> tuple[Tensor, ...]:
+        """Image features of every VLM, (n, d_vlm) each, the primary one first."""
+        return (self.vlm_image, *self.vlm_extra_image)
+
+    @property
+    def vlm_texts(self) -> tuple[Tensor, ...]:
+        """Text prototypes of every VLM, (k, d_vlm) each, in the order of ``vlm_images``."""
+        return (self.vlm_text, *self.vlm_extra_text)
+
+    @property
+    def vfm_images(self) -> tuple[Tensor, ...]:
+        """Features of every VFM, (n, d_vfm) each, the primary one first."""
+        return (self.vfm_image, *self.vfm_extra)
+
+    @property
+    def visual_sources(self) -> tuple[Tensor, ...]:
+        """OTFusion's main setting: every VLM's image features, then every VFM's."""
+        return (*self.vlm_images, *self.vfm_images)
 
 
 def class_sizes(n_samples: int, n_classes: int, imbalance: float = 1.0) -> Tensor:
@@ -141,59 +161,29 @@ def class_sizes(n_samples: int, n_classes: int, imbalance: float = 1.0) -> Tenso
     return sizes
 
 
-def _resolve(difficulty: str, n_classes: int, **knobs) -> dict:
-    if difficulty not in PRESETS:
-        raise ValueError(f"difficulty: expected one of {sorted(PRESETS)}, got {difficulty!r}.")
-    out = dict(PRESETS[difficulty])
-    # At a fixed noise, zero-shot accuracy falls with log(k); rescaling the preset's image noise
-    # keeps it about constant for 3 <= k <= 100 (measured), so "hard" means the same for any k.
-    out["vlm_noise"] *= math.log(_REFERENCE_CLASSES) / math.log(n_classes)
-    for key, value in knobs.items():
-        if value is not None:
-            out[key] = check_range(value, key, 0.0, float("inf"))
-    check_range(out["class_correlation"], "class_correlation", 0.0, 1.0)
-    return out
-
-
-def _class_structure(k, d_vlm, d_vfm, rho, gen):
-    """Class directions of both spaces from one latent structure (see module docstring).
-
-    Returns the VLM and VFM class directions and the orthonormal gap directions (2, d_vlm). The
-    VLM class directions are orthogonal to the gap plane, so the gap is a pure offset.
-    """
-    d_lat = max(d_vlm, d_vfm)
-    latent = torch.randn(k, d_lat, generator=gen, dtype=torch.float64)
-    other = torch.randn(k, d_lat, generator=gen, dtype=torch.float64)
-    proj_t = torch.randn(d_lat, d_vlm, generator=gen, dtype=torch.float64) / math.sqrt(d_lat)
-    proj_v = torch.randn(d_lat, d_vfm, generator=gen, dtype=torch.float64) / math.sqrt(d_lat)
-    gap_dirs = torch.linalg.qr(torch.randn(d_vlm, 2, generator=gen, dtype=torch.float64))[0].T
-    vlm_means = l2_normalize(_off_gap(latent @ proj_t, gap_dirs))  # (k, d_vlm)
-    vfm_means = l2_normalize((rho * latent + math.sqrt(1.0 - rho**2) * other) @ proj_v)
-    return vlm_means, vfm_means, gap_dirs
-
-
-def _seeded_classes(seed, n_classes, d_vlm, d_vfm, difficulty, **knobs):
+def _seeded_classes(seed, n_classes, difficulty, **knobs):
     """The opening both generators share: resolved knobs, then the seeded generator and the class
-    directions drawn from it first (``make_synthetic``, ``core.synthetic.patches``).
+    structure drawn from it first (``make_synthetic``, ``core.synthetic.patches``).
 
-    Returns (knobs, gen, vlm_means (k, d_vlm), vfm_means (k, d_vfm), gap_dirs (2, d_vlm)).
+    Returns (knobs, gen, latent (k, d_latent), VLM ``Space``, VFM ``Space``).
     """
-    knobs = _resolve(difficulty, n_classes, **knobs)
+    knobs = resolve_knobs(difficulty, n_classes, **knobs)
     gen = torch.Generator().manual_seed(int(seed))
-    return knobs, gen, *_class_structure(n_classes, d_vlm, d_vfm, knobs["class_correlation"], gen)
+    return knobs, gen, *class_structure(n_classes, knobs["d_vlm"], knobs["d_vfm"], knobs, gen)
 
 
-def _off_gap(x: Tensor, gap_dirs: Tensor) -> Tensor:
-    """Remove the components of ``x`` (..., d) along the two gap directions (2, d)."""
-    return x - (x @ gap_dirs.T) @ gap_dirs
+def _vlm_features(space: Space, labels: Tensor, image_noise: float, text_noise: float, knobs,
+                  gen) -> tuple[Tensor, Tensor]:
+    """Gapped image (n, d) and text (k, d) features of one VLM, float64."""
+    image = space.means[labels] + space.noise(labels.shape, image_noise, gen, knobs["vlm_spread"])
+    text = space.means + space.noise(space.means.shape[:1], text_noise, gen)
+    return space.gapped(image, knobs["gap"], 0), space.gapped(text, knobs["gap"], 1)
 
 
-def _noise(shape, level, gen) -> Tensor:
-    return level * torch.randn(*shape, generator=gen, dtype=torch.float64) / math.sqrt(shape[-1])
-
-
-def _gapped(x: Tensor, gap: float, direction: Tensor) -> Tensor:
-    return l2_normalize(l2_normalize(x) + gap * direction)
+def _vfm_features(space: Space, labels: Tensor, noise: float, knobs, gen) -> Tensor:
+    """Normalised image features (n, d) of one VFM, float64."""
+    return l2_normalize(space.means[labels] + space.noise(labels.shape, noise, gen,
+                                                           knobs["vfm_spread"]))
 
 
 def _names(k: int) -> tuple[str, ...]:
@@ -205,8 +195,8 @@ def make_synthetic(
     n_classes: int = 20,
     *,
     seed: int = 0,
-    d_vlm: int = 64,
-    d_vfm: int = 96,
+    d_vlm: int | None = None,
+    d_vfm: int | None = None,
     difficulty: str = "default",
     imbalance: float = 1.0,
     vlm_noise: float | None = None,
@@ -214,8 +204,17 @@ def make_synthetic(
     vfm_noise: float | None = None,
     gap: float | None = None,
     class_correlation: float | None = None,
+    rank: int | None = None,
+    shared: float | None = None,
+    vlm_spread: float | None = None,
+    vfm_spread: float | None = None,
+    extra_vfm_noise: Sequence[float] | None = None,
+    extra_vlm_noise: Sequence[tuple[float, float]] | None = None,
 ) -> SyntheticData:
     """Synthetic paired VLM / VFM features with a modality gap and noisy text prototypes.
+
+    Every option left at None takes its preset's value (``PRESETS[difficulty]``, then 64 / 96
+    dimensions, the isotropic structure and no extra models).
 
     Parameters
     ----------
@@ -223,11 +222,13 @@ def make_synthetic(
     n_classes : int, default 20
     seed : int, default 0
         Seeds a private ``torch.Generator``: same arguments -> identical tensors.
-    d_vlm, d_vfm : int, default 64 and 96
-        Dimensions of the VLM (image and text) and VFM spaces.
-    difficulty : {"default", "hard"}
-        Preset for the knobs below (``PRESETS``); a knob given explicitly overrides its preset.
-        ``"hard"``: CLIP zero-shot accuracy about 45-55%, VFM clusters well separated.
+    d_vlm, d_vfm : int, optional
+        Dimensions of the VLM (image and text) and VFM spaces (64 and 96 unless the preset sets
+        them: 512 and 1024 or 768 for the realistic presets).
+    difficulty : str
+        Preset name (``PRESETS``): ``"default"``, ``"hard"`` (CLIP zero-shot about 45-55%, VFM
+        clusters well separated), or a realistic one at real models' widths
+        (``core.synthetic.presets``).
     imbalance : float >= 1, default 1.0
         Ratio of the largest to the smallest class size (geometric sizes, see ``class_sizes``).
     vlm_noise, text_noise, vfm_noise : float >= 0, optional
@@ -237,6 +238,20 @@ def make_synthetic(
         Size of the modality-gap offset added to every image / text embedding (0: no gap).
     class_correlation : float in [0, 1], optional
         How much the VFM class structure follows the VLM one (1: same latent structure).
+    rank : int >= 0, optional
+        Dimension of the class structure and of the within-class and text noise (0: the whole
+        space, isotropic noise; ``core.synthetic.spaces``).
+    shared : float in [0, 0.99], optional
+        Weight of one common direction in every class direction (about the cosine between two
+        class directions of a space).
+    vlm_spread, vfm_spread : float >= 0, optional
+        Isotropic image noise over the whole space, on top of the noise above: it lowers the
+        cosine to the class mean without moving a low-rank structure's clusters much.
+    extra_vfm_noise : sequence of float >= 0, optional
+        One further VFM (d_vfm) per entry, with this within-class noise (``vfm_extra``).
+    extra_vlm_noise : sequence of (float, float), optional
+        One further VLM (d_vlm) per (image noise, text noise) pair (``vlm_extra_image``,
+        ``vlm_extra_text``); a preset's image noise is rescaled with k like ``vlm_noise``.
 
     Returns
     -------
@@ -244,31 +259,43 @@ def make_synthetic(
     """
     n_samples = check_int(n_samples, "n_samples", 1)
     n_classes = check_int(n_classes, "n_classes", 2)
-    d_vlm = check_int(d_vlm, "d_vlm", 2)
-    d_vfm = check_int(d_vfm, "d_vfm", 2)
-    knobs, gen, vlm_means, vfm_means, gap_dirs = _seeded_classes(
-        seed, n_classes, d_vlm, d_vfm, difficulty, vlm_noise=vlm_noise, text_noise=text_noise,
-        vfm_noise=vfm_noise, gap=gap, class_correlation=class_correlation,
+    knobs, gen, latent, vlm, vfm = _seeded_classes(
+        seed, n_classes, difficulty, d_vlm=d_vlm, d_vfm=d_vfm, vlm_noise=vlm_noise,
+        text_noise=text_noise, vfm_noise=vfm_noise, gap=gap, class_correlation=class_correlation,
+        rank=rank, shared=shared, vlm_spread=vlm_spread, vfm_spread=vfm_spread,
+        extra_vfm_noise=extra_vfm_noise, extra_vlm_noise=extra_vlm_noise,
     )
     sizes = class_sizes(n_samples, n_classes, imbalance)  # draws nothing from gen
     labels = torch.repeat_interleave(torch.arange(n_classes), sizes)
     labels = labels[torch.randperm(n_samples, generator=gen)]
-    vlm_image = vlm_means[labels] + _off_gap(
-        _noise((n_samples, d_vlm), knobs["vlm_noise"], gen), gap_dirs
-    )
-    vlm_text = vlm_means + _off_gap(_noise((n_classes, d_vlm), knobs["text_noise"], gen), gap_dirs)
-    vfm_image = vfm_means[labels] + _noise((n_samples, d_vfm), knobs["vfm_noise"], gen)
+    vlm_image, vlm_text = _vlm_features(vlm, labels, knobs["vlm_noise"], knobs["text_noise"],
+                                        knobs, gen)
+    vfm_image = _vfm_features(vfm, labels, knobs["vfm_noise"], knobs, gen)
+    # Extra models come after every draw above, each whole before the next, so adding one
+    # changes neither the primary pair nor the extra models before it.
+    rho = knobs["class_correlation"]
+    extra_vfms, extra_vfm_images = [], []
+    for noise in knobs["extra_vfm_noise"]:
+        extra_vfms.append(model_space(latent, knobs["d_vfm"], rho, knobs, gen, gapped=False))
+        extra_vfm_images.append(_vfm_features(extra_vfms[-1], labels, noise, knobs, gen))
+    extra_vlms = [_vlm_features(model_space(latent, knobs["d_vlm"], rho, knobs, gen, gapped=True),
+                                labels, img, txt, knobs, gen)
+                  for img, txt in knobs["extra_vlm_noise"]]
     f32 = torch.float32
     return SyntheticData(
-        vlm_image=_gapped(vlm_image, knobs["gap"], gap_dirs[0]).to(f32),
-        vlm_text=_gapped(vlm_text, knobs["gap"], gap_dirs[1]).to(f32),
-        vfm_image=l2_normalize(vfm_image).to(f32),
+        vlm_image=vlm_image.to(f32),
+        vlm_text=vlm_text.to(f32),
+        vfm_image=vfm_image.to(f32),
         labels=labels,
         class_names=_names(n_classes),
-        vlm_class_means=vlm_means.to(f32),
-        vfm_class_means=vfm_means.to(f32),
+        vlm_class_means=vlm.means.to(f32),
+        vfm_class_means=vfm.means.to(f32),
         seed=int(seed),
         difficulty=difficulty,
         imbalance=float(imbalance),
-        **{k: float(v) for k, v in knobs.items()},
+        vfm_extra=tuple(v.to(f32) for v in extra_vfm_images),
+        vfm_extra_class_means=tuple(s.means.to(f32) for s in extra_vfms),
+        vlm_extra_image=tuple(x.to(f32) for x, _ in extra_vlms),
+        vlm_extra_text=tuple(t.to(f32) for _, t in extra_vlms),
+        **{k: v for k, v in knobs.items() if k not in ("d_vlm", "d_vfm")},
     )

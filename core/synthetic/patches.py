@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.checks import check_int, l2_normalize
-from core.synthetic.features import _gapped, _names, _noise, _off_gap, _seeded_classes
+from core.synthetic.features import _names, _seeded_classes
 
 __all__ = ["PatchSyntheticData", "make_patch_synthetic"]
 
@@ -83,8 +83,8 @@ def make_patch_synthetic(
     height: int = 16,
     width: int = 16,
     seed: int = 0,
-    d_vlm: int = 64,
-    d_vfm: int = 96,
+    d_vlm: int | None = None,
+    d_vfm: int | None = None,
     n_shapes: int = 3,
     difficulty: str = "default",
     vlm_noise: float | None = None,
@@ -98,7 +98,8 @@ def make_patch_synthetic(
     Each image is a background class with ``n_shapes`` rectangles or ellipses of random classes
     painted over it. VLM patches mimic dense CLIP (MaskCLIP): the class signal is a 3x3 average of
     the neighbours' class directions (blurry boundaries), plus noise and the modality gap. VFM
-    patches are sharp with tighter noise. Knobs and presets as in ``make_synthetic``.
+    patches are sharp with tighter noise. Knobs and presets as in ``make_synthetic`` (the
+    primary VLM and VFM only: a preset's extra models are left out).
 
     Parameters
     ----------
@@ -117,30 +118,30 @@ def make_patch_synthetic(
     height = check_int(height, "height", 2)
     width = check_int(width, "width", 2)
     n_shapes = check_int(n_shapes, "n_shapes", 0)
-    d_vlm = check_int(d_vlm, "d_vlm", 2)
-    d_vfm = check_int(d_vfm, "d_vfm", 2)
-    knobs, gen, vlm_means, vfm_means, gap_dirs = _seeded_classes(
-        seed, n_classes, d_vlm, d_vfm, difficulty, vlm_noise=vlm_noise, text_noise=text_noise,
-        vfm_noise=vfm_noise, gap=gap, class_correlation=class_correlation,
+    knobs, gen, _, vlm, vfm = _seeded_classes(
+        seed, n_classes, difficulty, d_vlm=d_vlm, d_vfm=d_vfm, vlm_noise=vlm_noise,
+        text_noise=text_noise, vfm_noise=vfm_noise, gap=gap, class_correlation=class_correlation,
     )
     labels = _label_maps(n_images, n_classes, height, width, n_shapes, gen)
     onehot = F.one_hot(labels, n_classes).permute(0, 3, 1, 2).to(torch.float64)  # (n, k, h, w)
     blurred = F.avg_pool2d(onehot, 3, stride=1, padding=1, count_include_pad=False)
     blurred = blurred.permute(0, 2, 3, 1)  # (n, h, w, k)
     shape = (n_images, height, width)
-    vlm = blurred @ vlm_means + _off_gap(_noise((*shape, d_vlm), knobs["vlm_noise"], gen), gap_dirs)
-    vfm = vfm_means[labels] + _noise((*shape, d_vfm), knobs["vfm_noise"], gen)
-    text = vlm_means + _off_gap(_noise((n_classes, d_vlm), knobs["text_noise"], gen), gap_dirs)
-    vlm = _gapped(vlm, knobs["gap"], gap_dirs[0])
+    vlm_patches = blurred @ vlm.means + vlm.noise(shape, knobs["vlm_noise"], gen,
+                                                  knobs["vlm_spread"])
+    vfm_patches = vfm.means[labels] + vfm.noise(shape, knobs["vfm_noise"], gen, knobs["vfm_spread"])
+    text = vlm.means + vlm.noise((n_classes,), knobs["text_noise"], gen)
+    vlm_patches = vlm.gapped(vlm_patches, knobs["gap"], 0)
     f32 = torch.float32
     return PatchSyntheticData(
-        vlm_patches=vlm.to(f32),
-        vlm_text=_gapped(text, knobs["gap"], gap_dirs[1]).to(f32),
-        vfm_patches=l2_normalize(vfm).to(f32),
-        vlm_image=l2_normalize(vlm.mean(dim=(1, 2))).to(f32),
+        vlm_patches=vlm_patches.to(f32),
+        vlm_text=vlm.gapped(text, knobs["gap"], 1).to(f32),
+        vfm_patches=l2_normalize(vfm_patches).to(f32),
+        vlm_image=l2_normalize(vlm_patches.mean(dim=(1, 2))).to(f32),
         labels=labels,
         class_names=_names(n_classes),
         seed=int(seed),
         difficulty=difficulty,
-        **{k: float(v) for k, v in knobs.items()},
+        **{k: knobs[k] for k in ("vlm_noise", "text_noise", "vfm_noise", "gap",
+                                  "class_correlation")},
     )
