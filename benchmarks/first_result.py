@@ -1,0 +1,161 @@
+"""Time to first result at real size: what a user waits for after Run (issue 12).
+
+60 photo-like JPEGs (``benchmarks.fast_paths.natural_images``), the full-size random-weight
+CLIP ViT-B/16 and DINOv2-B of ``core.models.realsize`` (nothing is downloaded), an empty feature
+cache. Each path reports when each method's result became visible, in seconds after the start:
+
+- ``cli``: ``python -m core run`` in a child process (its imports included), timed by the lines
+  it prints as each stage's methods are solved;
+- ``app``: the app launched in a child process, ``/run`` submitted through gradio_client, timed
+  by the outputs the Run streams (CLIP zero-shot first, then the fused methods, then LaZSL);
+  then ``--slider-moves`` lambda changes through ``/resolve`` (median and max).
+
+Targets (2-core CPU): CLIP zero-shot <= 15 s, OTFusion and GPUA <= 30 s, LaZSL never blocks them,
+slider round trip <= 0.4 s median.
+
+    python benchmarks/first_result.py                      # both paths, 60 images, 16 crops
+    python benchmarks/first_result.py --paths cli --precision int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.app_process import free_port, start_app, stop_app  # noqa: E402
+from benchmarks.fast_paths import natural_images  # noqa: E402
+
+CLASSES = "sky, tree, car, house, dog, cat, person, boat, flower, mountain"
+METHOD_NAMES = {"clip": "CLIP zero-shot", "otfusion": "OTFusion", "gpua": "GPUA", "lazsl": "LaZSL"}
+CLI = """
+import sys
+sys.path.insert(0, {root!r})
+from core.models.realsize import realsize_models
+realsize_models()
+from core.cli import main
+sys.exit(main({argv!r}))
+"""
+SERVER = """
+import sys
+sys.path.insert(0, {root!r})
+from core.models.realsize import realsize_models
+keys = realsize_models()
+from demo import ui
+demo = ui.build_app(extra_models=[keys["clip"], keys["dinov2"]])
+ui.launch(demo, server_name="127.0.0.1", server_port={port}, quiet=True)
+"""
+
+
+def write_images(folder: Path, n: int) -> list[Path]:
+    """``n`` photo-like JPEGs (the generator's images repeated with a different crop each)."""
+    base = natural_images(n_generated=max(24, n))
+    paths = []
+    for i in range(n):
+        image = base[i % len(base)]
+        w, h = image.size
+        image = image.crop((i % 7, i % 5, w - (i % 3), h - (i % 4)))  # distinct content hashes
+        path = folder / f"photo_{i:03d}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def time_cli(images: Path, args, env: dict) -> dict[str, float]:
+    """Seconds after launch at which the CLI printed each method's result line."""
+    from core.models.realsize import realsize_models
+
+    keys = realsize_models()
+    argv = ["run", "--images", str(images), "--classes", CLASSES, "--vlm", keys["clip"],
+            "--vfm", keys["dinov2"], "--methods", "clip,otfusion,gpua,lazsl",
+            "--n-crops", str(args.n_crops), "--out", str(images.parent / "cli-out")]
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", CLI.format(root=str(ROOT), argv=argv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                            cwd=ROOT)
+    seen = {}
+    for line in proc.stdout:
+        name = line.split(" ", 1)[0]
+        if name in METHOD_NAMES and name not in seen:
+            seen[name] = time.perf_counter() - start
+    proc.wait()
+    seen["exit"] = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"the CLI exited with code {proc.returncode}")
+    return seen
+
+
+def time_app(paths: list[Path], args, env: dict) -> dict[str, float]:
+    """Seconds after submitting ``/run`` at which each method's result was streamed, then the
+    slider round trips."""
+    from gradio_client import Client, handle_file
+
+    from core.models.realsize import realsize_models
+
+    keys = realsize_models()
+    port = free_port()
+    work = Path(tempfile.mkdtemp(prefix="first-result-app-"))
+    proc = start_app(port, work, env=env, timeout=300)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+        start = time.perf_counter()
+        job = client.submit(files=[handle_file(str(p)) for p in paths], classes_text=CLASSES,
+                            vlm=[keys["clip"]], vfm=[keys["dinov2"]],
+                            methods=["otfusion", "gpua", "lazsl"], n_crops=args.n_crops,
+                            api_name="/run")
+        seen = {}
+        for output in job:
+            now = time.perf_counter() - start
+            summary = str(output[1])
+            for name, title in METHOD_NAMES.items():
+                if title in summary and name not in seen:
+                    seen[name] = now
+        job.result()
+        seen["done"] = time.perf_counter() - start
+        moves = []
+        for i in range(args.slider_moves + 1):
+            t0 = time.perf_counter()
+            client.predict(lam=0.3 + 0.1 * (i % 12), eps=0.01, n_iter=10, compare="otfusion",
+                           filter_mode="all", page=1, api_name="/resolve")
+            if i:  # the first move warms the handler's code paths
+                moves.append(time.perf_counter() - t0)
+        if moves:
+            seen["slider_median"] = statistics.median(moves)
+            seen["slider_max"] = max(moves)
+        return seen
+    finally:
+        stop_app(proc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-images", type=int, default=60)
+    parser.add_argument("--n-crops", type=int, default=16)
+    parser.add_argument("--paths", default="cli,app")
+    parser.add_argument("--slider-moves", type=int, default=20)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="first-result-") as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        paths = write_images(folder, args.n_images)
+        for path in args.paths.split(","):
+            cache = Path(tmp) / f"cache-{path}"  # empty: every feature is computed
+            env = dict(os.environ, FUSIONLAB_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1",
+                       GRADIO_ANALYTICS_ENABLED="False")
+            load = os.getloadavg()[0]
+            seen = time_cli(folder, args, env) if path == "cli" else time_app(paths, args, env)
+            cells = ", ".join(f"{k} {v:.2f} s" for k, v in seen.items())
+            print(f"{path}: {args.n_images} images, {args.n_crops} crops, load {load:.1f}: {cells}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
