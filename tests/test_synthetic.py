@@ -159,3 +159,22 @@ def test_patch_vfm_cleaner_than_dense_vlm():
     assert 0.3 < zs_acc < 0.7
     assert km_acc > 0.85 and km_acc > zs_acc
     assert np.isfinite(zs_acc)
+
+
+def test_second_vfm_is_another_view_of_the_same_classes():
+    from core.synthetic import second_vfm
+
+    data = make_synthetic(300, 6, seed=4, difficulty="hard")
+    clean = second_vfm(data, noise=0.0, seed=9)
+    assert clean.shape == data.vfm_image.shape and clean.dtype == torch.float32
+    torch.testing.assert_close(clean.norm(dim=1), torch.ones(300))
+    # noise 0: every image sits on its class's rotated direction, so the class geometry (Gram
+    # matrix of the class directions) is the first VFM's
+    means = torch.stack([clean[data.labels == c][0] for c in range(6)])  # (k, d)
+    ref = data.vfm_class_means / data.vfm_class_means.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(means @ means.T, ref @ ref.T, atol=1e-5, rtol=0)
+    assert not torch.allclose(means, ref, atol=1e-2)  # but in other coordinates
+    noisy = second_vfm(data, noise=3.0, seed=9)
+    assert torch.equal(noisy, second_vfm(data, noise=3.0, seed=9))  # seeded
+    nearest = (noisy @ means.T).argmax(1)  # nearest clean class direction
+    assert 0.2 < float((nearest == data.labels).float().mean()) < 1.0  # noisier, still informative

@@ -5,9 +5,11 @@ from core.pipeline.cache_size import parse_size
 from core.pipeline.export import predictions_csv, predictions_json, write_predictions
 from core.pipeline.extraction import Extraction, ExtractSettings, extract, resolve_labels
 from core.pipeline.segmentation import NOT_SEEN, UNLABELED, SegmentationResult, segment
+from core.pipeline.sentences import with_lazsl_recipe
 
 __all__ = [
     "FeatureCache", "default_cache_dir", "predictions_csv", "predictions_json",
     "write_predictions", "Extraction", "ExtractSettings", "extract", "resolve_labels",
     "SegmentationResult", "segment", "NOT_SEEN", "UNLABELED", "parse_size",
+    "with_lazsl_recipe",
 ]

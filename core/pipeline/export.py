@@ -75,12 +75,15 @@ def _json_text(extraction, results, rows, solver: MethodSettings | None) -> str:
     doc = {
         "vlm": settings.vlm,
         "vfm": settings.vfm,
+        "vlms": list(settings.vlms),  # every model, the primary one first
+        "vfms": list(settings.vfms),
+        "lazsl_recipe": settings.lazsl_recipe,  # the rule that wrote LaZSL's sentences
         "templates": list(settings.templates),
         "classes": list(extraction.class_names),
         "solver_settings": _solver_record(solver, results),
         "methods": {
             m: {"title": METHOD_TITLES.get(m, m), "accuracy": r.accuracy, "seconds": r.seconds,
-                **_scalar_diagnostics(r)}
+                "sources": list(r.sources), **_scalar_diagnostics(r)}
             for m, r in results.items()
         },
         "skipped": [{"file": s.name, "reason": s.reason} for s in extraction.skipped],
@@ -98,8 +101,9 @@ def predictions_csv(extraction, results: dict[str, MethodResult]) -> str:
 
 def predictions_json(extraction, results: dict[str, MethodResult],
                      solver: MethodSettings | None = None) -> str:
-    """JSON text: models, templates, classes, the solver settings that produced the results (when
-    given), per-method accuracy and timings, skipped files, and per-image top-k."""
+    """JSON text: models (every VLM and VFM), templates, classes, the solver settings that
+    produced the results (when given; recipes included), per-method accuracy, timings and the
+    features behind it (``sources``), skipped files, and per-image top-k."""
     return _json_text(extraction, results, prediction_rows(extraction, results), solver)
 
 

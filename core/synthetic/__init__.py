@@ -1,6 +1,8 @@
 """Synthetic CLIP-like / DINO-like features with known labels (global and patch level)."""
 
-from core.synthetic.features import SyntheticData, make_synthetic
+from core.synthetic.features import PRESETS, SyntheticData, make_synthetic
 from core.synthetic.patches import PatchSyntheticData, make_patch_synthetic
+from core.synthetic.views import second_vfm
 
-__all__ = ["SyntheticData", "make_synthetic", "PatchSyntheticData", "make_patch_synthetic"]
+__all__ = ["PRESETS", "SyntheticData", "make_synthetic", "PatchSyntheticData",
+           "make_patch_synthetic", "second_vfm"]
