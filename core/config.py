@@ -29,9 +29,9 @@ __all__ = [
     "BATCH_SIZE", "DEFAULT_TEMPLATE", "DEFAULT_VFM", "DEFAULT_VLM", "EVAL_CHUNK_SIZE",
     "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
     "LAZSL_CROPS_UI", "LAZSL_CROP_SCALE", "LAZSL_RECIPES", "LaZSLSettings", "MethodSettings",
-    "OTFUSION_OFFICIAL_VFMS", "OTFUSION_RECIPES", "OTFUSION_SETTINGS", "OTFUSION_VARIANTS",
-    "OTFusionSettings", "RECIPE_NAMES", "SEED", "SWEEP_EPSS", "SWEEP_LAMS", "TEMPERATURE",
-    "ZeroShotSettings", "rebase", "recipe", "ui_range",
+    "OTFUSION_OFFICIAL_VFMS", "OTFUSION_OFFICIAL_VLMS", "OTFUSION_RECIPES", "OTFUSION_SETTINGS",
+    "OTFUSION_VARIANTS", "OTFusionSettings", "RECIPE_NAMES", "SEED", "SWEEP_EPSS", "SWEEP_LAMS",
+    "TEMPERATURE", "ZeroShotSettings", "recipe", "recipe_fields", "ui_range", "with_recipe",
 ]
 
 # ----------------------------------------------------------------------------- models and prompts
@@ -89,6 +89,7 @@ RECIPE_NAMES = ("paper", "official")  # our reading of the paper / the authors' 
 # The official OTFusion code's default visual sources beside CLIP ViT-B/16 (its README / main.py):
 # DINOv2-with-registers ViT-L/14 and DINOv3 ViT-L/16 (gated on the Hub).
 OTFUSION_OFFICIAL_VFMS = ("dinov2-reg-large", "dinov3-vitl16")
+OTFUSION_OFFICIAL_VLMS = ("clip-vit-b16",)  # CLIP ViT-B/16, the VLM of its main table
 
 
 @dataclass(frozen=True)
@@ -222,20 +223,30 @@ def recipe(method: str, name: str = "paper"):
     return table[name]
 
 
-def rebase(settings, name: str):
-    """``settings`` (an OTFusion, GPUA or LaZSL settings object) moved onto the recipe ``name``:
-    the fields where ``settings`` differs from its own recipe keep their values, every other
-    field takes recipe ``name``'s. How one set of knobs runs under several recipes (the eval's
-    ``otfusion_recipes``); a knob set to its own recipe's default is not told from one left
-    alone, so it takes the other recipe's value."""
-    method = next((m for m, t in _RECIPES.items() if isinstance(settings, type(t["paper"]))), None)
-    if method is None:
-        raise ValueError(f"rebase: expected OTFusion, GPUA or LaZSL settings, got "
-                         f"{type(settings).__name__}.")
-    own = recipe(method, settings.recipe)
-    changed = {f.name: getattr(settings, f.name) for f in fields(settings)
-               if f.name != "recipe" and getattr(settings, f.name) != getattr(own, f.name)}
-    return replace(recipe(method, name), **changed)
+def recipe_fields(method: str) -> tuple[str, ...]:
+    """The fields a recipe of ``method`` decides: those whose value differs between its recipes
+    (OTFusion: lam, sinkhorn_iter, recipe, weights). The others (eps, the setting, ...) are the
+    user's choice under every recipe."""
+    recipes = list(_RECIPES[method].values()) if method in _RECIPES else [recipe(method)]
+    return tuple(f.name for f in fields(recipes[0])
+                 if len({repr(getattr(r, f.name)) for r in recipes}) > 1)
+
+
+def with_recipe(settings, name: str):
+    """``settings`` (one method's settings) switched to recipe ``name``: every field of
+    ``recipe_fields`` takes the recipe's value, the others keep ``settings``' values.
+
+    >>> with_recipe(OTFusionSettings(eps=0.05), "official").eps   # kept: both recipes agree
+    0.05
+    """
+    method = next((m for m, cls in _PER_METHOD.items() if isinstance(settings, cls)), None)
+    if method not in _RECIPES:
+        raise ValueError(f"with_recipe: expected the settings of one of {', '.join(_RECIPES)}, "
+                         f"got {type(settings).__name__}.")
+    target = recipe(method, name)
+    if settings.recipe == target.recipe:  # already under that recipe: the user's knobs stay
+        return settings
+    return replace(settings, **{f: getattr(target, f) for f in recipe_fields(method)})
 
 
 def ui_range(cls, name: str) -> tuple:

@@ -13,7 +13,13 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 import core.config as config
-from core.config import DEFAULT_TEMPLATE, LAZSL_CROPS, LAZSL_CROPS_PAPER
+from core.config import (
+    DEFAULT_TEMPLATE,
+    LAZSL_CROPS,
+    LAZSL_CROPS_PAPER,
+    OTFUSION_OFFICIAL_VFMS,
+    OTFUSION_OFFICIAL_VLMS,
+)
 from core.data import ImageSet, get_preset, load_attributes, load_classes_file, load_image_set
 from core.data import parse_classes as _parse_classes
 from core.methods import METHOD_TITLES
@@ -180,6 +186,40 @@ def weights_banner(keys: Sequence[str]) -> str:
         "cache here (then set `HF_HUB_OFFLINE=1`). **The Playground tab works without any "
         "weights.**"
     )
+
+
+def models_banner(vlms, vfms):
+    """The banner for the models chosen in the pickers (lists of keys): which of them have no
+    weights here; hidden when all do."""
+    keys = [k for value in (vlms, vfms) for k in ([value] if isinstance(value, str) else
+                                                  list(value or ())) if k]
+    text = weights_banner(keys)
+    return gr.update(value=text, visible=bool(text))
+
+
+class SourcesOutputs(NamedTuple):
+    vlm: Any
+    vfm: Any
+
+
+def official_sources() -> SourcesOutputs:
+    """The model pickers set to the official OTFusion code's sources (CLIP ViT-B/16 with
+    DINOv2-with-registers ViT-L/14 and DINOv3 ViT-L/16); a model this build's registry lacks is
+    left out, with a note saying so."""
+    def known(key: str) -> bool:
+        try:
+            get_spec(key)
+        except ValueError:
+            return False
+        return True
+
+    chosen = {kind: [k for k in keys if known(k)] for kind, keys in
+              (("vlm", OTFUSION_OFFICIAL_VLMS), ("vfm", OTFUSION_OFFICIAL_VFMS))}
+    absent = [k for k in (*OTFUSION_OFFICIAL_VLMS, *OTFUSION_OFFICIAL_VFMS) if not known(k)]
+    if absent:
+        warn_user(f"The official sources include {', '.join(absent)}, which this build's model "
+                  "registry does not list; chose the others.")
+    return SourcesOutputs(chosen["vlm"], chosen["vfm"])
 
 
 class PresetOutputs(NamedTuple):

@@ -34,7 +34,7 @@ def lazsl_view(session: Session, index: int, class_name: str | None, *, top_k: i
     s = session.settings
     res = lazsl_scores(feats.crops[i: i + 1, 0], feats.crops[i: i + 1, 1:], feats.attributes,
                        feats.attribute_mask, theta=s.lazsl.theta, eps=s.lazsl.eps,
-                       return_plans=True)
+                       recipe=s.lazsl.recipe, return_plans=True)
     k = names.index(class_name) if class_name in names else int(res.pred[0])
     item = ex.items[i]
     view = enlarged(decode_image(item, max_side=VIEW_SIDE), Image.BICUBIC)

@@ -24,6 +24,7 @@ _WEBGL_MIN_POINTS = 5000
 _TSNE_EXACT_MAX = 200  # points; above, Barnes-Hut (see project_2d)
 _FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13, color="#222")
 _ACCENT = "#1f6fb4"
+_VLM_COLORS = ("#555555", "#b07aa1", "#9c755f")  # VLM weights, apart from the class colours
 
 
 def _theme(fig: go.Figure, *, title: str, height: int) -> go.Figure:
@@ -261,6 +262,44 @@ def convergence_figure(history: list[dict], *, title: str = "Convergence",
     fig.update_xaxes(title_text="iteration", dtick=1 if len(it) <= 20 else None)
     fig.update_yaxes(title_text="objective", secondary_y=False)
     fig.update_layout(legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
+    return fig
+
+
+def source_weights_figure(history, *, visual_names: Sequence[str], vlm_names: Sequence[str],
+                          title: str = "Source weights per iteration",
+                          height: int = 440) -> go.Figure:
+    """OTFusion's source weights per outer iteration: one line per visual source (its η, top
+    panel) and one per VLM (its λ, bottom panel), named by the sources.
+
+    ``history``: records with ``iteration``, ``eta`` (one weight per visual source) and ``lam``
+    (one per VLM), e.g. ``OTFusionResult.history``; ``visual_names`` / ``vlm_names`` name them
+    (a missing name becomes "visual source i" / "VLM j"). Two panels because η sums to 1 over
+    the visual sources while λ is on its own scale (0.8 per VLM in the paper recipe).
+    """
+    if not history:
+        raise ValueError("history: expected at least one {'iteration', 'eta', 'lam'} entry.")
+    it = [_field(r, "iteration") for r in history]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35],
+                        vertical_spacing=0.08)
+    for row, (kind, names, symbol) in enumerate((("eta", visual_names, "η"),
+                                                 ("lam", vlm_names, "λ")), start=1):
+        weights = [tuple(_field(r, kind) or ()) for r in history]  # per iteration
+        n = max(len(w) for w in weights)
+        colors = class_colors(max(n, 1)) if kind == "eta" else _VLM_COLORS
+        for j in range(n):
+            default = f"visual source {j + 1}" if kind == "eta" else f"VLM {j + 1}"
+            name = names[j] if j < len(names) else default
+            fig.add_trace(go.Scatter(
+                x=it, y=[w[j] if j < len(w) else None for w in weights],
+                name=f"{symbol} {name}", mode="lines+markers",
+                line=dict(color=colors[j % len(colors)], width=2,
+                          dash="solid" if kind == "eta" else "dash")), row=row, col=1)
+        fig.update_yaxes(title_text=f"{symbol} ({'visual' if kind == 'eta' else 'VLMs'})",
+                         rangemode="tozero", row=row, col=1)
+    _theme(fig, title=title, height=height)
+    fig.update_xaxes(title_text="iteration", dtick=1 if len(it) <= 20 else None, row=2, col=1)
+    fig.update_layout(legend=dict(orientation="h", y=-0.28, yanchor="top", x=0, xanchor="left"),
+                      margin=dict(b=120))
     return fig
 
 

@@ -12,6 +12,7 @@ import gradio as gr
 import torch
 
 from demo.overlays import topk
+from demo.provenance import models_text, settings_text, sources_text
 from demo.state import Session, user_errors
 
 PAGE_SIZE = 60  # gallery images per page
@@ -151,39 +152,25 @@ def details_markdown(session: Session, index: int | None) -> str:
     return head + "\n\n" + "\n".join(rows)
 
 
-def settings_text(method: str, s) -> str:
-    """The hyper-parameters that produced one method's column, so a summary says what it shows.
-    ``s`` is the session's ``core.config.MethodSettings``."""
-    if method == "otfusion":
-        o = s.otfusion
-        return f"λ {o.lam:g}, ε {o.eps:g}, {o.n_iter} iter, {o.variant}"
-    if method == "gpua":
-        g = s.gpua
-        return f"λ {g.lam:g}, ε {g.eps:g}, {g.targets} targets, THS {g.ths_steps} steps"
-    if method == "lazsl":
-        return f"θ {s.lazsl.theta:g}, ε {s.lazsl.eps:g}"
-    return f"τ {s.clip.temperature:g}"
-
-
 def summary_markdown(session: Session) -> str:
     """Accuracy, changes vs CLIP and solve time per method."""
     ex = session.extraction
     base = session.results["clip"].pred
     known = int((session.labels >= 0).sum()) if session.labels is not None else 0
-    rows = ["| method | accuracy | changed vs CLIP | settings | solve time |",
-            "|---|---|---|---|---|"]
+    rows = ["| method | accuracy | changed vs CLIP | settings | sources | solve time |",
+            "|---|---|---|---|---|---|"]
     for m in session.methods:
         r = session.results[m]
         acc = "-" if r.accuracy is None else f"{r.accuracy:.1%}"
         changed = "-" if m == "clip" else f"{int((r.pred != base).sum())}"
         rows.append(f"| {session.title(m)} | {acc} | {changed} | "
-                    f"{settings_text(m, session.settings)} | {r.seconds * 1000:.0f} ms |")
-    vfm = ex.settings.vfm or ex.settings.vlm
+                    f"{settings_text(m, session.settings)} | {md_cell(sources_text(r.sources))} "
+                    f"| {r.seconds * 1000:.0f} ms |")
     label_note = (f"{known} labelled" if known else "no labels (accuracy needs folder names or a "
                   "labels CSV)")
     notes = [ths_note(session.results["gpua"])] if "gpua" in session.results else []
     return (f"{len(ex.items)} images ({label_note}), {len(ex.class_names)} classes, "
-            f"VLM `{ex.settings.vlm}`, VFM `{vfm}`.\n\n" + "\n".join(rows)
+            f"{md_cell(models_text(ex))}.\n\n" + "\n".join(rows)
             + "".join(f"\n\n{n}" for n in notes if n))
 
 

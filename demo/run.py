@@ -7,11 +7,16 @@ whose field names are the keys of the components ``demo.ui`` wires them to, so l
 handlers cannot drift apart. A Run also blanks every derived view of the previous record (maps,
 sweep, segmentation, LaZSL explanation): nothing computed for another Run stays on screen.
 
-Settings: the live controls are named once, in :data:`CONTROLS` (control key -> the method and the
-field of its settings dataclass in ``core.config``); :func:`method_settings` is the one place that
-turns control values into ``MethodSettings``, and ``demo.ui`` reads the sliders' defaults and ranges
-from ``core.config`` through the same table. Handlers take their inputs as a dict keyed by those
-names (Gradio's ``inputs_kwargs``), never as a long positional list.
+Settings: the live controls and their conversion to ``MethodSettings`` live in
+``demo.settings`` (re-exported here: ``CONTROLS``, ``method_settings``, ...). Handlers take their
+inputs as a dict keyed by control names (Gradio's ``inputs_kwargs``), never as a long positional
+list.
+
+Recipes: :func:`switch_recipe` (the app's recipe radios) sets the fields a recipe decides
+(``core.config.with_recipe``) and shows them in the controls; a Run or :func:`resolve` given a
+recipe and other controls at once (the API) starts from the recipe and lets the other controls
+override it. LaZSL's recipe also changes its attribute sentences: a switch re-encodes them (text
+only, ``core.pipeline.with_lazsl_recipe``), never an image.
 """
 
 from __future__ import annotations
@@ -19,69 +24,68 @@ from __future__ import annotations
 import html
 import shutil
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import gradio as gr
 
-from core.config import DEFAULT_VFM, DEFAULT_VLM, GPUA_TARGETS, LAZSL_CROPS, MethodSettings
+from core.config import DEFAULT_VFM, DEFAULT_VLM, LAZSL_CROPS, MethodSettings, with_recipe
 from core.data import ImageItem
 from core.methods import METHOD_TITLES, FeatureSet, run_method, run_methods
-from core.pipeline import Extraction, ExtractSettings, extract, write_predictions
+from core.models import WeightsUnavailableError
+from core.pipeline import (
+    Extraction,
+    ExtractSettings,
+    extract,
+    with_lazsl_recipe,
+    write_predictions,
+)
 from core.synthetic import make_synthetic
 from demo import dynamics, embedding, lazsl, metrics, predictions, segmentation
 from demo.inputs import (
     check_run_request,
+    missing_weights,
     parse_templates,
     read_images,
     resolve_attributes,
     resolve_classes,
 )
 from demo.messages import md_code, md_text, scrub_paths
+from demo.settings import (  # noqa: F401 (re-exported: the controls are part of this API)
+    CONTROLS,
+    RECIPE_CONTROLS,
+    control_default,
+    control_updates,
+    control_value,
+    controls_of,
+    lam_update,
+    method_settings,
+)
 from demo.state import (
+    WEIGHTS_TITLE,
     Session,
     cache_from_env,
     gpu,
     new_workdir,
     pipeline_progress,
+    user_error,
     user_errors,
     warn_user,
+    weights_message,
     write_thumbnails,
 )
 
 RERUN = ("otfusion", "gpua", "lazsl")  # methods a user can tick; CLIP always runs
 APP_METHODS = ("otfusion", "gpua")  # ticked when the app opens
-# The live controls: component key -> (method, field of that method's settings in core.config).
-# Moving one re-solves its method only, from the cached features.
-CONTROLS = {
-    "lam": ("otfusion", "lam"),
-    "eps": ("otfusion", "eps"),
-    "n_iter": ("otfusion", "n_iter"),
-    "gpua_lam": ("gpua", "lam"),
-    "gpua_eps": ("gpua", "eps"),
-    "gpua_targets": ("gpua", "targets"),
-    "gpua_ths_steps": ("gpua", "ths_steps"),
-    "lazsl_theta": ("lazsl", "theta"),
-}
-_CHOICES = {"gpua_targets": ("GPUA targets", GPUA_TARGETS)}  # control -> (its name, choices)
-# What a Run reads besides the controls, with the value used when an input is not given.
+# What a Run reads besides the controls, with the value used when an input is not given. The
+# model pickers hold lists of registry keys, the first of each the primary model.
 RUN_DEFAULTS = {
-    "files": None, "classes_text": "", "templates_text": "", "vlm": DEFAULT_VLM,
-    "vfm": DEFAULT_VFM, "methods": APP_METHODS, "n_crops": LAZSL_CROPS, "attributes_file": None,
+    "files": None, "classes_text": "", "templates_text": "", "vlm": [DEFAULT_VLM],
+    "vfm": [DEFAULT_VFM], "methods": APP_METHODS, "n_crops": LAZSL_CROPS, "attributes_file": None,
     "labels_csv": None, "compare": None, "filter_mode": "all",
 }
 RUN_INPUTS = (*RUN_DEFAULTS, *CONTROLS)  # the components the Run button sends, by key
-
-
-def controls_of(method: str) -> tuple[str, ...]:
-    """The control keys that belong to ``method`` (e.g. otfusion: lam, eps, n_iter)."""
-    return tuple(k for k, (m, _) in CONTROLS.items() if m == method)
-
-
-def control_default(key: str, settings: MethodSettings | None = None):
-    """The value of control ``key`` in ``settings`` (default: ``core.config``'s defaults)."""
-    method, name = CONTROLS[key]
-    return getattr(getattr(settings or MethodSettings(), method), name)
 
 
 class SolveOutputs(NamedTuple):
@@ -100,6 +104,7 @@ class SolveOutputs(NamedTuple):
     confusion_plot: Any
     mistakes: list
     convergence_plot: Any
+    weights_plot: Any
     dynamics_note: str
 
 
@@ -111,24 +116,9 @@ DERIVED = (*embedding.EmbeddingOutputs._fields, *dynamics.SweepOutputs._fields,
 # A Run: the solve outputs plus what depends on the image set and classes (flat, like Gradio wants).
 RunOutputs = NamedTuple("RunOutputs",
                         [(f, Any) for f in SolveOutputs._fields + _RUN_EXTRA + DERIVED])
-
-
-def method_settings(controls: Mapping[str, Any],
-                    base: MethodSettings | None = None) -> MethodSettings:
-    """``MethodSettings`` from control values keyed as :data:`CONTROLS`; controls not given keep
-    ``base``'s values (default: ``core.config``'s). Sliders send floats: each value is cast to
-    the type of the field it sets."""
-    base = base or MethodSettings()
-    changes: dict[str, dict] = {}
-    for key, value in controls.items():
-        if key not in CONTROLS:
-            raise ValueError(f"Unknown control {key!r}; expected any of {', '.join(CONTROLS)}.")
-        method, name = CONTROLS[key]
-        if key in _CHOICES and value not in _CHOICES[key][1]:
-            what, choices = _CHOICES[key]
-            raise ValueError(f"{what}: expected one of {', '.join(choices)}, got {value!r}.")
-        changes.setdefault(method, {})[name] = type(control_default(key, base))(value)
-    return base.replace(**changes)
+# A recipe switch: the solve outputs plus every control (those of other methods are skipped).
+SwitchOutputs = NamedTuple("SwitchOutputs",
+                           [(f, Any) for f in SolveOutputs._fields + tuple(CONTROLS)])
 
 
 def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1) -> SolveOutputs:
@@ -141,13 +131,13 @@ def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1) ->
     downloads = [str(p) for p in write_predictions(export, session.extraction, session.results,
                                                    session.settings)]
     note, acc, per_class, conf, mistakes = metrics.metrics_views(session, compare)
-    conv, conv_note = dynamics.convergence_view(session)
+    conv, weights, conv_note = dynamics.convergence_view(session)
     return SolveOutputs(
         session=session, summary=predictions.summary_markdown(session), gallery=items,
         gallery_info=info, page=predictions.page_update(pages, page),
         shown=shown, downloads=downloads, metrics_note=note, accuracy_plot=acc,
         per_class_plot=per_class, confusion_plot=conf, mistakes=mistakes,
-        convergence_plot=conv, dynamics_note=conv_note)
+        convergence_plot=conv, weights_plot=weights, dynamics_note=conv_note)
 
 
 def _notes_markdown(notes: list[str], skipped) -> str:
@@ -225,7 +215,11 @@ def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=Non
 
     ``inputs`` maps :data:`RUN_INPUTS` keys (the upload, classes, models, methods, crops and every
     control of :data:`CONTROLS`) to values; keys not given take :data:`RUN_DEFAULTS` and
-    ``core.config``'s settings.
+    ``core.config``'s settings. ``vlm`` / ``vfm``: a registry key or a list of them, the first
+    the primary model. A recipe control starts its method from that recipe (which also sets the
+    fields no control shows, e.g. OTFusion's Sinkhorn iterations); the other controls are used as
+    sent, so an API client sends the recipe's control values with it (``switch_recipe``, the
+    ``/switch_<method>_recipe`` endpoint, returns them), as the app's radios do.
     """
     inputs = dict(inputs or {})
     unknown = [k for k in inputs if k not in RUN_INPUTS]
@@ -237,7 +231,8 @@ def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=Non
     unknown = [m for m in methods if m not in RERUN]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; choose from OTFusion, GPUA, LaZSL.")
-    if not v["vlm"]:
+    vlms, vfms = _model_keys(v["vlm"]), _model_keys(v["vfm"])
+    if not vlms:
         raise ValueError("Pick a vision-language model (VLM).")
     image_set = read_images(v["files"], v["labels_csv"])
     class_names, notes = resolve_classes(v["classes_text"], image_set)
@@ -248,11 +243,16 @@ def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=Non
     if "lazsl" in methods:
         attributes, attr_notes = resolve_attributes(v["attributes_file"], class_names)
         notes += attr_notes
-    settings = ExtractSettings(vlm=v["vlm"], vfm=v["vfm"] or None, templates=templates,
+    settings = ExtractSettings(vlm=vlms[0], vfm=vfms[0] if vfms else None, templates=templates,
                                n_crops=int(n_crops) if "lazsl" in methods else 0,
-                               attributes=attributes)
-    extraction = _extract(image_set, class_names, settings, cache_from_env(cache_dir),
-                          pipeline_progress(progress))
+                               attributes=attributes, extra_vlms=tuple(vlms[1:]),
+                               extra_vfms=tuple(vfms[1:]), lazsl_recipe=solver.lazsl.recipe)
+    try:
+        extraction = _extract(image_set, class_names, settings, cache_from_env(cache_dir),
+                              pipeline_progress(progress))
+    except WeightsUnavailableError as exc:  # name every chosen model without weights, not one
+        missing = missing_weights([*vlms, *vfms]) or [exc.key]
+        raise user_error(weights_message(*missing), title=WEIGHTS_TITLE, duration=None) from None
     notes += list(extraction.warnings)
     if extraction.skipped:
         warn_user(f"{len(extraction.skipped)} file(s) were skipped; the notes panel lists why.")
@@ -261,7 +261,7 @@ def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=Non
     # they would tell a user that someone else uploaded the same images before (issue 13).
     st = extraction.stats
     status = (f"**Features ready** for {st['images']} images in {st['seconds']:.1f} s. Move λ, "
-              "ε or the iterations to re-solve instantly.")
+              "ε, the iterations or a recipe to re-solve instantly.")
     return _run_outputs(session, status, v["compare"], v["filter_mode"])
 
 
@@ -284,18 +284,71 @@ def resolve(method: str, session, controls: Mapping[str, Any], compare=None, fil
     ``controls`` maps keys of :data:`CONTROLS` (those of ``method``, e.g. ``{"lam": 0.5}``) to
     their new values; the other methods keep the record's settings and results.
     """
-    if method not in RERUN:
-        raise ValueError(f"resolve: expected one of {', '.join(RERUN)}, got {method!r}.")
+    _check_method(method, controls)
     if not isinstance(session, Session):
         return SolveOutputs(*([gr.skip()] * len(SolveOutputs._fields)))
+    settings = method_settings(controls, base=session.settings)
+    return _resolved(method, session, settings, compare, filter_mode, page)
+
+
+@user_errors
+def switch_recipe(method: str, session, controls: Mapping[str, Any], compare=None,
+                  filter_mode="all", page=1) -> SwitchOutputs:
+    """The recipe control of ``method`` changed: the fields that recipe decides take its values
+    (``core.config.with_recipe``), the others keep the controls' values; the controls show the
+    result, and with a record ``method`` re-solves from the cached features (LaZSL re-encodes its
+    attribute sentences first: text only).
+
+    ``controls``: the controls of ``method`` as they stand, the recipe control included.
+    """
+    _check_method(method, controls)
+    key = RECIPE_CONTROLS.get(method)
+    if key not in controls:
+        raise ValueError(f"switch_recipe({method!r}): give the recipe control {key!r}.")
+    has_record = isinstance(session, Session)
+    current = method_settings({k: v for k, v in controls.items() if k != key},
+                              base=session.settings if has_record else None)
+    name = control_value(key, controls[key])
+    settings = current.replace(**{method: with_recipe(getattr(current, method), name)})
+    out = {f: gr.skip() for f in SwitchOutputs._fields}
+    if has_record:
+        out.update(_resolved(method, session, settings, compare, filter_mode, page)._asdict())
+    out.update(control_updates(method, settings))
+    return SwitchOutputs(**out)
+
+
+def _check_method(method: str, controls: Mapping[str, Any]) -> None:
+    if method not in RERUN:
+        raise ValueError(f"resolve: expected one of {', '.join(RERUN)}, got {method!r}.")
     others = [k for k in controls if k in CONTROLS and CONTROLS[k][0] != method]
     if others:
         raise ValueError(f"resolve({method!r}): controls {others} belong to another method.")
-    settings = method_settings(controls, base=session.settings)
+
+
+def _resolved(method: str, session: Session, settings: MethodSettings, compare, filter_mode,
+              page) -> SolveOutputs:
+    """The record with ``method`` re-solved under ``settings`` (its other methods untouched)."""
+    if method == "lazsl" and settings.lazsl.recipe != session.extraction.settings.lazsl_recipe:
+        session = replace(session, extraction=_reencode_sentences(session.extraction,
+                                                                   settings.lazsl.recipe))
     result = (run_method(method, session.extraction.features, settings)
               if method in session.results else None)
     return _solve_outputs(session.with_method(method, settings, result), compare, filter_mode,
                           page)
+
+
+@gpu(duration=60)
+def _reencode_sentences(extraction: Extraction, recipe: str) -> Extraction:
+    """LaZSL's attribute sentences under ``recipe``, through the text tower only (cached)."""
+    return with_lazsl_recipe(extraction, recipe, cache=cache_from_env())
+
+
+def _model_keys(value) -> list[str]:
+    """A model picker's value (a key, a list of keys, or nothing) as a list of keys."""
+    if not value:
+        return []
+    keys = [value] if isinstance(value, str) else list(value)
+    return [str(k) for k in keys if k]
 
 
 @user_errors

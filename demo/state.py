@@ -225,13 +225,15 @@ def user_errors(fn):
 WEIGHTS_TITLE = "Model weights are not available"
 
 
-def weights_message(key: str) -> str:
-    """What a user can do about missing weights, without the server's paths or network errors."""
-    name = get_spec(key).display_name
-    return (f"The weights of {name} are not on this machine and cannot be downloaded now. On a "
-            f"machine with internet run `python -m core download {key}`, copy its Hugging Face "
-            "cache here and set HF_HUB_OFFLINE=1 (or give this machine access to the Hub). The "
-            "Playground tab works without any weights.")
+def weights_message(*keys: str) -> str:
+    """What a user can do about missing weights (of one or more models), without the server's
+    paths or network errors."""
+    names = [get_spec(k).display_name for k in keys]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return (f"The weights of {listed} are not on this machine and cannot be downloaded now. On "
+            f"a machine with internet run `python -m core download {' '.join(keys)}`, copy its "
+            "Hugging Face cache here and set HF_HUB_OFFLINE=1 (or give this machine access to the "
+            "Hub). The Playground tab works without any weights.")
 
 
 def warn_user(message: str) -> None:

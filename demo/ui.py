@@ -2,8 +2,9 @@
 
 Handlers live in one module per tab (``demo.predictions``, ``demo.metrics``, ``demo.embedding``,
 ``demo.dynamics``, ``demo.segmentation``, ``demo.lazsl``, ``demo.playground``), the Run and the
-live re-solves in ``demo.run`` and the input controls in ``demo.inputs``: plain functions; this
-module only places components and connects them. Components are kept
+live re-solves in ``demo.run`` (the live controls' table in ``demo.settings``) and the input
+controls in ``demo.inputs``: plain functions; this module only places components and connects
+them. Components are kept
 in a dict keyed by the field names of the handlers' output tuples, so each event's outputs are
 ``[c[f] for f in Outputs._fields]``.
 
@@ -41,6 +42,7 @@ from core.config import (
     LAZSL_CROPS,
     LAZSL_CROPS_PAPER,
     LAZSL_CROPS_UI,
+    OTFUSION_OFFICIAL_VFMS,
     MethodSettings,
     OTFusionSettings,
     ui_range,
@@ -52,6 +54,14 @@ from demo import run as flow
 from demo.controls import name_input_errors
 from demo.examples import EXAMPLES_DIR, example_rows
 from demo.inputs import weights_banner
+from demo.provenance import (
+    LAM_LABELS,
+    RECIPE_LABELS,
+    SETTING_LABELS,
+    VARIANT_LABELS,
+    WEIGHT_LABELS,
+    choices,
+)
 from demo.state import delete_session
 from demo.store import SessionStore, StoreLimits, stored
 
@@ -131,7 +141,8 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
         c["shown"] = gr.State([])  # image index of each gallery position on the current page
         c["selected"] = gr.State(None)  # image picked in the gallery
         gr.Markdown(INTRO)
-        gr.Markdown(banner, visible=bool(banner), elem_classes="banner-panel")
+        c["banner"] = gr.Markdown(banner, visible=bool(banner), elem_classes="banner-panel",
+                                  elem_id="weights-banner")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=340):
                 _inputs(c, vlm_default, vfm_default, extra)
@@ -196,10 +207,18 @@ def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
                     label="Examples (drawn by the project)",
                     example_labels=[Path(r[0][0]).stem for r in rows])
     gr.Markdown("### 3 · Models")
-    c["vlm"] = gr.Dropdown(model_choices("vlm", extra=extra), value=vlm_default,
-                           label="Vision-language model (VLM)")
-    c["vfm"] = gr.Dropdown(model_choices("vfm", extra=extra), value=vfm_default,
-                           label="Vision foundation model (VFM)")
+    c["vlm"] = gr.Dropdown(model_choices("vlm", extra=extra), value=[vlm_default],
+                           multiselect=True, label="Vision-language models (VLM)",
+                           info="The first is the primary one (CLIP baseline, GPUA, LaZSL, "
+                                "segmentation); OTFusion fuses them all.", elem_id="vlm-picker")
+    c["vfm"] = gr.Dropdown(model_choices("vfm", extra=extra), value=[vfm_default],
+                           multiselect=True, label="Vision foundation models (VFM)",
+                           info="The first is GPUA's and segmentation's; OTFusion fuses them "
+                                "all. None: OTFusion and GPUA use the VLM's image features.",
+                           elem_id="vfm-picker")
+    c["official_sources"] = gr.Button(
+        "Official OTFusion sources: CLIP ViT-B/16 + " + " + ".join(OTFUSION_OFFICIAL_VFMS),
+        size="sm", elem_id="official-sources")
     gr.Markdown("### 4 · Methods")
     c["methods"] = gr.CheckboxGroup([("OTFusion", "otfusion"), ("GPUA", "gpua"),
                                      ("LaZSL", "lazsl")], value=list(flow.APP_METHODS),
@@ -226,11 +245,26 @@ def _live_settings(c) -> None:
     moving one re-solves its method only, from the cached features (no new Run)."""
     with gr.Group(elem_id="live-settings"):
         with gr.Row(equal_height=True):
-            c["lam"] = _slider("lam", "OTFusion λ (weight of CLIP)")
-            c["eps"] = _slider("eps", "OTFusion ε (smoothing)")
-            c["n_iter"] = _slider("n_iter", "OTFusion iterations")
+            c["otfusion_recipe"] = _choice("otfusion_recipe", "OTFusion recipe (paper text / "
+                                           "authors' code)", RECIPE_LABELS, gr.Radio, scale=3)
+            c["otfusion_setting"] = _choice("otfusion_setting", "OTFusion setting (what it "
+                                            "fuses)", SETTING_LABELS, gr.Dropdown, scale=4)
+            c["otfusion_variant"] = _choice("otfusion_variant", "OTFusion variant",
+                                            VARIANT_LABELS, gr.Dropdown, scale=3)
+            c["otfusion_weights"] = _choice("otfusion_weights", "Source weights", WEIGHT_LABELS,
+                                            gr.Radio, scale=2)
+        with gr.Row(equal_height=True):
+            uniform = flow.control_default("lam_uniform")
+            c["lam_uniform"] = gr.Checkbox(uniform, label="uniform λ (1/J)",
+                                           elem_id="lam-uniform-checkbox", scale=1,
+                                           min_width=110)
+            c["lam"] = _slider("lam", LAM_LABELS[uniform], scale=2)
+            c["eps"] = _slider("eps", "OTFusion ε (smoothing)", scale=2)
+            c["n_iter"] = _slider("n_iter", "OTFusion iterations", scale=2)
         with gr.Accordion("GPUA and LaZSL live settings", open=False, elem_id="more-settings"):
             with gr.Row(equal_height=True):
+                c["gpua_recipe"] = _choice("gpua_recipe", "GPUA recipe (paper / public code)",
+                                           RECIPE_LABELS, gr.Radio)
                 c["gpua_lam"] = _slider("gpua_lam", "GPUA λ (weight of CLIP)")
                 c["gpua_eps"] = _slider("gpua_eps", "GPUA ε")
                 c["gpua_ths_steps"] = _slider("gpua_ths_steps", "GPUA THS refinement steps")
@@ -239,17 +273,27 @@ def _live_settings(c) -> None:
                     list(GPUA_TARGETS), value=flow.control_default("gpua_targets"),
                     label="GPUA Procrustes targets (paper: soft; public code: hard)",
                     elem_id="gpua-targets-radio")
+                c["lazsl_recipe"] = _choice(
+                    "lazsl_recipe", "LaZSL recipe (paper / public code; a switch re-encodes the "
+                    "attribute sentences, text only)", RECIPE_LABELS, gr.Radio)
                 c["lazsl_theta"] = _slider("lazsl_theta", "LaZSL θ (crop vs global)")
     c["summary"] = gr.Markdown(elem_id="summary")
 
 
-def _slider(key: str, label: str) -> gr.Slider:
+def _choice(key: str, label: str, labels: dict, kind, **options):
+    """A radio or dropdown for control ``key`` (``flow.CONTROLS``), its value from core.config;
+    elem_id ``<key>-choice`` (e.g. ``otfusion-recipe-choice``)."""
+    return kind(choices(labels), value=flow.control_default(key), label=label,
+                elem_id=f"{key.replace('_', '-')}-choice", **options)
+
+
+def _slider(key: str, label: str, **options) -> gr.Slider:
     """The slider of live control ``key`` (``flow.CONTROLS``): default and range from core.config;
     elem_id ``<key>-slider`` (e.g. ``lam-slider``, ``gpua-ths-steps-slider``)."""
     method, name = flow.CONTROLS[key]
     low, high, step = ui_range(type(getattr(MethodSettings(), method)), name)
     return gr.Slider(low, high, flow.control_default(key), step=step, label=label,
-                     elem_id=f"{key.replace('_', '-')}-slider")
+                     elem_id=f"{key.replace('_', '-')}-slider", **options)
 
 
 def _tabs(c) -> None:
@@ -290,7 +334,9 @@ def _tabs(c) -> None:
     with gr.Tab("Dynamics", id="dynamics"):
         c["dynamics_note"] = gr.Markdown("Run with OTFusion ticked to see its convergence.",
                                          elem_id="dynamics-note")
-        c["convergence_plot"] = gr.Plot(label="Convergence")
+        with gr.Row():
+            c["convergence_plot"] = gr.Plot(label="Convergence", elem_id="convergence-plot")
+            c["weights_plot"] = gr.Plot(label="Source weights", elem_id="weights-plot")
         c["sweep_button"] = gr.Button("Run the λ / ε sensitivity sweep (cached features)")
         c["sweep_note"] = gr.Markdown(dynamics.SWEEP_NOT_RUN, elem_id="sweep-note")
         with gr.Row():
@@ -332,15 +378,30 @@ def _tabs(c) -> None:
                     "weights needed, works offline. Move a slider to re-generate.")
         d = playground.PLAYGROUND_DEFAULTS
         with gr.Row():
+            c["play_preset"] = gr.Dropdown(playground.preset_names(), value=d["preset"],
+                                           label="Synthetic preset", elem_id="play-preset",
+                                           info="Sets the noise and gap sliders below.")
             c["play_classes"] = gr.Slider(2, 30, d["n_classes"], step=1, label="Classes")
             c["play_samples"] = gr.Slider(50, 3000, d["n_samples"], step=50, label="Samples")
             c["play_seed"] = gr.Slider(0, 99, d["seed"], step=1, label="Seed")
+        k = playground.KNOB_SLIDERS
         with gr.Row():
-            c["play_gap"] = gr.Slider(0.0, 2.0, d["gap"], step=0.05, label="Modality gap")
-            c["play_vlm_noise"] = gr.Slider(0.0, 5.0, d["vlm_noise"], step=0.05,
-                                            label="CLIP image noise")
-            c["play_vfm_noise"] = gr.Slider(0.0, 4.0, d["vfm_noise"], step=0.05,
-                                            label="DINO noise")
+            c["play_gap"] = gr.Slider(*k["gap"][:2], d["gap"], step=k["gap"][2],
+                                      label="Modality gap")
+            c["play_vlm_noise"] = gr.Slider(*k["vlm_noise"][:2], d["vlm_noise"],
+                                            step=k["vlm_noise"][2], label="CLIP image noise")
+            c["play_vfm_noise"] = gr.Slider(*k["vfm_noise"][:2], d["vfm_noise"],
+                                            step=k["vfm_noise"][2], label="DINO noise")
+        with gr.Row():
+            c["play_recipe"] = gr.Radio(choices(RECIPE_LABELS), value=d["recipe"],
+                                        label="Recipe of OTFusion and GPUA (paper text / "
+                                              "authors' code)",
+                                        elem_id="play-recipe", scale=2)
+            c["play_second_vfm"] = gr.Checkbox(d["second_vfm"], label="Second DINO-like model",
+                                               elem_id="play-second-vfm", scale=1)
+            c["play_vfm2_noise"] = gr.Slider(*k["vfm_noise"][:2], d["vfm2_noise"],
+                                             step=k["vfm_noise"][2],
+                                             label="Second DINO noise", scale=2)
         with gr.Row():
             c["play_projection"] = gr.Radio(
                 embedding.PROJECTIONS[:1] + embedding.PROJECTIONS[2:],
@@ -348,10 +409,11 @@ def _tabs(c) -> None:
             low, high, step = ui_range(OTFusionSettings, "lam")
             c["play_lam"] = gr.Slider(low, high, d["lam"], step=step, label="OTFusion λ", scale=1)
             c["play_button"] = gr.Button("Generate", variant="primary", scale=0)
-        c["play_note"] = gr.Markdown()
+        c["play_note"] = gr.Markdown(elem_id="play-note")
         with gr.Row():
             c["play_accuracy"] = gr.Plot(label="Accuracy")
-            c["play_gap_plot"] = gr.Plot(label="Modality gap")
+            c["play_weights"] = gr.Plot(label="OTFusion source weights", elem_id="play-weights")
+        c["play_gap_plot"] = gr.Plot(label="Modality gap")
         with gr.Row():
             c["play_before"] = gr.Plot(label="Before")
             c["play_after"] = gr.Plot(label="After")
@@ -386,14 +448,27 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
         "gpua": dict(api_name="resolve_gpua"),
         "lazsl": dict(api_name="resolve_lazsl"),
     }
+    switch_out = _out(c, flow.SwitchOutputs._fields)
     for method, options in resolve_options.items():
         keys = flow.controls_of(method)
-        triggers = [c[k].input if isinstance(c[k], gr.Radio) else c[k].release for k in keys]
+        recipe_key = flow.RECIPE_CONTROLS[method]
+        triggers = [c[k].release if isinstance(c[k], gr.Slider) else c[k].input
+                    for k in keys if k != recipe_key]
         event = gr.on(triggers, keep(_resolver(method)), [c["session"], *view],
                       inputs_kwargs={k: c[k] for k in keys}, outputs=solve_out,
                       concurrency_id="solve", trigger_mode="always_last", **options)
-        if method == "lazsl":  # the explanation shows the record's θ: redraw it
-            event.success(keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_visibility="private")
+        # A recipe radio sets the knobs its recipe decides (the controls show them), then solves.
+        switch = c[recipe_key].input(
+            keep(_resolver(method, flow.switch_recipe)), [c["session"], *view],
+            inputs_kwargs={k: c[k] for k in keys}, outputs=switch_out,
+            api_name=f"switch_{method}_recipe", concurrency_id="solve",
+            trigger_mode="always_last")
+        if method == "lazsl":  # the explanation shows the record's θ and sentences: redraw it
+            for e in (event, switch):
+                e.success(keep(lazsl.lazsl_explain), lazsl_in, lazsl_out,
+                          api_visibility="private")
+    c["lam_uniform"].input(flow.lam_update, c["lam_uniform"], c["lam"], queue=False,
+                           api_visibility="private")
     c["compare"].input(keep(flow.refresh_views), [c["session"], *view], solve_out,
                        api_name="refresh", concurrency_id="solve")
 
@@ -436,14 +511,28 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
           keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_name="explain",
           concurrency_id="solve", trigger_mode="always_last")
 
-    play_in = [c[k] for k in ("play_classes", "play_samples", "play_gap", "play_vlm_noise",
-                              "play_vfm_noise", "play_seed", "play_projection", "play_lam")]
-    play_triggers = [c["play_button"].click, demo.load, c["play_projection"].input] + [
-        c[k].release for k in ("play_classes", "play_samples", "play_gap", "play_vlm_noise",
-                               "play_vfm_noise", "play_seed", "play_lam")]
-    gr.on(play_triggers, playground.playground, play_in,
-          _out(c, playground.PlaygroundOutputs._fields), api_name="playground",
-          concurrency_id="heavy", trigger_mode="always_last")
+    # The playground's inputs by its parameter names (its API), each from "play_<name>".
+    play_in = {name: c[_PLAY_INPUTS.get(name, f"play_{name}")]
+               for name in playground.PLAYGROUND_DEFAULTS}
+    play_out = _out(c, playground.PlaygroundOutputs._fields)
+    play_triggers = [c["play_button"].click, demo.load] + [
+        x.release if isinstance(x, gr.Slider) else x.input
+        for x in play_in.values() if x is not c["play_preset"]]
+    gr.on(play_triggers, playground.playground, inputs_kwargs=play_in, outputs=play_out,
+          api_name="playground", concurrency_id="heavy", trigger_mode="always_last")
+    c["play_recipe"].input(playground.lam_slider, c["play_recipe"], c["play_lam"], queue=False,
+                           api_visibility="private")
+    c["play_preset"].input(playground.preset_knobs, c["play_preset"],
+                           _out(c, playground.PresetKnobs._fields),
+                           api_visibility="private").then(
+        playground.playground, inputs_kwargs=play_in, outputs=play_out,
+        api_visibility="private", concurrency_id="heavy", trigger_mode="always_last")
+    # The banner names the chosen models whose weights are missing; one click picks the
+    # official code's sources.
+    gr.on([c["vlm"].change, c["vfm"].change], inputs.models_banner, [c["vlm"], c["vfm"]],
+          c["banner"], api_visibility="private", queue=False)
+    c["official_sources"].click(inputs.official_sources, None,
+                                _out(c, inputs.SourcesOutputs._fields), api_name="official_sources")
 
     c["preset"].input(inputs.preset_selected, [c["preset"]],
                       [c["classes_text"], c["templates_text"]], api_visibility="private")
@@ -457,13 +546,19 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
                               concurrency_id="models")
 
 
-def _resolver(method: str):
-    """The handler re-solving ``method``: view inputs by position, its controls by name."""
+# The playground's parameters whose component is not "play_<name>".
+_PLAY_INPUTS = {"n_classes": "play_classes", "n_samples": "play_samples"}
+
+
+def _resolver(method: str, handler=None):
+    """``handler`` (``flow.resolve`` or ``flow.switch_recipe``) for ``method``: view inputs by
+    position, its controls by name."""
+    handler = handler or flow.resolve
 
     def resolve(session, compare, filter_mode, page, **controls):
-        return flow.resolve(method, session, controls, compare, filter_mode, page)
+        return handler(method, session, controls, compare, filter_mode, page)
 
-    resolve.__name__ = f"resolve_{method}"
+    resolve.__name__ = f"{handler.__name__}_{method}"
     return resolve
 
 

@@ -20,6 +20,7 @@ CLASSES = {"sky": (70, 130, 230), "grass": (40, 160, 60), "sand": (230, 200, 120
 STATES = ("session", "shown")  # gr.State outputs stay on the server, per session
 RUN_FIELDS = [f for f in ui.flow.RunOutputs._fields if f not in STATES]
 SOLVE_FIELDS = [f for f in ui.flow.SolveOutputs._fields if f not in STATES]
+SWITCH_FIELDS = [f for f in ui.flow.SwitchOutputs._fields if f not in STATES]
 # Gradio's queue statistics use pandas options that pandas 3 deprecates (not our code).
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword)")
 
@@ -35,7 +36,7 @@ def app(tmp_path_factory):
     keys = tiny_test_models()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path_factory.mktemp("features")))
-        demo = ui.build_app(extra_models=[keys["clip_vit"], keys["dinov2"]])
+        demo = ui.build_app(extra_models=[keys["clip_vit"], keys["dinov2"], keys["dinov3"]])
         port = _free_port()
         ui.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port,
                   quiet=True)
@@ -59,8 +60,10 @@ def upload(tmp_path_factory):
 
 
 def _named(values, fields) -> dict:
+    """Outputs by field name; a control's update as the value it sets."""
     assert len(values) == len(fields)
-    return dict(zip(fields, values))
+    return {f: v.get("value", v) if isinstance(v, dict) and "__type__" in v else v
+            for f, v in zip(fields, values)}
 
 
 def _csv_rows(downloads) -> list[dict]:
@@ -123,3 +126,26 @@ def test_playground_endpoint_and_hidden_dev_api(app):
     assert "OTFusion" in note and "gap" in note
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert "/load_synthetic" not in endpoints  # only with FUSIONLAB_DEV_API=1
+
+
+def test_models_and_recipes_through_the_api(app, upload):
+    """Several VFMs and the official recipe in one Run, then the recipe radio's endpoint: the
+    summary names the recipe and the sources of each row, and the controls come back. An API
+    client asks the switch endpoint for a recipe's control values before the Run (the Run uses
+    every control as sent), as the app's radio does."""
+    url, keys = app
+    client = Client(url, verbose=False)
+    official = _named(client.predict(otfusion_recipe="official",
+                                     api_name="/switch_otfusion_recipe"), SWITCH_FIELDS)
+    assert official["lam_uniform"] is True and official["otfusion_weights"] == "adaptive"
+    controls = {k: official[k] for k in ui.flow.controls_of("otfusion")}
+    out = _named(_run(client, [handle_file(str(upload))], vfm=[keys["dinov2"], keys["dinov3"]],
+                      methods=["otfusion"], **controls), RUN_FIELDS)
+    row = next(line for line in out["summary"].splitlines() if line.startswith("| OTFusion"))
+    assert "official recipe: λ 1/J (uniform), ε 0.01, 10 iter, adaptive weights" in row
+    assert row.count("DINO") >= 2 and "Y: " in row  # both VFMs and the VLM's probabilities
+    back = _named(client.predict(otfusion_recipe="paper", api_name="/switch_otfusion_recipe"),
+                  SWITCH_FIELDS)
+    assert "paper recipe: λ 0.8, ε 0.01, 10 iter, fixed weights" in back["summary"]
+    assert back["lam"] == 0.8 and back["lam_uniform"] is False
+    assert back["otfusion_weights"] == "fixed"

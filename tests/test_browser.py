@@ -4,6 +4,7 @@ Upload an example zip, Run, and check the gallery, a plot and a segmentation ove
 screenshots go to ``artifacts/browser/`` (gitignored) for a human to look at.
 """
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -263,6 +264,74 @@ def test_one_state_model_in_the_browser(browser, tmp_path, monkeypatch):
     finally:
         page.close()
         demo.close()
+
+
+def _otfusion_row(page) -> str:
+    return page.locator("#summary tr", has_text="OTFusion").first.inner_text()
+
+
+@contextlib.contextmanager
+def _app_page(browser, tmp_path, monkeypatch, *, models=("clip_vit", "dinov2"),
+              size=(1400, 900)):
+    """A page on the app served with the tiny test ``models`` listed first (closed after)."""
+    from core.models.tiny import tiny_test_models
+    from demo import ui
+
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(tmp_path / "features"))
+    keys = tiny_test_models()
+    demo = ui.build_app(extra_models=[keys[m] for m in models])
+    url = _serve(demo)
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    try:
+        page.goto(url)
+        page.wait_for_selector("text=VLM x VFM Fusion Lab")
+        yield page
+    finally:
+        page.close()
+        demo.close()
+
+
+def test_recipe_switch_changes_the_otfusion_row(browser, tmp_path, monkeypatch):
+    """Two VFMs picked in the multiselect, Run, then the OTFusion recipe radio: the OTFusion row
+    names the official recipe and its sources, λ is greyed out as uniform, GPUA's row stays, and
+    Dynamics draws one weight line per source."""
+    from demo.examples import example_paths
+
+    with _app_page(browser, tmp_path, monkeypatch,
+                   models=("clip_vit", "dinov2", "dinov3")) as page:
+        _upload(page, example_paths()["shapes"])
+        picker = page.locator("#vfm-picker input")
+        picker.click()
+        picker.fill("Tiny DINOv3")
+        page.keyboard.press("Enter")
+        page.keyboard.press("Escape")
+        page.locator("#run-button").click()
+        _wait_text(page, "#summary", "paper recipe: λ 0.8, ε 0.01, 10 iter", 120_000)
+        page.locator("#fusion-gallery img").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)  # the Run's follow-up events settle first
+        paper = _otfusion_row(page)
+        assert "Tiny DINOv2 (test)" in paper and "Tiny DINOv3 (test)" in paper, paper
+        gpua = page.locator("#summary tr", has_text="GPUA").first.inner_text()
+
+        page.locator("#otfusion-recipe-choice label", has_text="official").click()
+        _wait_text(page, "#summary", "official recipe: λ 1/J")
+        official = _otfusion_row(page)
+        assert official != paper and "adaptive weights" in official, official
+        assert "Tiny DINOv3 (test)" in official and "Y: Tiny CLIP ViT (test)" in official
+        assert page.locator("#summary tr", has_text="GPUA").first.inner_text() == gpua
+        assert page.locator("#lam-uniform-checkbox input").is_checked()
+        assert page.locator("#lam-slider input[type=range]").is_disabled()
+        assert page.locator("#otfusion-weights-choice input[value=adaptive]").is_checked()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.locator("#live-settings").first.screenshot(path=str(ARTIFACTS / "recipe_controls.png"))
+        _shot(page, "recipe_official")
+
+        page.get_by_role("tab", name="Dynamics").click()
+        _wait_text(page, "#dynamics-note", "official recipe")
+        weights = page.locator("#weights-plot g.scatterlayer g.trace")
+        weights.first.wait_for(timeout=30_000)
+        assert weights.count() == 4  # η of CLIP's image features and both VFMs, λ of CLIP
+        _shot(page, "recipe_dynamics")
 
 
 def test_run_without_weights_shows_one_plain_message(browser, tmp_path, monkeypatch):

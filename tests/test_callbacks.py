@@ -273,7 +273,117 @@ def test_example_assets_are_small_reproducible_and_described():
 def test_convergence_note_reports_log_domain_fallbacks(ran):
     s = ran.session
     res = s.results["otfusion"]
-    assert "log domain" not in dynamics.convergence_view(s)[1]  # none at the paper's eps
+    assert "log domain" not in dynamics.convergence_view(s)[-1]  # none at the paper's eps
     fell = dataclasses.replace(res, details=dataclasses.replace(res.details, sinkhorn_fallbacks=2))
     other = dataclasses.replace(s, results={**s.results, "otfusion": fell})
-    assert "2 Sinkhorn solve(s) finished in the log domain" in dynamics.convergence_view(other)[1]
+    assert "2 Sinkhorn solve(s) finished in the log domain" in dynamics.convergence_view(other)[-1]
+
+
+def test_summary_and_export_name_recipe_setting_and_sources(ran):
+    """Every number says what produced it, read from the record: the recipe and setting in the
+    summary's settings column, the features behind it (MethodResult.sources) beside them, and
+    both in the JSON export."""
+    import json
+
+    s = ran.session
+    rows = {line.split("|")[1].strip(): line for line in ran.summary.splitlines()
+            if line.startswith("| ")}
+    assert ("paper recipe: λ 0.8, ε 0.01, 10 iter, fixed weights; main (Table 1: VLM image + "
+            "VFMs), joint") in rows["OTFusion"]
+    assert "paper recipe: λ 0.9" in rows["GPUA"] and "paper recipe: θ 0.8" in rows["LaZSL"]
+    for m in s.methods:
+        sources = s.results[m].sources
+        assert sources and predictions.md_cell(" + ".join(sources)) in rows[s.title(m)]
+    vlm, vfm = s.extraction.features.vlm_names[0], s.extraction.features.vfm_names[0]
+    assert s.results["otfusion"].sources == (f"{vlm} image", vfm, f"Y: {vlm}")
+    doc = json.loads(Path(next(p for p in ran.downloads if p.endswith(".json"))).read_text())
+    assert doc["methods"]["otfusion"]["sources"] == list(s.results["otfusion"].sources)
+    assert doc["solver_settings"]["otfusion"]["recipe"] == "paper"
+    assert doc["solver_settings"]["otfusion"]["setting"] == "main"
+    assert doc["vlms"] == [s.extraction.settings.vlm] and doc["lazsl_recipe"] == "paper"
+    # a re-solve under the official recipe: the row, the note and the export follow the record
+    new = cb.switch_recipe("otfusion", s, {"otfusion_recipe": "official"})
+    assert "official recipe: λ 1/J (uniform), ε 0.01, 10 iter, adaptive weights" in new.summary
+    assert "official recipe" in new.dynamics_note and "λ = 1/J" in new.dynamics_note
+    doc = json.loads(Path(next(p for p in new.downloads if p.endswith(".json"))).read_text())
+    assert doc["solver_settings"]["otfusion"]["recipe"] == "official"
+    assert doc["solver_settings"]["otfusion"]["lam"] is None
+
+
+def test_weights_plot_draws_one_line_per_source(keys, labelled_zip, cache_dir):
+    """Two VFMs: the Dynamics tab draws η of each visual source and λ of the VLM per iteration,
+    named by the sources; fixed weights say so, adaptive ones say what moves them."""
+    out = _run(keys, [labelled_zip], cache_dir, vfm=[keys["dinov2"], keys["dinov3"]],
+               methods=["otfusion"], otfusion_recipe="official")
+    res = out.session.results["otfusion"]
+    visual = [n for n in res.sources if not n.startswith("Y: ")]
+    assert len(visual) == 3  # the VLM's image features and both VFMs (main setting)
+    traces = out.weights_plot.data
+    assert [t.name for t in traces] == [f"η {n}" for n in visual] + [
+        f"λ {n[3:]}" for n in res.sources if n.startswith("Y: ")]
+    history = res.details.history
+    for j, t in enumerate(traces[:3]):
+        assert list(t.y) == [h.eta[j] for h in history]
+    assert all(abs(sum(h.eta) - 1) < 1e-6 for h in history)
+    assert "**adaptive**" in out.dynamics_note and "agrees with Q" in out.dynamics_note
+    fixed = cb.resolve("otfusion", out.session, {"otfusion_weights": "fixed"})
+    assert "**fixed**" in fixed.dynamics_note
+    assert all(list(t.y) == [t.y[0]] * len(t.y) for t in fixed.weights_plot.data)  # flat
+
+
+def test_banner_follows_the_chosen_models_and_official_sources(keys, tmp_path, monkeypatch):
+    from core.config import OTFUSION_OFFICIAL_VFMS
+    from core.models import MODELS
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    hidden = inputs.models_banner([keys["clip_vit"]], [keys["dinov2"], keys["dinov3"]])
+    assert hidden["visible"] is False  # the tiny models need no weights
+    shown = inputs.models_banner([keys["clip_vit"]], ["dinov2-reg-large", "dinov2-base"])
+    assert shown["visible"] and "DINOv2" in shown["value"]
+    assert "python -m core download dinov2-reg-large dinov2-base" in shown["value"]
+    absent = [k for k in OTFUSION_OFFICIAL_VFMS if k not in MODELS]
+    if absent:
+        with pytest.warns(UserWarning, match=absent[0]):
+            out = inputs.official_sources()
+    else:
+        out = inputs.official_sources()
+    assert out.vlm == ["clip-vit-b16"]
+    assert out.vfm == [k for k in OTFUSION_OFFICIAL_VFMS if k in MODELS] and out.vfm
+
+
+def test_missing_weights_of_several_models_are_named_together(labelled_zip, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    with pytest.raises(gr.Error) as excinfo:
+        cb.run(dict(files=[str(labelled_zip)], vlm=["clip-vit-b16"],
+                    vfm=["dinov2-base", "dinov2-reg-large"], methods=["otfusion"]),
+               cache_dir=str(tmp_path / "fresh-cache"))
+    message = _error(excinfo)
+    assert "python -m core download clip-vit-b16 dinov2-base dinov2-reg-large" in message
+
+
+def test_playground_recipe_presets_and_a_second_vfm(monkeypatch):
+    import core.synthetic as synthetic
+
+    common = dict(n_classes=5, n_samples=200, seed=2, projection="pca")
+    paper = playground.playground(**common, second_vfm=True)
+    official = playground.playground(**common, recipe="official", second_vfm=True)
+    for out in (paper, official):  # η of the CLIP-like image, both DINO-like models; λ of CLIP
+        assert [t.name for t in out.play_weights.data] == [
+            "η CLIP-like image", "η DINO-like", "η DINO-like #2", "λ CLIP-like"]
+    assert all(len(set(t.y)) == 1 for t in paper.play_weights.data)  # fixed
+    assert len(set(official.play_weights.data[1].y)) > 1  # adaptive: the weights move
+    assert "official recipe" in official.play_note and "uniform" in official.play_note
+    assert playground.lam_slider("official")["interactive"] is False
+    # presets come from core.synthetic at run time: a new one appears without code here
+    monkeypatch.setitem(synthetic.PRESETS, "tight",
+                        dict(synthetic.PRESETS["hard"], vfm_noise=0.5, gap=0.3))
+    assert "tight" in playground.preset_names()
+    knobs = playground.preset_knobs("tight")
+    assert knobs.play_vfm_noise["value"] == 0.5 and knobs.play_gap["value"] == 0.3
+    out = playground.playground(**common, preset="tight", vfm_noise=0.5, gap=0.3)
+    assert "preset 'tight'" in out.play_note
+    with pytest.raises(gr.Error, match="tight"):
+        playground.playground(**common, preset="nope")

@@ -76,6 +76,25 @@ def test_recipes_are_named_sets_of_defaults():
             assert recipe(method, name).recipe == name  # the settings name the recipe they hold
 
 
+def test_with_recipe_sets_what_the_recipe_decides_and_keeps_the_rest():
+    assert config.recipe_fields("otfusion") == ("lam", "sinkhorn_iter", "recipe", "weights")
+    assert config.recipe_fields("lazsl") == ("recipe",)
+    mine = OTFusionSettings(lam=0.3, eps=0.05, setting="vfm_only", variant="concat")
+    official = config.with_recipe(mine, "official")
+    assert (official.lam, official.sinkhorn_iter, official.weights, official.recipe) == (
+        None, 15, "adaptive", "official")
+    assert (official.eps, official.setting, official.variant) == (0.05, "vfm_only", "concat")
+    assert config.with_recipe(official, "paper") == OTFusionSettings(eps=0.05, setting="vfm_only",
+                                                                    variant="concat")
+    gpua = config.with_recipe(GPUASettings(lam=0.7, seed=3, eps=0.02), "official")
+    assert gpua == GPUASettings(**{**config.GPUA_RECIPES["official"].__dict__, "lam": 0.7,
+                                   "seed": 3})  # eps is the recipe's: the recipes differ on it
+    with pytest.raises(ValueError, match="settings of one of"):
+        config.with_recipe(ZeroShotSettings(), "paper")
+    with pytest.raises(ValueError, match="recipes paper, official"):
+        config.with_recipe(mine, "authors")
+
+
 def test_official_recipes_agree_with_the_solvers_recipe_tables():
     """What config's official recipes pass to the solvers is what the solvers' own recipe tables
     say the public code does (one fact, two places that must not drift)."""
@@ -194,17 +213,19 @@ def test_cli_recipe_flags_take_configs_recipe_and_explicit_flags_override_it():
     assert both.otfusion.lam == 0.3 and recipe("otfusion", "official").lam is None
 
 
-def test_rebase_keeps_the_changed_knobs_and_takes_the_other_recipes_defaults():
-    from core.config import rebase
+def test_with_recipe_keeps_the_users_knobs_and_takes_the_recipes_own():
+    from core.config import with_recipe
 
     paper = OTFusionSettings(eps=0.05, setting="vfm_only")
-    official = rebase(paper, "official")
+    official = with_recipe(paper, "official")
     assert official == dataclasses.replace(recipe("otfusion", "official"), eps=0.05,
-                                      setting="vfm_only")
-    assert rebase(official, "paper") == paper  # and back
-    assert rebase(GPUASettings(), "official") == recipe("gpua", "official")
-    with pytest.raises(ValueError, match="OTFusion, GPUA or LaZSL"):
-        rebase(ZeroShotSettings(), "paper")
+                                           setting="vfm_only")
+    assert with_recipe(official, "paper") == paper  # and back
+    mine = OTFusionSettings(lam=0.3)
+    assert with_recipe(mine, "paper") is mine  # its own recipe: nothing is reset
+    assert with_recipe(GPUASettings(), "official") == recipe("gpua", "official")
+    with pytest.raises(ValueError, match="with_recipe"):
+        with_recipe(ZeroShotSettings(), "paper")
 
 
 def test_extract_settings_defaults_are_configs():
@@ -258,13 +279,21 @@ def test_app_controls_read_their_defaults_and_ranges_from_config():
     demo = ui.build_app()
     found = _components(demo)
     settings = MethodSettings()
+    choices = {"gpua_targets": config.GPUA_TARGETS, "otfusion_setting": config.OTFUSION_SETTINGS,
+               "otfusion_variant": config.OTFUSION_VARIANTS, "otfusion_weights": ("fixed",
+                                                                                 "adaptive"),
+               **{k: config.RECIPE_NAMES for k in cb.RECIPE_CONTROLS.values()}}
     for key, (method, name) in cb.CONTROLS.items():
         cls = type(getattr(settings, method))
         default = getattr(getattr(settings, method), name)
-        if key == "gpua_targets":
-            radio = found["gpua-targets-radio"]
-            assert radio.value == default
-            assert [v for _, v in radio.choices] == list(config.GPUA_TARGETS)
+        if key in choices:
+            radio = found["gpua-targets-radio" if key == "gpua_targets" else
+                          f"{key.replace('_', '-')}-choice"]
+            assert radio.value == (default or "fixed"), key  # weights None: the paper's "fixed"
+            assert [v for _, v in radio.choices] == list(choices[key]), key
+            continue
+        if key == "lam_uniform":
+            assert found["lam-uniform-checkbox"].value is (default is None) is False
             continue
         slider = found[f"{key.replace('_', '-')}-slider"]
         assert (slider.minimum, slider.maximum, slider.step) == ui_range(cls, name), key
@@ -275,8 +304,9 @@ def test_app_controls_read_their_defaults_and_ranges_from_config():
     # models, template and methods of a Run, as the app opens and as the handler defaults them
     values = {b.label: getattr(b, "value", None) for b in demo.blocks.values()
               if getattr(b, "label", None)}
-    assert values["Vision-language model (VLM)"] == config.DEFAULT_VLM == cb.RUN_DEFAULTS["vlm"]
-    assert values["Vision foundation model (VFM)"] == config.DEFAULT_VFM == cb.RUN_DEFAULTS["vfm"]
+    assert values["Vision-language models (VLM)"] == [config.DEFAULT_VLM] == cb.RUN_DEFAULTS["vlm"]
+    assert values["Vision foundation models (VFM)"] == [config.DEFAULT_VFM] == \
+        cb.RUN_DEFAULTS["vfm"]
     assert values["Prompt template(s), one per line"] == config.DEFAULT_TEMPLATE
     assert values["Methods"] == list(cb.APP_METHODS) == list(cb.RUN_DEFAULTS["methods"])
     assert cb.RUN_DEFAULTS["n_crops"] == config.LAZSL_CROPS

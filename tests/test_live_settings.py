@@ -34,6 +34,7 @@ from core.config import (
 from core.methods.gpua.fit import concat_features
 from core.methods.run import METHODS, FeatureSet, run_methods
 from core.methods.zeroshot import zeroshot_probs
+from core.models import load_encoder
 from core.models.tiny import tiny_test_models
 from core.synthetic import make_synthetic
 
@@ -368,8 +369,9 @@ def test_eval_harness_passes_the_config_to_the_methods(spy, extractions, keys, t
     # OTFusion once per recipe (both by default), each with every knob that was set
     paper_call, official_call = spy.calls["otfusion"]
     _check_otfusion(paper_call, test, expected, labels="given")
-    _check_otfusion(official_call, test, expected.replace(otfusion={"recipe": "official"}),
-                    labels="given")
+    official = expected.replace(otfusion=config.with_recipe(expected.otfusion, "official"))
+    assert official.otfusion.eps == 0.05 and official.otfusion.lam is None  # the user's eps,
+    _check_otfusion(official_call, test, official, labels="given")  # the recipe's lam
     # labels: the harness's come from the split file, so only check they were given
     assert paper_call[1]["labels"].shape == (test.n_images,)
     _check_lazsl(spy.one("lazsl_scores"), test, expected.lazsl, n_crops=3)
@@ -427,7 +429,7 @@ def test_eval_harness_fuses_every_model_and_fits_gpua_on_the_first(spy, extracti
     assert train_settings.vlms == (keys["clip_vit"],)  # GPUA's pool: the first models only
     assert train_settings.vfms == (keys["dinov2"],)
     test = test_ex.features
-    expected = cfg.solver.replace(otfusion={"recipe": "official"})
+    expected = cfg.solver.replace(otfusion=config.with_recipe(cfg.solver.otfusion, "official"))
     _check_otfusion(spy.one("otfusion"), test, expected, labels="given")
     assert len(spy.one("otfusion")[1]["vfm_features"]) == 4
     _check_gpua(spy.one("fit_gpua"), train_ex.features, cfg.solver.gpua, text=test.text)
@@ -553,3 +555,92 @@ def test_official_gpua_recipe_reaches_the_solver_with_its_unrenormalised_z(spy):
     z = spy.one("fit_gpua")[1]["vfm_features"]
     torch.testing.assert_close(z.norm(dim=-1), torch.full((feats.n_images,), 2 ** 0.5))
     assert result.sources[0] == "[VFM 1, VLM 1 image]"
+
+
+def test_app_recipe_setting_and_model_controls_reach_the_solvers(spy, extractions, cb, keys,
+                                                                 image_zip, tmp_path):
+    """Two VLMs and two VFMs, and every recipe control of the app, from the Run to the solvers;
+    then each recipe radio switches its method (the knobs its recipe decides take its values)."""
+    import json
+
+    import gradio as gr
+
+    attributes = tmp_path / "attributes.json"  # "antlers": the two sentence rules differ on it
+    attributes.write_text(json.dumps({"red": ["antlers", "a warm colour"],
+                                      "blue": ["cold water"], "green": ["leaves"]}))
+    controls = {"otfusion_recipe": "official", "otfusion_setting": "main",
+                "otfusion_variant": "concat", "otfusion_weights": "fixed", "lam_uniform": True,
+                "lam": 0.5, "eps": 0.05, "gpua_recipe": "official", "gpua_ths_steps": 7.0,
+                "lazsl_recipe": "official", "lazsl_theta": 0.6}
+    vlms, vfms = [keys["clip_vit"], keys["clip_rn"]], [keys["dinov2"], keys["dinov3"]]
+    out = cb.run({"files": [str(image_zip)], "vlm": vlms, "vfm": vfms, "n_crops": 3.0,
+                  "methods": ["otfusion", "gpua", "lazsl"], "attributes_file": str(attributes),
+                  **controls}, cache_dir=str(tmp_path / "cache"))
+    official = {m: config.recipe(m, "official") for m in ("otfusion", "gpua", "lazsl")}
+    expected = MethodSettings(**official).replace(
+        otfusion={"variant": "concat", "weights": "fixed", "lam": None, "eps": 0.05},
+        gpua={"ths_steps": 7}, lazsl={"theta": 0.6})
+    assert out.session.settings == expected
+    (extract_settings, ex), = extractions
+    assert (extract_settings.vlms, extract_settings.vfms) == (tuple(vlms), tuple(vfms))
+    assert extract_settings.lazsl_recipe == "official"
+    assert "red, which is antlers" in ex.attribute_sentences  # the public code's rule
+    feats = ex.features
+    assert len(feats.extra_vlm_images) == 1 and len(feats.extra_vfm_images) == 1
+    _check_otfusion(spy.one("otfusion"), feats, expected)
+    assert len(spy.one("otfusion")[1]["vfm_features"]) == 4  # 2 VLM images + 2 VFMs
+    _check_gpua(spy.one("fit_gpua"), feats, expected.gpua)
+    _check_lazsl(spy.one("lazsl_scores"), feats, expected.lazsl, n_crops=3)
+
+    # The OTFusion radio back to "paper": λ, weights and Sinkhorn iterations take the paper's
+    # values (the controls show them), ε and the variant keep the user's.
+    back = cb.switch_recipe("otfusion", out.session,
+                            {**{k: v for k, v in controls.items() if cb.CONTROLS[k][0] ==
+                                "otfusion"}, "otfusion_recipe": "paper"})
+    paper = expected.replace(otfusion=config.with_recipe(expected.otfusion, "paper"))
+    assert paper.otfusion.lam == 0.8 and paper.otfusion.eps == 0.05
+    assert back.session.settings == paper
+    _check_otfusion(spy.calls["otfusion"][-1], feats, paper)
+    assert back.lam["value"] == 0.8 and back.lam["interactive"] is True
+    assert back.lam_uniform["value"] is False and back.otfusion_weights["value"] == "fixed"
+    assert back.gpua_lam == gr.skip() and back.session.results["gpua"] is \
+        out.session.results["gpua"]
+
+    # GPUA's radio: eps, targets, THS steps from the paper recipe, λ kept.
+    g = cb.switch_recipe("gpua", back.session, {"gpua_recipe": "paper", "gpua_lam": 0.7,
+                                                "gpua_eps": 0.05, "gpua_targets": "hard",
+                                                "gpua_ths_steps": 7})
+    assert g.session.settings.gpua == config.GPUASettings(lam=0.7)
+    _check_gpua(spy.calls["fit_gpua"][-1], feats, g.session.settings.gpua)
+    assert g.gpua_targets["value"] == "soft" and g.gpua_ths_steps["value"] == 200
+
+    # LaZSL's radio re-encodes the attribute sentences (text only) and re-scores.
+    encoders = [load_encoder(k) for k in (*vlms, *vfms)]
+    forwards = [e.n_forward for e in encoders]
+    z = cb.switch_recipe("lazsl", g.session, {"lazsl_recipe": "paper", "lazsl_theta": 0.6})
+    new = z.session.extraction
+    assert "red, which has antlers" in new.attribute_sentences
+    assert new.settings.lazsl_recipe == "paper" and z.session.settings.lazsl.recipe == "paper"
+    assert new.features.vlm_image is feats.vlm_image and new.features.crops is feats.crops
+    assert [e.n_forward for e in encoders][1:] == forwards[1:]  # no other model ran
+    _check_lazsl(spy.calls["lazsl_scores"][-1], new.features, z.session.settings.lazsl, n_crops=3)
+    assert len(extractions) == 1  # no new Run
+
+    # A recipe radio before any Run only updates the controls.
+    early = cb.switch_recipe("otfusion", None, {"otfusion_recipe": "official", "lam": 0.3})
+    assert early.session == gr.skip() and early.lam_uniform["value"] is True
+    assert early.lam["interactive"] is False and early.otfusion_weights["value"] == "adaptive"
+
+
+def test_app_controls_validate_recipes_and_map_lam_uniform(cb):
+    with pytest.raises(ValueError, match="OTFusion recipe: expected one of paper, official"):
+        cb.method_settings({"otfusion_recipe": "authors"})
+    with pytest.raises(ValueError, match="OTFusion setting: expected one of main"):
+        cb.method_settings({"otfusion_setting": "dino"})
+    official = cb.method_settings({"otfusion_recipe": "official"})
+    assert official.otfusion == config.recipe("otfusion", "official")
+    # unticking λ uniform takes the slider's λ, or the paper's when no slider value comes
+    assert cb.method_settings({"lam_uniform": False}, base=official).otfusion.lam == 0.8
+    assert cb.method_settings({"lam_uniform": False, "lam": 0.3},
+                              base=official).otfusion.lam == 0.3
+    assert cb.method_settings({"lam_uniform": True, "lam": 0.3}).otfusion.lam is None

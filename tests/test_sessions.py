@@ -362,7 +362,7 @@ def test_range_and_choice_errors_name_their_control(app):
     client = gc.Client(url, verbose=False, download_files=False)
     message = _app_error(gc, client.predict, lam=5.0, eps=0.01, n_iter=10,
                          api_name="/resolve")
-    assert "OTFusion λ (weight of CLIP)" in message and "maximum" in message
+    assert "OTFusion λ (weight of each VLM)" in message and "maximum" in message
     message = _app_error(gc, client.predict, lam=0.5, eps=0.01, n_iter=10, compare="nope",
                          api_name="/resolve")
     assert "Compare with CLIP" in message

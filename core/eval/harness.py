@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.config import LAZSL_CROPS_PAPER, MethodSettings, rebase
+from core.config import LAZSL_CROPS_PAPER, MethodSettings, with_recipe
 from core.data import load_attributes
 from core.data.benchmarks import BenchmarkData, balanced_subset, open_benchmark
 from core.eval.paper_numbers import otfusion_protocol, reported_all
@@ -127,7 +127,7 @@ _Pool = Callable[[int, object, str, str], FeatureSet]
 
 def _otfusion_runs(config: EvalConfig, solver: MethodSettings, test: FeatureSet, pool: _Pool,
                    has_train: bool, base, key: str, notes: list[str]) -> list[_Run]:
-    """One run per recipe (``rebase``), transductive on the test split or, with
+    """One run per recipe (``with_recipe``), transductive on the test split or, with
     ``otfusion_shots``, inductive from a pool of the train split."""
     shots, fitted = config.otfusion_shots, None
     if shots and has_train:
@@ -140,7 +140,7 @@ def _otfusion_runs(config: EvalConfig, solver: MethodSettings, test: FeatureSet,
                      "transductively on the test split.")
     runs = []
     for name in config.otfusion_recipes:
-        s = solver.replace(otfusion=rebase(solver.otfusion, name))
+        s = solver.replace(otfusion=with_recipe(solver.otfusion, name))
         if fitted is not None:
             runs.append(_Run("otfusion", f"OTFusion inductive ({shots}-shot)", "inductive", s,
                              lambda s: _fit_otfusion(fitted, test, s)))

@@ -29,8 +29,9 @@ class EvalConfig:
 
     ``extra_vlms`` / ``extra_vfms`` are fused by OTFusion beside the first ones (which the other
     methods use). OTFusion runs once per name in ``otfusion_recipes``, on the same features: each
-    run is ``core.config.rebase(solver.otfusion, name)``, the knobs where ``solver.otfusion``
-    differs from its own recipe on top of that recipe.
+    run is ``core.config.with_recipe(solver.otfusion, name)``: the knobs a recipe decides (lam,
+    Sinkhorn iterations, weights) take that recipe's values, the others (eps, iterations, setting,
+    variant) keep ``solver.otfusion``'s.
     """
 
     methods: tuple[str, ...] = METHODS

@@ -3,12 +3,14 @@ every method on one cached :class:`FeatureSet` (what a slider re-runs). Their se
 ``core.config`` (``MethodSettings``, one frozen dataclass per method)."""
 
 from core.methods.lazsl import explain, lazsl_scores
+from core.methods.otfusion import WEIGHTS as OTFUSION_WEIGHTS
 from core.methods.run import (
     METHOD_TITLES,
     METHODS,
     FeatureSet,
     MethodResult,
     gpua_inputs,
+    otfusion_weights,
     run_method,
     run_methods,
     sensitivity_sweep,
@@ -17,4 +19,5 @@ from core.methods.run import (
 __all__ = [
     "METHOD_TITLES", "METHODS", "FeatureSet", "MethodResult", "run_method",
     "run_methods", "sensitivity_sweep", "gpua_inputs", "explain", "lazsl_scores",
+    "OTFUSION_WEIGHTS", "otfusion_weights",
 ]

@@ -22,9 +22,11 @@ from core.config import (
     SWEEP_LAMS,
     GPUASettings,
     MethodSettings,
+    OTFusionSettings,
 )
 from core.methods.gpua.fit import concat_features, fit_gpua
 from core.methods.lazsl import lazsl_scores
+from core.methods.otfusion import RECIPES as OTFUSION_SOLVER_RECIPES
 from core.methods.otfusion import otfusion
 from core.methods.otfusion_inductive import fit_otfusion
 from core.methods.zeroshot import zeroshot_probs
@@ -213,6 +215,13 @@ def _run_clip(features: FeatureSet, settings: MethodSettings):
     probs = zeroshot_probs(features.vlm_image, features.text, temperature=settings.clip.temperature)
     vlm = features.vlms()[0][0]
     return probs, None, (f"{vlm} image", f"text: {vlm}")
+
+
+def otfusion_weights(settings: OTFusionSettings) -> str:
+    """The source weights OTFusion runs with under ``settings``: ``settings.weights``, or its
+    recipe's default when None ("fixed" for the paper recipe, "adaptive" for the official one);
+    one of ``OTFUSION_WEIGHTS``."""
+    return settings.weights or OTFUSION_SOLVER_RECIPES[settings.recipe].weights
 
 
 def otfusion_inputs(features: FeatureSet, settings: MethodSettings):

@@ -110,8 +110,9 @@ def _json_text(extraction, results, rows, solver: MethodSettings | None) -> str:
     doc = {
         "vlm": settings.vlm,
         "vfm": settings.vfm,
-        "vlms": list(settings.vlms),
+        "vlms": list(settings.vlms),  # every model, the primary one first
         "vfms": list(settings.vfms),
+        "lazsl_recipe": settings.lazsl_recipe,  # the rule that wrote LaZSL's sentences
         "templates": list(settings.templates),
         "classes": list(extraction.class_names),
         "solver_settings": _solver_record(solver, results),
@@ -137,9 +138,9 @@ def predictions_csv(extraction, results: dict[str, MethodResult],
 
 def predictions_json(extraction, results: dict[str, MethodResult],
                      solver: MethodSettings | None = None) -> str:
-    """JSON text: models, templates, classes, the solver settings that produced the results (when
-    given), per method its accuracy, timing, recipe, setting and sources (:func:`provenance`),
-    skipped files, and per-image top-k."""
+    """JSON text: models (every VLM and VFM), templates, classes, the solver settings that
+    produced the results (when given; recipes included), per-method accuracy, timings and the
+    features behind it (``sources``), skipped files, and per-image top-k."""
     return _json_text(extraction, results, prediction_rows(extraction, results), solver)
 
 
