@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -32,12 +33,13 @@ import gradio as gr
 
 from core.config import DEFAULT_VFM, DEFAULT_VLM, LAZSL_CROPS, MethodSettings, with_recipe
 from core.data import ImageItem
-from core.methods import METHOD_TITLES, FeatureSet, run_method, run_methods
+from core.methods import METHOD_TITLES, FeatureSet, run_method
 from core.models import WeightsUnavailableError
 from core.pipeline import (
     Extraction,
     ExtractSettings,
     extract,
+    extract_in_stages,
     with_lazsl_recipe,
     write_predictions,
 )
@@ -177,40 +179,68 @@ def _run_outputs(session: Session, status: str, compare=None, filter_mode="all")
     )
 
 
-def failed_run_outputs(error: gr.Error) -> RunOutputs:
+def failed_run_outputs(error: gr.Error, *, partial: bool = False) -> RunOutputs:
     """A Run that failed: the message once, in the status line; every other view keeps the
     previous record's content (``gr.skip()``), so nothing goes blank or shows an error badge."""
     title = getattr(error, "title", None) or "The Run failed"
     message = getattr(error, "message", None) or str(error)
     status = (f'<div class="run-failed" role="alert"><b>{html.escape(title)}.</b> {message}'
-              "<br><em>The results below (if any) are still those of the previous Run.</em></div>")
+              + ("<br><em>The results below are those of this Run's earlier stages.</em></div>"
+                 if partial else
+                 "<br><em>The results below (if any) are still those of the previous Run.</em>"
+                 "</div>"))
     skip = {f: gr.skip() for f in RunOutputs._fields}
     return RunOutputs(**{**skip, "status": status})
 
 
 @gpu(duration=120)
-def _extract(image_set, class_names, settings, cache, progress):
+def _extract(image_set, class_names, settings, *, cache, progress):
     """The model step (runs on a ZeroGPU slot on Spaces)."""
     return extract(image_set, class_names, settings, cache=cache, progress=progress)
 
 
-def _finish_session(extraction: Extraction, methods, settings, notes, progress) -> Session:
+def _finish_session(extraction: Extraction, methods, settings, notes, progress,
+                    previous: Session | None = None) -> Session:
+    """A record of ``methods`` (CLIP first) solved on ``extraction``. ``previous``: the record of
+    an earlier stage of the same Run, whose work folder, thumbnails and results (where the
+    settings are the same) are reused."""
     report = pipeline_progress(progress) or (lambda *a: None)
-    workdir = new_workdir()
+    workdir = previous.workdir if previous is not None else new_workdir()
     try:
-        thumbs = write_thumbnails(extraction, workdir, report)
-        report(0, 1, "solving " + ", ".join(METHOD_TITLES[m] for m in methods))
-        results = run_methods(extraction.features, methods, settings)
+        thumbs = previous.thumbs if previous is not None else write_thumbnails(
+            extraction, workdir, report)
+        # An earlier stage's result stands when its method's settings did not change: the
+        # features it used are the same in every stage.
+        kept = {m: r for m, r in (previous.results if previous is not None else {}).items()
+                if m in methods and getattr(previous.settings, m) == getattr(settings, m)}
+        todo = [m for m in methods if m not in kept]
+        report(0, 1, "solving " + ", ".join(METHOD_TITLES[m] for m in todo))
+        solved = {m: run_method(m, extraction.features, settings) for m in todo}
+        results = {m: kept[m] if m in kept else solved[m] for m in methods}
     except BaseException:  # the Run failed: its folder must not wait for the 6-hour sweep
-        shutil.rmtree(workdir, ignore_errors=True)
+        if previous is None:
+            shutil.rmtree(workdir, ignore_errors=True)
         raise
     order = tuple(results)
     return Session(extraction=extraction, methods=order, settings=settings, results=results,
                    workdir=workdir, thumbs=thumbs, notes=tuple(notes))
 
 
+# What the status line says is still coming after each stage (core.pipeline.stages).
+_NEXT = {"vlm": "computing the VFM features for {methods}",
+         "models": "computing LaZSL's {crops} crops per image (one more VLM forward each)"}
+
+
 @user_errors
-def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=None) -> RunOutputs:
+def run_stages(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=None,
+               current_session=None):
+    """:func:`run` as a stream: yields RunOutputs after each extraction stage (issue 12): CLIP
+    zero-shot as soon as the first VLM's features exist, then OTFusion and GPUA when the other
+    models' are there, then LaZSL after its crops; the last one is :func:`run`'s result.
+
+    ``current_session``: a callable returning the session the user has now; when a slider
+    re-solved an earlier stage's record meanwhile, the later stages keep those settings.
+    """
     """Load images and classes, extract features (cached), run the methods, build every view.
 
     ``inputs`` maps :data:`RUN_INPUTS` keys (the upload, classes, models, methods, crops and every
@@ -247,33 +277,83 @@ def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=Non
                                n_crops=int(n_crops) if "lazsl" in methods else 0,
                                attributes=attributes, extra_vlms=tuple(vlms[1:]),
                                extra_vfms=tuple(vfms[1:]), lazsl_recipe=solver.lazsl.recipe)
+    start, session = time.perf_counter(), None
+    stages = extract_in_stages(image_set, class_names, settings, cache=cache_from_env(cache_dir),
+                               progress=pipeline_progress(progress), extract_fn=_extract)
+    while True:
+        try:
+            stage = _next_stage(stages)
+        except WeightsUnavailableError as exc:  # name every chosen model without weights
+            missing = missing_weights([*vlms, *vfms]) or [exc.key]
+            raise user_error(weights_message(*missing), title=WEIGHTS_TITLE,
+                             duration=None) from None
+        if stage is None:
+            return
+        extraction = stage.extraction
+        now = _current(current_session) if session is not None else None
+        if isinstance(now, Session) and now.workdir == session.workdir:
+            session, solver = now, now.settings  # a slider moved on an earlier stage: keep it
+        wanted = tuple(m for m in ("clip", *methods) if m in stage.methods)
+        if stage.last:
+            notes += list(extraction.warnings)
+            if extraction.skipped:
+                warn_user(f"{len(extraction.skipped)} file(s) were skipped; the notes panel "
+                          "lists why.")
+        session = _finish_session(extraction, wanted, solver, notes, progress, previous=session)
+        # No cache hits or forward-pass counts here: the feature cache is shared by every user,
+        # so they would tell a user that someone else uploaded the same images before (issue 13).
+        elapsed = time.perf_counter() - start
+        ready = ", ".join(METHOD_TITLES[m] for m in wanted)
+        if stage.last:
+            status = (f"**Features ready** for {len(extraction.items)} images in {elapsed:.1f} s. "
+                      "Move λ, ε, the iterations or a recipe to re-solve instantly.")
+        else:
+            later = [METHOD_TITLES[m] for m in methods if m not in stage.methods]
+            status = (f"**{ready} ready** after {elapsed:.1f} s; still "
+                      + _NEXT[stage.name].format(methods=", ".join(later), crops=settings.n_crops)
+                      + f" ({', '.join(later)} will appear here). Sliders work on what is shown.")
+        yield _run_outputs(session, status, v["compare"], v["filter_mode"])
+
+
+def _current(current_session):
+    """The session the user has now, or None (none given, or it was dropped meanwhile)."""
+    if current_session is None:
+        return None
     try:
-        extraction = _extract(image_set, class_names, settings, cache_from_env(cache_dir),
-                              pipeline_progress(progress))
-    except WeightsUnavailableError as exc:  # name every chosen model without weights, not one
-        missing = missing_weights([*vlms, *vfms]) or [exc.key]
-        raise user_error(weights_message(*missing), title=WEIGHTS_TITLE, duration=None) from None
-    notes += list(extraction.warnings)
-    if extraction.skipped:
-        warn_user(f"{len(extraction.skipped)} file(s) were skipped; the notes panel lists why.")
-    session = _finish_session(extraction, ("clip",) + methods, solver, notes, progress)
-    # No cache hits or forward-pass counts here: the feature cache is shared by every user, so
-    # they would tell a user that someone else uploaded the same images before (issue 13).
-    st = extraction.stats
-    status = (f"**Features ready** for {st['images']} images in {st['seconds']:.1f} s. Move λ, "
-              "ε, the iterations or a recipe to re-solve instantly.")
-    return _run_outputs(session, status, v["compare"], v["filter_mode"])
+        return current_session()
+    except gr.Error:
+        return None
 
 
-def run_in_app(inputs: Mapping[str, Any] | None = None, *, cache_dir=None,
-               progress=None) -> RunOutputs:
-    """:func:`run` as the Run button calls it: a failure keeps the previous record and its views
-    and shows the message once in the status line (``failed_run_outputs``), instead of Gradio's
+def _next_stage(stages):
+    """The next stage, or None when the extraction is done."""
+    try:
+        return next(stages)
+    except StopIteration:
+        return None
+
+
+def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=None) -> RunOutputs:
+    """Load images and classes, extract features (cached), run the methods, build every view:
+    the last output of :func:`run_stages` (same inputs and errors)."""
+    *_, last = run_stages(inputs, cache_dir=cache_dir, progress=progress)
+    return last
+
+
+def run_in_app(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=None,
+               current_session=None):
+    """:func:`run_stages` as the Run button calls it (a stream of outputs): a failure keeps the
+    views already on the page (the previous record's, or the stages of this Run that were
+    shown) and says so once in the status line (``failed_run_outputs``), instead of Gradio's
     error state on every output."""
+    shown = False
     try:
-        return run(inputs, cache_dir=cache_dir, progress=progress)
+        for out in run_stages(inputs, cache_dir=cache_dir, progress=progress,
+                              current_session=current_session):
+            shown = True
+            yield out
     except gr.Error as error:
-        return failed_run_outputs(error)
+        yield failed_run_outputs(error, partial=shown)
 
 
 @user_errors

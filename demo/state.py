@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import html
+import inspect
 import logging
 import os
 import shutil
@@ -198,28 +199,41 @@ def user_errors(fn):
 
     ValueError (our validation and core's, whose messages say what to fix) and missing weights
     go to the user as they are; anything else is logged with its traceback on the server and
-    the user gets a short note.
+    the user gets a short note. Generator handlers (a Run streaming its stages) are wrapped as
+    generators, so what they yielded before failing stays on the page.
     """
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                raise _as_user_error(exc, fn) from None
+
+        return stream
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except WeightsUnavailableError as exc:
-            log.warning("weights unavailable: %s", exc)  # the full text (paths) stays on the server
-            raise user_error(weights_message(exc.key), title=WEIGHTS_TITLE, duration=None) from None
-        except (ValueError, NoImagesError) as exc:
-            raise user_error(str(exc)) from None
         except Exception as exc:
-            log.exception("handler %s failed", getattr(fn, "__name__", fn))
-            raise user_error(
-                f"Something went wrong on the server ({type(exc).__name__}). Try again, or with "
-                "fewer images; the details are in the server log.", title="Internal error"
-            ) from None
+            raise _as_user_error(exc, fn) from None
 
     return wrapper
+
+
+def _as_user_error(exc: Exception, fn) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, WeightsUnavailableError):
+        log.warning("weights unavailable: %s", exc)  # the full text (paths) stays on the server
+        return user_error(weights_message(exc.key), title=WEIGHTS_TITLE, duration=None)
+    if isinstance(exc, (ValueError, NoImagesError)):
+        return user_error(str(exc))
+    log.exception("handler %s failed", getattr(fn, "__name__", fn), exc_info=exc)
+    return user_error(
+        f"Something went wrong on the server ({type(exc).__name__}). Try again, or with "
+        "fewer images; the details are in the server log.", title="Internal error")
 
 
 WEIGHTS_TITLE = "Model weights are not available"

@@ -269,16 +269,12 @@ def stored(fn: Callable, store: SessionStore, *, takes_session: bool = True) -> 
     The returned function takes the ``gr.State`` value (the key, ignored: Gradio's session hash
     is the key) in place of the session and a ``gr.Request`` (injected by Gradio, first), and
     returns the key in place of the session. Its signature is ``fn``'s plus the request, so Gradio
-    still finds ``fn``'s ``gr.Progress`` default.
+    still finds ``fn``'s ``gr.Progress`` default. A generator ``fn`` (a Run streaming its stages)
+    has each yielded output kept as it comes; if it takes ``current_session``, it gets a callable
+    returning the session the store holds now (what the user's sliders made of a stage).
     """
 
-    def wrapper(request: gr.Request | None, *args, **kwargs):
-        key = getattr(request, "session_hash", None)
-        session = None
-        if takes_session:
-            session = store.get(key)
-            args = (session, *args[1:])
-        out = fn(*args, **kwargs)
+    def keep_output(key, session, out):
         new = getattr(out, "session", None) if hasattr(out, "_fields") else None
         if isinstance(new, Session) and key:
             if isinstance(session, Session):  # a re-solve of the session it was given
@@ -290,7 +286,30 @@ def stored(fn: Callable, store: SessionStore, *, takes_session: bool = True) -> 
             store.update(key, session, session)  # views may have memoised more: re-estimate
         return out
 
-    params = list(inspect.signature(fn).parameters.values())
+    def session_of(request, args):
+        key = getattr(request, "session_hash", None)
+        if takes_session:
+            session = store.get(key)
+            return key, session, (session, *args[1:])
+        return key, None, args
+
+    if inspect.isgeneratorfunction(fn):  # a Run streaming its stages: keep each one
+        def stream(request: gr.Request | None, *args, **kwargs):
+            key, session, args = session_of(request, args)
+            if "current_session" in inspect.signature(fn).parameters:
+                # what the user has now (a slider may have re-solved a stage's record)
+                kwargs["current_session"] = lambda: store.get(key)
+            for out in fn(*args, **kwargs):
+                yield keep_output(key, session, out)
+
+        wrapper = stream
+    else:
+        def wrapper(request: gr.Request | None, *args, **kwargs):
+            key, session, args = session_of(request, args)
+            return keep_output(key, session, fn(*args, **kwargs))
+
+    params = [p for p in inspect.signature(fn).parameters.values()
+              if p.name != "current_session"]  # ours to fill, not Gradio's
     request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                 annotation=gr.Request)
     wrapper.__signature__ = inspect.Signature([request, *params])

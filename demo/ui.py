@@ -431,8 +431,9 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
     def keep(fn, takes_session=True):  # the handler's session lives in ``store``
         return stored(fn, store, takes_session=takes_session)
 
-    def run(progress=gr.Progress(), **inputs):  # noqa: B008 (Gradio's idiom)
-        return flow.run_in_app(inputs, progress=progress)
+    def run(progress=gr.Progress(), current_session=None, **inputs):  # noqa: B008
+        # A stream: CLIP zero-shot first, then the fused methods, then LaZSL (issue 12).
+        yield from flow.run_in_app(inputs, progress=progress, current_session=current_session)
 
     # Inputs by name (Gradio's inputs_kwargs): the API's parameter names are flow.RUN_INPUTS.
     # A failed Run returns the message in the status line and skips every other output, so the

@@ -75,12 +75,15 @@ def extract_in_stages(
     *,
     cache: FeatureCache | None = None,
     progress: Progress | None = None,
+    extract_fn=None,
 ) -> Iterator[Stage]:
     """Yield a :class:`Stage` as soon as each step's features exist (see the module docstring).
 
     Parameters and errors are :func:`core.pipeline.extract`'s; a step that fails raises from the
     generator after the earlier stages were yielded, so a caller keeps what it already showed.
-    Progress descriptions are prefixed with the stage ("1/3 ...").
+    Progress descriptions are prefixed with the stage ("1/3 ..."). ``extract_fn``: what runs
+    each step (default :func:`core.pipeline.extract`; the app passes its ZeroGPU-wrapped one),
+    called as ``extract_fn(image_set, class_names, settings, cache=..., progress=...)``.
     """
     _load_models(settings)  # every model key checked before the first stage runs (loads nothing)
     steps = stage_settings(settings)
@@ -92,9 +95,12 @@ def extract_in_stages(
         for i, (name, step) in enumerate(steps):
             report = None
             if progress is not None:
-                def report(done, total, desc, _tag=f"{i + 1}/{len(steps)}"):
+                tag = f"{i + 1}/{len(steps)}"
+
+                def report(done, total, desc, _tag=tag):
                     progress(done, total, f"{_tag} {desc}")
-            ex = extract(image_set, class_names, step, cache=cache, progress=report)
+            ex = (extract_fn or extract)(image_set, class_names, step, cache=cache,
+                                         progress=report)
             yield Stage(name, ex, STAGE_METHODS[name] if name != "vlm" or len(steps) > 1
                         else STAGE_METHODS["models"], i == len(steps) - 1)
     finally:
