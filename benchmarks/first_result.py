@@ -103,7 +103,8 @@ def time_app(paths: list[Path], args, env: dict) -> dict[str, float]:
     keys = realsize_models()
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="first-result-app-"))
-    proc = start_app(port, work, env=env, timeout=300)
+    # start_app puts the feature cache (empty), uploads and temp folders under ``work`` itself
+    proc = start_app(port, work, env={"HF_HUB_OFFLINE": env["HF_HUB_OFFLINE"]}, timeout=300)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
         start = time.perf_counter()
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         for path in args.paths.split(","):
             cache = Path(tmp) / f"cache-{path}"  # empty: every feature is computed
             env = dict(os.environ, FUSIONLAB_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1",
-                       GRADIO_ANALYTICS_ENABLED="False")
+                       GRADIO_ANALYTICS_ENABLED="False", FUSIONLAB_PRECISION=args.precision)
             load = os.getloadavg()[0]
             seen = time_cli(folder, args, env) if path == "cli" else time_app(paths, args, env)
             cells = ", ".join(f"{k} {v:.2f} s" for k, v in seen.items())

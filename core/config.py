@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 __all__ = [
+    "APP_CPU_PRECISION", "PRECISION", "PRECISIONS",
     "BATCH_SIZE", "DEFAULT_TEMPLATE", "DEFAULT_VFM", "DEFAULT_VLM", "EVAL_CHUNK_SIZE",
     "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
     "LAZSL_CROPS_UI", "LAZSL_CROP_SCALE", "LAZSL_RECIPES", "LaZSLSettings", "MethodSettings",
@@ -56,6 +57,13 @@ LAZSL_CROP_SCALE = (0.6, 0.9)  # crop side as a fraction of the short edge, U(al
 # ----------------------------------------------------------------------------- runs
 
 BATCH_SIZE = 32  # images per model forward
+# core.models.load_encoder's precisions (int8: CPU only; bf16 / fp16: CUDA only)
+PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+PRECISION = "fp32"  # CLI and eval: exact features (the papers' numbers are fp32)
+# The app on a CPU: int8 dynamic quantisation of the Linear layers, the fastest path measured at a
+# worst cosine >= 0.999 to fp32 (benchmarks/README.md, "Real-size CPU fast paths"); the user can
+# pick fp32 (exact). On CUDA the app uses PRECISION.
+APP_CPU_PRECISION = "int8"
 EVAL_CHUNK_SIZE = 2048  # images the eval harness reads and encodes at once (bounds memory)
 SEED = 0  # GPUA's THS minibatches, eval subsets
 SWEEP_LAMS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0)  # OTFusion sensitivity grid (paper Fig. 2)

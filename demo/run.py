@@ -31,7 +31,15 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
-from core.config import DEFAULT_VFM, DEFAULT_VLM, LAZSL_CROPS, MethodSettings, with_recipe
+from core.config import (
+    APP_CPU_PRECISION,
+    DEFAULT_VFM,
+    DEFAULT_VLM,
+    LAZSL_CROPS,
+    PRECISION,
+    MethodSettings,
+    with_recipe,
+)
 from core.data import ImageItem
 from core.methods import METHOD_TITLES, FeatureSet, run_method
 from core.models import WeightsUnavailableError
@@ -85,9 +93,17 @@ APP_METHODS = ("otfusion", "gpua")  # ticked when the app opens
 RUN_DEFAULTS = {
     "files": None, "classes_text": "", "templates_text": "", "vlm": [DEFAULT_VLM],
     "vfm": [DEFAULT_VFM], "methods": APP_METHODS, "n_crops": LAZSL_CROPS, "attributes_file": None,
-    "labels_csv": None, "compare": None, "filter_mode": "all",
+    "labels_csv": None, "compare": None, "filter_mode": "all", "precision": None,
 }
 RUN_INPUTS = (*RUN_DEFAULTS, *CONTROLS)  # the components the Run button sends, by key
+
+
+def app_precision() -> str:
+    """The encoders' precision when the user picks none: int8 on a CPU (the fast path measured
+    at cosine >= 0.999 to fp32), exact fp32 on a GPU (``core.config``)."""
+    import torch
+
+    return PRECISION if torch.cuda.is_available() else APP_CPU_PRECISION
 
 
 class SolveOutputs(NamedTuple):
@@ -276,7 +292,8 @@ def run_stages(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progr
     settings = ExtractSettings(vlm=vlms[0], vfm=vfms[0] if vfms else None, templates=templates,
                                n_crops=int(n_crops) if "lazsl" in methods else 0,
                                attributes=attributes, extra_vlms=tuple(vlms[1:]),
-                               extra_vfms=tuple(vfms[1:]), lazsl_recipe=solver.lazsl.recipe)
+                               extra_vfms=tuple(vfms[1:]), lazsl_recipe=solver.lazsl.recipe,
+                               precision=v["precision"] or app_precision())
     start, session = time.perf_counter(), None
     stages = extract_in_stages(image_set, class_names, settings, cache=cache_from_env(cache_dir),
                                progress=pipeline_progress(progress), extract_fn=_extract)

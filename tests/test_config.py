@@ -318,3 +318,9 @@ def test_the_official_otfusion_sources_are_registry_models():
 
     assert [get_spec(k).kind for k in (config.DEFAULT_VLM, *config.OTFUSION_OFFICIAL_VFMS)] == [
         "vlm", "vfm", "vfm"]
+
+
+def test_precisions_are_the_loaders():
+    from core.models.load import PRECISIONS
+
+    assert config.PRECISIONS == tuple(PRECISIONS) and config.APP_CPU_PRECISION in PRECISIONS

@@ -700,3 +700,14 @@ def test_transformers_checkpoint_with_a_tensor_of_the_wrong_shape_is_the_same_er
     for part in [name, "wrong shape", "(32, 3, 7, 7)", "(32, 3, 14, 14)", "not the expected model",
                  "random", "python -m core download"]:
         assert part in message, (part, message)
+
+
+def test_int8_twin_of_a_resnet_clip_keeps_its_attention_pool_in_fp32():
+    """open_clip's ResNet attention pool reads .weight / .bias of its projections directly, so
+    quantising them breaks the forward; the twin must leave them alone."""
+    fp32 = load_encoder(TINY["clip_rn"], device="cpu")
+    int8 = load_encoder(TINY["clip_rn"], device="cpu", precision="int8")
+    assert type(int8.model.visual.attnpool.q_proj) is torch.nn.Linear
+    images = [Image.new("RGB", (40, 30), c) for c in ("red", "blue")]
+    got, ref = int8.encode_images(images), fp32.encode_images(images)
+    assert got.shape == ref.shape and torch.isfinite(got).all()

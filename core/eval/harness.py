@@ -238,7 +238,7 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
     base = ExtractSettings(vlm=config.vlm, vfm=config.vfm, extra_vlms=config.extra_vlms,
                            extra_vfms=config.extra_vfms, templates=(template,),
                            batch_size=config.batch_size, device=config.device,
-                           lazsl_recipe=solver.lazsl.recipe)
+                           precision=config.precision, lazsl_recipe=solver.lazsl.recipe)
     test_entries = data.splits["test"]
     if config.max_images:
         test_entries = balanced_subset(test_entries, config.max_images, seed=config.seed)

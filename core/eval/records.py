@@ -12,6 +12,7 @@ from core.config import (
     DEFAULT_VLM,
     EVAL_CHUNK_SIZE,
     LAZSL_CROPS,
+    PRECISION,
     RECIPE_NAMES,
     SEED,
     SWEEP_EPSS,
@@ -53,6 +54,7 @@ class EvalConfig:
     lazsl_class_names: bool = False
     batch_size: int = BATCH_SIZE
     device: str | None = None
+    precision: str = PRECISION  # of the encoders (core.models.load_encoder)
     chunk_size: int = EVAL_CHUNK_SIZE
     sweep: bool = False
     sweep_lams: tuple[float, ...] = SWEEP_LAMS

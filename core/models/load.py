@@ -130,8 +130,12 @@ def _with_precision(encoder: Encoder, precision: str) -> Encoder:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            # ResNet CLIP's attention pool reads its projections' .weight / .bias tensors
+            # directly (open_clip's modified_resnet), which a quantised Linear does not have.
+            names = {name for name, m in encoder.model.named_modules()
+                     if type(m) is torch.nn.Linear and "attnpool" not in name.split(".")}
             twin.model = torch.ao.quantization.quantize_dynamic(
-                encoder.model, {torch.nn.Linear}, dtype=torch.qint8
+                encoder.model, names, dtype=torch.qint8
             )
     return twin
 

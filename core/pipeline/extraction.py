@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from core.config import BATCH_SIZE, DEFAULT_TEMPLATE, DEFAULT_VFM, DEFAULT_VLM, LAZSL_CROP_SCALE
+from core.config import (
+    BATCH_SIZE,
+    DEFAULT_TEMPLATE,
+    DEFAULT_VFM,
+    DEFAULT_VLM,
+    LAZSL_CROP_SCALE,
+    PRECISION,
+)
 from core.data import ImageItem, ImageSet, NoImagesError, SkippedFile, decode_many
 from core.methods.lazsl import crop_boxes, seed_from_hash
 from core.methods.run import FeatureSet
@@ -70,7 +77,7 @@ class ExtractSettings:
     attributes: Mapping[str, Sequence[str]] | None = field(default=None, hash=False, compare=False)
     batch_size: int = BATCH_SIZE
     device: str | None = None
-    precision: str = "fp32"
+    precision: str = PRECISION
     extra_vlms: tuple[str, ...] = ()
     extra_vfms: tuple[str, ...] = ()
     lazsl_recipe: str = "paper"
