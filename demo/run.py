@@ -131,12 +131,14 @@ def method_settings(controls: Mapping[str, Any],
     return base.replace(**changes)
 
 
-def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1) -> SolveOutputs:
-    """Every view of the predictions, read from ``session`` (results and settings alike)."""
+def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1,
+                   subset=None) -> SolveOutputs:
+    """Every view of the predictions, read from ``session`` (results and settings alike);
+    ``subset``: the gallery's map selection or search (``demo.predictions``)."""
     compare = predictions.compare_method(session, compare)
     filter_mode = filter_mode if filter_mode in predictions.FILTERS else "all"
     items, info, pages, page, shown = predictions.gallery_page(session, compare, filter_mode,
-                                                               page)
+                                                               page, subset)
     export = Path(session.workdir) / "export"
     downloads = [str(p) for p in write_predictions(export, session.extraction, session.results,
                                                    session.settings)]
@@ -182,7 +184,7 @@ def _run_outputs(session: Session, status: str, compare=None, filter_mode="all")
         lazsl_class=gr.update(choices=["(LaZSL prediction)"] + names,
                               value="(LaZSL prediction)"),
         color_by=gr.update(choices=colors, value=colors[0][1]),
-        **embedding.blank()._asdict(), **dynamics.blank()._asdict(),
+        **embedding.blank(session)._asdict(), **dynamics.blank()._asdict(),
         **segmentation.blank()._asdict(), **lazsl.blank(session)._asdict(),
     )
 
@@ -278,7 +280,7 @@ def run_in_app(inputs: Mapping[str, Any] | None = None, *, cache_dir=None,
 
 @user_errors
 def resolve(method: str, session, controls: Mapping[str, Any], compare=None, filter_mode="all",
-            page=1) -> SolveOutputs:
+            page=1, subset=None) -> SolveOutputs:
     """A control of ``method`` moved: re-solve that method only, from the cached features.
 
     ``controls`` maps keys of :data:`CONTROLS` (those of ``method``, e.g. ``{"lam": 0.5}``) to
@@ -295,15 +297,15 @@ def resolve(method: str, session, controls: Mapping[str, Any], compare=None, fil
     result = (run_method(method, session.extraction.features, settings)
               if method in session.results else None)
     return _solve_outputs(session.with_method(method, settings, result), compare, filter_mode,
-                          page)
+                          page, subset)
 
 
 @user_errors
-def refresh_views(session, compare=None, filter_mode="all", page=1):
+def refresh_views(session, compare=None, filter_mode="all", page=1, subset=None):
     """Compare method or filter changed: same results, new gallery / metrics."""
     if not isinstance(session, Session):
         return SolveOutputs(*([gr.skip()] * len(SolveOutputs._fields)))
-    return _solve_outputs(session, compare, filter_mode, page)
+    return _solve_outputs(session, compare, filter_mode, page, subset)
 
 
 # ----------------------------------------------------------------------------- benchmark hook

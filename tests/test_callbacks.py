@@ -144,10 +144,10 @@ def test_filters_pages_and_selection(ran):
     base, fused = s.results["clip"].pred, s.results["otfusion"].pred
     assert changed == torch.nonzero(base != fused).flatten().tolist()
     wrong = predictions.show_page(s, "otfusion", "wrong", 1)
-    assert len(wrong.gallery) == int((fused != s.labels).sum())
+    assert len(wrong.gallery.value) == int((fused != s.labels).sum())
     sel = predictions.select_image(s, wrong.shown or [0], 0)
     assert sel.selected == (wrong.shown or [0])[0]
-    assert "| rank |" in sel.details and "GPUA" in sel.details
+    assert "| method | top 3 |" in sel.details and "| GPUA | **" in sel.details
 
 
 def test_views_after_a_run(ran):
@@ -155,8 +155,8 @@ def test_views_after_a_run(ran):
     emb = embedding.embedding(s, "pca", embedding.TRUE_CLASS, 2)
     assert isinstance(emb.embed_before, go.Figure) and isinstance(emb.embed_after, go.Figure)
     assert any(t.name == "selected" for t in emb.embed_after.data)
-    assert "gap" in emb.embed_after.layout.title.text
-    again = embedding.embedding_highlight(s, "pca", "gpua", 3)  # projection memoised: recolour only
+    assert "gap" in emb.embed_after.layout.title.subtitle.text
+    again = embedding.embedding_highlight(s, "pca", "correctness", 3, "gpua")  # recolour only
     assert isinstance(again.embed_before, go.Figure)
     sw = dynamics.sweep(s)
     assert isinstance(sw.sweep_lam, go.Figure) and isinstance(sw.sweep_eps, go.Figure)
@@ -238,7 +238,7 @@ def test_playground_closes_the_gap_offline():
     out = playground.playground(n_classes=6, n_samples=300, gap=0.8, vlm_noise=2.95, vfm_noise=2.0,
                         seed=1, projection="pca")
     bars = out.play_accuracy.data[0]
-    acc = dict(zip(bars.x, bars.y))
+    acc = dict(zip(bars.y, bars.x))  # horizontal bars: methods on the y axis
     assert acc["OTFusion"] > acc["CLIP zero-shot"]
     gaps = dict(zip(out.play_gap_plot.data[0].y, out.play_gap_plot.data[0].x))
     assert gaps["GPUA-mapped VFM vs text"] < gaps["CLIP image vs text"]
