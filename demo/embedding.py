@@ -107,7 +107,15 @@ def image_groups(session: Session, mode: str, method: str):
 
 
 def hover_texts(session: Session) -> list[str]:
-    """Per image: file name, true class and every method's top-1 with its probability."""
+    """Per image: file name, true class and every method's top-1 with its probability
+    (memoised under a "captions" key, which a re-solve drops)."""
+    key = ("captions", "map-hover")
+    if key not in session.memo:
+        session.memo[key] = _hover_texts(session)
+    return session.memo[key]
+
+
+def _hover_texts(session: Session) -> list[str]:
     names = session.class_names
     truth = true_labels(session)
     tops = {}

@@ -8,10 +8,11 @@
 
 ``gr.Plot`` has no click or selection event in Gradio 6 (only ``change``), so the page script
 (:data:`MAP_SCRIPT`, added to ``demo.ui``'s) listens to Plotly's own ``plotly_click`` /
-``plotly_selected`` / ``plotly_deselect`` events and writes ``{"click": i}`` or
-``{"select": [i, ...] | null}`` into a hidden textbox (``#map-event``), whose change event calls
-:func:`map_event`. Each image point carries its image index as ``customdata`` (``demo.maps``).
-The same script shows the hover thumbnail stored in the figure's ``layout.meta.thumbs``.
+``plotly_selected`` / ``plotly_deselect`` / ``plotly_doubleclick`` events and writes
+``{"click": i}`` or ``{"select": [i, ...] | null}`` into a hidden textbox (``#map-event``), whose
+change event calls :func:`map_event`. Each image point carries its image index as
+``customdata`` (``demo.maps``). The same script shows the hover thumbnail stored in the figure's
+``layout.meta.thumbs``.
 """
 
 from __future__ import annotations
@@ -138,8 +139,10 @@ def map_event(session, payload, compare=None, filter_mode="all", page=1, subset=
                       seg_pick=gr.update(value=index), lazsl_pick=gr.update(value=index))
         return _outputs(values)
     ids = event["select"]
-    subset = None if ids is None else make_subset(session, ids, f"{len(set(ids))} selected on "
-                                                  "the map")
+    subset = None
+    if ids is not None:
+        subset = make_subset(session, ids, "")
+        subset["label"] = f"{len(subset['indices'])} selected on the map"
     values = _views(session, compare, filter_mode, 1, subset, selected=selected, **common)
     return _outputs({**values, "map_search": ""})
 
@@ -199,7 +202,9 @@ MAP_SCRIPT = """
         if (!e || !(e.lassoPoints || e.range)) return;
         sendMap({select: [...new Set(e.points.map(imageOf).filter((i) => i !== null))]});
       });
+      // A double-click clears the selection (Plotly announces it only while one is drawn).
       gd.on('plotly_deselect', () => sendMap({select: null}));
+      gd.on('plotly_doubleclick', () => sendMap({select: null}));
       gd.on('plotly_hover', (e) => {
         const i = firstImage(e);
         const thumbs = gd.layout && gd.layout.meta && gd.layout.meta.thumbs;

@@ -191,10 +191,13 @@ def per_class_figure(per_class: dict[str, list[float]], class_names: list[str], 
         fig.add_trace(go.Bar(x=names, y=v[order], name=method, marker_color=color,
                              hovertemplate="%{x}: %{y:.1f}%<extra>" + method + "</extra>"))
     theme(fig, title=title, subtitle=subtitle, height=height)
-    # The legend in its own band between the title and the plot: never over a bar.
+    # The legend in its own band between the title and the plot, never over a bar: two
+    # entries a row whatever the width (a phone would stack them up into the title).
+    rows = -(-len(values) // 2)
     fig.update_layout(barmode="group", bargap=0.2,
-                      margin=dict(t=TITLE_TOP + (110 if subtitle else 90)),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0, xanchor="left"))
+                      margin=dict(t=TITLE_TOP + (64 if subtitle else 44) + 22 * rows),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0, xanchor="left",
+                                  entrywidth=0.5, entrywidthmode="fraction"))
     fig.update_yaxes(title_text="accuracy (%)", range=[0, 100])
     fig.update_xaxes(tickangle=-45 if len(names) > 8 else 0)
     return fig

@@ -58,7 +58,9 @@ def _gallery_captions(page) -> list[str]:
 
 
 def _wait_info(page, pattern: str) -> None:
-    page.wait_for_selector(f"#gallery-info >> text=/{pattern}/", timeout=30_000)
+    """Wait for the gallery's info line (in the Predictions tab, maybe not the one shown)."""
+    page.wait_for_selector(f"#gallery-info >> text=/{pattern}/", state="attached",
+                           timeout=30_000)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +170,20 @@ def test_linked_maps_and_gallery(browser, app):  # noqa: F811
         page.locator("#subset-clear").click()
         _wait_info(page, r"^20 of 20 images \(every image\)")
         assert len(_gallery_captions(page)) == 20
+        # A lasso round the whole "before" map, then a double-click: all selected, then cleared.
+        page.get_by_role("tab", name="Embedding").click()
+        page.wait_for_timeout(500)
+        area = page.locator("#embed-before .nsewdrag").bounding_box()
+        ring = [(2, 2), (area["width"] - 2, 2), (area["width"] - 2, area["height"] - 2),
+                (2, area["height"] - 2), (2, 4)]
+        page.mouse.move(area["x"] + ring[0][0], area["y"] + ring[0][1])
+        page.mouse.down()
+        for dx, dy in ring[1:]:
+            page.mouse.move(area["x"] + dx, area["y"] + dy, steps=6)
+        page.mouse.up()
+        _wait_info(page, "20 selected on the map")
+        page.mouse.dblclick(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2)
+        _wait_info(page, r"^20 of 20 images \(every image\)")
 
         # Search by class: matching points stay bright on the maps, the gallery keeps only them.
         page.get_by_role("tab", name="Embedding").click()
@@ -287,6 +303,11 @@ def test_mobile_tables_titles_and_accuracy(browser, app):  # noqa: F811
             for p in plots:
                 for left, right in p["inner"]:
                     assert p["x0"] - 0.5 <= left and right <= p["x1"] + 0.5, (tab, p)
+            if tab == "Metrics":  # the per-class legend clear of its title and bars
+                legend = _boxes(page, "#per-class-plot g.legend")[0]
+                title = _boxes(page, "#per-class-plot .gtitle")[0]
+                plot_area = _boxes(page, "#per-class-plot .nsewdrag")[0]
+                assert not _overlap(title, legend) and legend["y1"] <= plot_area["y0"] + 1
             _shot(page, f"views_mobile_{tab.lower()}")
     finally:
         page.close()
