@@ -218,5 +218,10 @@ MAP_SCRIPT = """
       gd.on('plotly_unhover', () => { tip.style.display = 'none'; });
     }
   };
-  new MutationObserver(bindMaps).observe(document.body, {childList: true, subtree: true});
+  let bindQueued = false;  // at most one look per frame, however busy the page is
+  new MutationObserver(() => {
+    if (bindQueued) return;
+    bindQueued = true;
+    requestAnimationFrame(() => { bindQueued = false; bindMaps(); });
+  }).observe(document.body, {childList: true, subtree: true});
 """

@@ -103,10 +103,16 @@ JS = """
       }
     }
   }, true);
+  let titlesQueued = false;  // at most one pass per frame
   new MutationObserver(() => {
-    for (const im of document.querySelectorAll('.short-captions img[alt]')) {
-      if (im.title !== im.alt) im.title = im.alt;
-    }
+    if (titlesQueued) return;
+    titlesQueued = true;
+    requestAnimationFrame(() => {
+      titlesQueued = false;
+      for (const im of document.querySelectorAll('.short-captions img[alt]')) {
+        if (im.title !== im.alt) im.title = im.alt;
+      }
+    });
   }).observe(document.body, {childList: true, subtree: true, attributeFilter: ['alt']});
 }
 """
