@@ -49,7 +49,7 @@ def lazsl_view(session: Session, index: int, class_name: str | None, *, top_k: i
     picture = crop_view(view, boxes, highlight=crops, kept=res.kept[0],
                         labels=[f"{r + 1}: {lab}" for r, lab in enumerate(labels)])
     thumbs = crop_thumbnails(view, boxes, crops, size=128)
-    gallery = [(t, f"{r + 1}: {lab} ({mass:.1%} of the plan)") for r, (t, lab, (_, _, mass)) in
+    gallery = [(t, f"{r + 1}: {lab}\n{mass:.1%} of the plan") for r, (t, lab, (_, _, mass)) in
                enumerate(zip(thumbs, labels, rows))]
     probs = torch.softmax(s.clip.temperature * res.scores[0], dim=0)
     scores = {names[c]: float(probs[c]) for c in range(len(names))}

@@ -43,8 +43,9 @@ def metrics_views(session: Session, compare: str):
     mistakes = []
     for i in order:
         pred = int(res.pred[i])
-        mistakes.append((session.thumbs[i], f"{names[pred]} {float(res.probs[i, pred]):.0%}, "
-                         f"true {names[int(labels[i])]} | {title} | {session.names[i]}"))
+        # Two short lines under the thumbnail, the rest on hover (as the gallery's captions).
+        mistakes.append((session.thumbs[i], f"✗ {names[pred]} {float(res.probs[i, pred]):.0%}\n"
+                         f"true: {names[int(labels[i])]}\n{title}\n{session.names[i]}"))
     return (
         note,
         plots.accuracy_figure(acc, baseline=session.title("clip"), title="Accuracy per method"),

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from core.pipeline import NOT_SEEN, UNLABELED
+from demo.placement import place_labels
 
 # Twenty hand-picked, well-separated hues (strong first, lighter companions second); classes beyond
 # twenty get golden-angle hues. None of them is gray: gray means "unknown / unlabeled" in the app.
@@ -99,7 +100,7 @@ def _check_image(image, name: str = "image") -> Image.Image:
 
 def segmentation_overlay(image: Image.Image, label_map, class_names: list[str], *,
                          alpha: float = 0.5, visible: set[int] | None = None,
-                         colors: list[str] | None = None) -> Image.Image:
+                         colors: list[str] | None = None, outline: int = 0) -> Image.Image:
     """Blend a per-pixel class map over an image.
 
     Parameters
@@ -114,6 +115,9 @@ def segmentation_overlay(image: Image.Image, label_map, class_names: list[str], 
     visible : set of int, optional
         Classes to paint; others stay transparent like unlabeled pixels (``None``: all).
     colors : list of str, optional, hex per class (default ``class_colors(K)``)
+    outline : int, optional
+        Width (pixels) of an opaque border in the pure class colour drawn inside each painted
+        region: whatever the photo underneath, every region shows the exact legend colour.
 
     Returns
     -------
@@ -156,8 +160,26 @@ def segmentation_overlay(image: Image.Image, label_map, class_names: list[str], 
     colour = palette[np.clip(labels, 0, None)]  # (H, W, 3)
     blended = (1.0 - alpha) * out + alpha * colour
     out[paint] = blended[paint]
+    if outline > 0:
+        edge = _edges(np.where(paint, labels, NOT_SEEN - 1), int(outline)) & paint
+        out[edge] = colour[edge]
     _hatch(out, labels == NOT_SEEN)
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def _edges(labels: np.ndarray, width: int) -> np.ndarray:
+    """(H, W) bool: pixels within ``width`` of a pixel with another label (4-neighbourhood)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    for _ in range(width):  # each pass grows the border one pixel into both regions
+        grow = edge.copy()
+        diff_x = labels[:, 1:] != labels[:, :-1]
+        diff_y = labels[1:, :] != labels[:-1, :]
+        grow[:, 1:] |= diff_x | edge[:, :-1]
+        grow[:, :-1] |= diff_x | edge[:, 1:]
+        grow[1:, :] |= diff_y | edge[:-1, :]
+        grow[:-1, :] |= diff_y | edge[1:, :]
+        edge = grow
+    return edge
 
 
 def _hatch(out: np.ndarray, where: np.ndarray) -> None:
@@ -290,7 +312,9 @@ def crop_view(image: Image.Image, boxes, *, highlight: list[int] | None = None,
         ``core.methods.lazsl.crop_boxes`` returns); clipped to the image.
     highlight : list of int, optional
         Crops to emphasise; ``highlight[i]`` gets colour ``class_colors(...)[i]``.
-    labels : list of str, optional, one short text per highlighted crop (cut at 28 chars)
+    labels : list of str, optional, one short text per highlighted crop (cut at 28 chars);
+        placed where it overlaps no other label (inside a corner of its box, else just outside),
+        else shortened to its rank number
     kept : array or Tensor, shape (M,), bool, optional, vision-selection mask (None: all kept)
 
     Returns
@@ -325,17 +349,51 @@ def crop_view(image: Image.Image, boxes, *, highlight: list[int] | None = None,
 
     draw = ImageDraw.Draw(out)
     font = _font(max(11, min(20, min(img.size) // 22)))
-    for rank, (i, color) in enumerate(zip(highlight, class_colors(len(highlight)))):
-        rgb = hex_to_rgb(color)
+    palette = [hex_to_rgb(c) for c in class_colors(len(highlight))]
+    for i, rgb in zip(highlight, palette):
         draw.rectangle(_outline(arr[i]), outline=rgb, width=3 * unit)
+    texts = []
+    for rank, i in enumerate(highlight):
         text = str(labels[rank]) if labels is not None else f"#{i}"
-        text = text if len(text) <= 28 else text[:27] + "..."
-        x0, y0 = float(arr[i][0]) + 3 * unit, float(arr[i][1]) + 3 * unit
-        tb = draw.textbbox((x0, y0), text, font=font)
-        draw.rectangle((tb[0] - 2, tb[1] - 2, tb[2] + 2, tb[3] + 2), fill=rgb)
+        texts.append(text if len(text) <= 28 else text[:27] + "...")
+    for rgb, (text, tag) in zip(palette,
+                                _label_boxes(draw, font, arr, highlight, texts, img.size, unit)):
+        draw.rectangle(tag, fill=rgb)
         luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-        draw.text((x0, y0), text, font=font, fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
+        left, top = draw.textbbox((0, 0), text, font=font)[:2]
+        draw.text((tag[0] + 2 - left, tag[1] + 2 - top), text, font=font,
+                  fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
     return out.convert("RGB")
+
+
+def _label_boxes(draw, font, arr: np.ndarray, highlight: list[int], texts: list[str],
+                 size: tuple[int, int], unit: int) -> list[tuple[str, tuple]]:
+    """(text, tag box) per highlighted crop, tags overlapping no other tag: each label tries the
+    four inside corners of its box, then just above and below it; a label with no room is
+    shortened to its rank ("2"), which tries the same spots around the tags already placed."""
+
+    def candidates(rank: int, text: str) -> np.ndarray:  # (6, 4) tag boxes
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 4, bottom - top + 4
+        x0, y0, x1, y1 = (float(v) for v in arr[highlight[rank]])
+        o = 3 * unit
+        corners = ((x0 + o, y0 + o), (x1 - o - tw, y0 + o), (x0 + o, y1 - o - th),
+                   (x1 - o - tw, y1 - o - th), (x0, y0 - th - 1), (x0, y1 + 1))
+        return np.array([(x, y, x + tw, y + th) for x, y in corners])
+
+    bounds = (0, 0, *size)
+    full = np.stack([candidates(r, t) for r, t in enumerate(texts)])  # (M, 6, 4)
+    picks = place_labels(full, bounds=bounds)
+    out: list[tuple[str, tuple] | None] = [
+        None if p is None else (texts[r], tuple(full[r, p])) for r, p in enumerate(picks)]
+    missing = [r for r, p in enumerate(picks) if p is None]
+    if missing:
+        placed = np.array([tag for _, tag in filter(None, out)]).reshape(-1, 4)
+        short = np.stack([candidates(r, str(r + 1)) for r in missing])
+        for j, p in enumerate(place_labels(short, obstacles=placed, bounds=bounds)):
+            # Still no room: the number goes in its first spot (overlap beats losing it).
+            out[missing[j]] = (str(missing[j] + 1), tuple(short[j, 0 if p is None else p]))
+    return out
 
 
 def crop_thumbnails(image: Image.Image, boxes, indices, size: int = 112) -> list[Image.Image]:

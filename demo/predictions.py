@@ -1,11 +1,17 @@
 """The Predictions tab: gallery captions and filters, paging, the top-3 details of a clicked
 image and the summary table (accuracy, changes vs CLIP and the settings each column ran with,
-read from the session record)."""
+read from the session record).
+
+Besides its filter the gallery can be narrowed to a *subset*: images lassoed on an embedding map or
+matching the map's search (``demo.linking``). A subset is a small dict ``{"run", "indices",
+"label"}`` kept in a ``gr.State``; it names the Run it was made for, so a new Run ignores it.
+"""
 
 from __future__ import annotations
 
 import html
 import math
+import posixpath
 from typing import Any, NamedTuple
 
 import gradio as gr
@@ -52,9 +58,10 @@ def compare_method(session: Session, wanted: str | None) -> str:
 
 
 def captions(session: Session, compare: str | None = None) -> list[str]:
-    """One line per image, the visible start first: ``"✓ cat 71% ← CLIP dog"`` for the compared
-    method (``← CLIP ...`` only when it changed CLIP's answer), then every method's top-1 marked
-    ✓/✗ and (changed), the true class and the file name."""
+    """One caption per image, as lines: the two shown under the thumbnail first (``"✓ cat 71%"``
+    for the compared method, then ``"CLIP: dog"`` when it changed CLIP's answer, else the
+    file's base name), then the full text shown on hover and beside the preview: every method's
+    top-1 marked ✓/✗ and (changed), the true class and the file's path."""
     compare = compare_method(session, compare)
     names = session.class_names
     truth = true_labels(session)
@@ -66,9 +73,9 @@ def captions(session: Session, compare: str | None = None) -> list[str]:
         head = f"{names[pred]} {conf:.0%}"
         if truth[i] >= 0:
             head = ("✓ " if pred == truth[i] else "✗ ") + head
-        if pred != base_pred[i]:
-            head += f" ← CLIP {names[base_pred[i]]}"
-        parts = [head]
+        second = (f"CLIP: {names[base_pred[i]]}" if pred != base_pred[i]
+                  else posixpath.basename(file))
+        parts = [head, second]
         for m in session.methods:
             p, c = tops[m][0][i], tops[m][1][i]
             part = f"{session.title(m)}: {names[p]} {c:.0%}"
@@ -80,7 +87,7 @@ def captions(session: Session, compare: str | None = None) -> list[str]:
         if truth[i] >= 0:
             parts.append(f"true: {names[truth[i]]}")
         parts.append(file)
-        out.append(" | ".join(parts))
+        out.append("\n".join(parts))
     return out
 
 
@@ -106,9 +113,35 @@ def filter_indices(session: Session, compare: str, mode: str) -> list[int]:
     return torch.nonzero(keep).flatten().tolist()
 
 
-def gallery_page(session: Session, compare: str, mode: str, page: int):
-    """(gallery items, info markdown, number of pages, page shown) for one filter and page."""
+def make_subset(session: Session, indices, label: str) -> dict:
+    """A gallery subset of this record: image ``indices`` (sorted, in range) and a ``label``
+    saying where they came from (e.g. "selected on the map")."""
+    n = len(session.names)
+    keep = sorted({int(i) for i in indices if 0 <= int(i) < n})
+    return {"run": session.run_id, "indices": keep, "label": str(label)}
+
+
+def subset_indices(session: Session, subset) -> list[int] | None:
+    """The images of ``subset``, or None when there is none or it belongs to another Run."""
+    if not isinstance(subset, dict) or subset.get("run") != session.run_id:
+        return None
+    return list(subset["indices"])
+
+
+def view_indices(session: Session, compare: str, mode: str, subset=None) -> list[int]:
+    """Images the gallery shows: the filter's, narrowed to the subset if any, in upload order."""
     idx = filter_indices(session, compare, mode)
+    chosen = subset_indices(session, subset)
+    if chosen is not None:
+        inside = set(chosen)
+        idx = [i for i in idx if i in inside]
+    return idx
+
+
+def gallery_page(session: Session, compare: str, mode: str, page: int, subset=None):
+    """(gallery items, info markdown, number of pages, page shown, image index per position) for
+    one filter, subset and page."""
+    idx = view_indices(session, compare, mode, subset)
     pages = max(1, math.ceil(len(idx) / PAGE_SIZE))
     page = min(max(1, int(page or 1)), pages)
     shown = idx[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
@@ -118,7 +151,10 @@ def gallery_page(session: Session, compare: str, mode: str, page: int):
     items = [(session.thumbs[i], caps[i]) for i in shown]
     total = len(session.names)
     what = f"**{len(idx)}** of {total} images ({FILTER_HELP[mode]}"
-    what += f", {session.title(compare)} vs CLIP)" if mode != "all" else ")"
+    what += f", {session.title(compare)} vs CLIP" if mode != "all" else ""
+    if subset_indices(session, subset) is not None:
+        what += f"; {md_cell(subset['label'])}"
+    what += ")"
     if mode in ("wrong", "fixed", "broken") and not session.has_labels:
         what = ("This filter needs labels: put each class's images in a folder named after it "
                 "inside the zip, or upload a labels CSV.")
@@ -130,7 +166,7 @@ def gallery_page(session: Session, compare: str, mode: str, page: int):
 
 
 def details_markdown(session: Session, index: int | None) -> str:
-    """Top-3 of every method for one image, side by side."""
+    """Top-3 of every method for one image (a row per method, the best in bold)."""
     if index is None or not 0 <= int(index) < len(session.names):
         return "Click an image in the gallery to see its top-3 under every method."
     i = int(index)
@@ -139,16 +175,15 @@ def details_markdown(session: Session, index: int | None) -> str:
     head = f"**{md_cell(session.names[i])}**"
     if truth >= 0:
         head += f" - true class: **{md_cell(names[truth])}**"
-    tops = {m: topk(session.results[m].probs[i: i + 1], names, k=3)[0] for m in session.methods}
-    rows = ["| rank | " + " | ".join(session.title(m) for m in session.methods) + " |",
-            "|---|" + "---|" * len(session.methods)]
-    for r in range(min(3, len(names))):
-        cells = []
-        for m in session.methods:
-            cls, p = tops[m][r]
+    # One row per method, its top-3 stacked in one cell: narrow enough to sit beside the gallery.
+    rows = ["| method | top 3 |", "|---|---|"]
+    for m in session.methods:
+        lines = []
+        for r, (cls, p) in enumerate(topk(session.results[m].probs[i: i + 1], names, k=3)[0]):
             mark = " ✓" if truth >= 0 and r == 0 and cls == names[truth] else ""
-            cells.append(f"{md_cell(cls)} {p:.0%}{mark}")
-        rows.append(f"| {r + 1} | " + " | ".join(cells) + " |")
+            text = f"{md_cell(cls)} {p:.0%}{mark}"
+            lines.append(f"**{text}**" if r == 0 else text)
+        rows.append(f"| {session.title(m)} | " + "<br>".join(lines) + " |")
     return head + "\n\n" + "\n".join(rows)
 
 
@@ -204,14 +239,15 @@ class PageOutputs(NamedTuple):
 
 
 @user_errors
-def show_page(session, compare=None, filter_mode="all", page=1) -> PageOutputs:
+def show_page(session, compare=None, filter_mode="all", page=1, subset=None) -> PageOutputs:
     """Another gallery page (no solver, no downloads)."""
     if not isinstance(session, Session):
         return PageOutputs(gr.skip(), gr.skip(), gr.skip(), gr.skip())
     compare = compare_method(session, compare)
-    items, info, pages, page, shown = gallery_page(session, compare, filter_mode, page)
-    return PageOutputs(items, info, page_update(pages, page),
-                       shown)
+    items, info, pages, page, shown = gallery_page(session, compare, filter_mode, page, subset)
+    # The preview closes: its position now holds another image than the top-3 table shows.
+    return PageOutputs(gr.Gallery(value=items, selected_index=None), info,
+                       page_update(pages, page), shown)
 
 
 class SelectOutputs(NamedTuple):

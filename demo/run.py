@@ -139,12 +139,14 @@ SwitchOutputs = NamedTuple("SwitchOutputs",
                            [(f, Any) for f in SolveOutputs._fields + tuple(CONTROLS)])
 
 
-def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1) -> SolveOutputs:
-    """Every view of the predictions, read from ``session`` (results and settings alike)."""
+def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1,
+                   subset=None) -> SolveOutputs:
+    """Every view of the predictions, read from ``session`` (results and settings alike);
+    ``subset``: the gallery's map selection or search (``demo.predictions``)."""
     compare = predictions.compare_method(session, compare)
     filter_mode = filter_mode if filter_mode in predictions.FILTERS else "all"
     items, info, pages, page, shown = predictions.gallery_page(session, compare, filter_mode,
-                                                               page)
+                                                               page, subset)
     export = Path(session.workdir) / "export"
     downloads = [str(p) for p in write_predictions(export, session.extraction, session.results,
                                                    session.settings)]
@@ -190,7 +192,7 @@ def _run_outputs(session: Session, status: str, compare=None, filter_mode="all")
         lazsl_class=gr.update(choices=["(LaZSL prediction)"] + names,
                               value="(LaZSL prediction)"),
         color_by=gr.update(choices=colors, value=colors[0][1]),
-        **embedding.blank()._asdict(), **dynamics.blank()._asdict(),
+        **embedding.blank(session)._asdict(), **dynamics.blank()._asdict(),
         **segmentation.blank()._asdict(), **lazsl.blank(session)._asdict(),
     )
 
@@ -375,7 +377,7 @@ def run_in_app(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progr
 
 @user_errors
 def resolve(method: str, session, controls: Mapping[str, Any], compare=None, filter_mode="all",
-            page=1) -> SolveOutputs:
+            page=1, subset=None) -> SolveOutputs:
     """A control of ``method`` moved: re-solve that method only, from the cached features.
 
     ``controls`` maps keys of :data:`CONTROLS` (those of ``method``, e.g. ``{"lam": 0.5}``) to
@@ -385,12 +387,12 @@ def resolve(method: str, session, controls: Mapping[str, Any], compare=None, fil
     if not isinstance(session, Session):
         return SolveOutputs(*([gr.skip()] * len(SolveOutputs._fields)))
     settings = method_settings(controls, base=session.settings)
-    return _resolved(method, session, settings, compare, filter_mode, page)
+    return _resolved(method, session, settings, compare, filter_mode, page, subset)
 
 
 @user_errors
 def switch_recipe(method: str, session, controls: Mapping[str, Any], compare=None,
-                  filter_mode="all", page=1) -> SwitchOutputs:
+                  filter_mode="all", page=1, subset=None) -> SwitchOutputs:
     """The recipe control of ``method`` changed: the fields that recipe decides take its values
     (``core.config.with_recipe``), the others keep the controls' values; the controls show the
     result, and with a record ``method`` re-solves from the cached features (LaZSL re-encodes its
@@ -409,7 +411,8 @@ def switch_recipe(method: str, session, controls: Mapping[str, Any], compare=Non
     settings = current.replace(**{method: with_recipe(getattr(current, method), name)})
     out = {f: gr.skip() for f in SwitchOutputs._fields}
     if has_record:
-        out.update(_resolved(method, session, settings, compare, filter_mode, page)._asdict())
+        out.update(_resolved(method, session, settings, compare, filter_mode, page,
+                             subset)._asdict())
     out.update(control_updates(method, settings))
     return SwitchOutputs(**out)
 
@@ -423,7 +426,7 @@ def _check_method(method: str, controls: Mapping[str, Any]) -> None:
 
 
 def _resolved(method: str, session: Session, settings: MethodSettings, compare, filter_mode,
-              page) -> SolveOutputs:
+              page, subset=None) -> SolveOutputs:
     """The record with ``method`` re-solved under ``settings`` (its other methods untouched)."""
     if method == "lazsl" and settings.lazsl.recipe != session.extraction.settings.lazsl_recipe:
         session = replace(session, extraction=_reencode_sentences(session.extraction,
@@ -431,7 +434,7 @@ def _resolved(method: str, session: Session, settings: MethodSettings, compare, 
     result = (run_method(method, session.extraction.features, settings)
               if method in session.results else None)
     return _solve_outputs(session.with_method(method, settings, result), compare, filter_mode,
-                          page)
+                          page, subset)
 
 
 @gpu(duration=60)
@@ -449,11 +452,11 @@ def _model_keys(value) -> list[str]:
 
 
 @user_errors
-def refresh_views(session, compare=None, filter_mode="all", page=1):
+def refresh_views(session, compare=None, filter_mode="all", page=1, subset=None):
     """Compare method or filter changed: same results, new gallery / metrics."""
     if not isinstance(session, Session):
         return SolveOutputs(*([gr.skip()] * len(SolveOutputs._fields)))
-    return _solve_outputs(session, compare, filter_mode, page)
+    return _solve_outputs(session, compare, filter_mode, page, subset)
 
 
 # ----------------------------------------------------------------------------- benchmark hook

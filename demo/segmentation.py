@@ -43,7 +43,9 @@ def segmentation_view(session: Session, index: int, visible: list[str] | None,
             labels = labels.masked_fill(top < float(threshold), UNLABELED)
         labels = labels.masked_fill(~seen, NOT_SEEN)  # outside the model's crop
         not_seen |= not bool(seen.all())
-        overlay = segmentation_overlay(seg.images[0], labels, names, alpha=alpha, visible=shown)
+        # An opaque border in the legend's exact colour: the fill blends with the photo.
+        overlay = segmentation_overlay(seg.images[0], labels, names, alpha=alpha, visible=shown,
+                                       outline=max(1, min(seg.images[0].size) // 112))
         overlays.append(enlarged(overlay, Image.NEAREST))
         counts = torch.bincount(labels[labels >= 0].flatten(), minlength=len(names))
         present += [c for c in torch.argsort(counts, descending=True).tolist() if counts[c] > 0]

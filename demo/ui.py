@@ -49,7 +49,7 @@ from core.config import (
 )
 from core.data import PRESETS
 from core.models import get_spec, model_choices
-from demo import dynamics, embedding, inputs, lazsl, playground, predictions, segmentation
+from demo import dynamics, embedding, inputs, lazsl, linking, playground, predictions, segmentation
 from demo import run as flow
 from demo.controls import name_input_errors
 from demo.examples import EXAMPLES_DIR, example_rows
@@ -79,13 +79,27 @@ CSS = """
 .banner-panel {border-left: 4px solid #d12b2b; padding: 4px 12px; background: #fff5f5;}
 .run-button {margin-top: 8px;}
 .run-failed {border-left: 4px solid #d12b2b; padding: 4px 12px; background: #fff5f5;}
-#fusion-gallery .caption-label {font-size: 11px;}
+/* Gallery captions (demo.predictions.captions): two short lines under a thumbnail, the full
+   text in the thumbnail's hover (title) and in the table beside the preview. */
+.short-captions .caption-label {font-size: 11px; white-space: pre; line-height: 1.35em;
+  box-sizing: content-box; max-height: 2.7em; max-width: calc(100% - 16px);
+  padding-bottom: 0; border-bottom: 4px solid var(--background-fill-secondary);}
+.short-captions .preview .caption {white-space: pre; line-height: 1.4em; max-height: 1.4em;
+  box-sizing: content-box; max-width: 100%; text-align: center;}
+/* Tables scroll sideways on a phone instead of wrapping headers letter by letter. */
+.prose table {display: block; max-width: 100%; overflow-x: auto; border: none;}
+.prose th {white-space: nowrap;}
+#summary td {white-space: nowrap;}
+#details td, #details th {white-space: nowrap; padding: 4px 8px;}
+#details table {font-size: 13px;}
 """
 # Browser-side fixes Gradio has no option for. (1) Enter in a slider's number box applies the
 # value: blurring the box fires the slider's release event, which re-solves. (2) Plotly figures
 # drawn in a hidden tab keep a clipped size until the window resizes: after a tab switch, send one.
+# (3) Clicks, lassos and hover thumbnails on the embedding maps (demo.linking.MAP_SCRIPT).
+# (4) A gallery thumbnail's full caption (its alt text) as its hover tooltip.
 JS = """
-() => {
+() => {""" + linking.MAP_SCRIPT + """
   document.addEventListener('keydown', (e) => {
     const box = e.target;
     if (e.key === 'Enter' && box instanceof HTMLInputElement && box.type === 'number') {
@@ -99,6 +113,17 @@ JS = """
       }
     }
   }, true);
+  let titlesQueued = false;  // at most one pass per frame
+  new MutationObserver(() => {
+    if (titlesQueued) return;
+    titlesQueued = true;
+    requestAnimationFrame(() => {
+      titlesQueued = false;
+      for (const im of document.querySelectorAll('.short-captions img[alt]')) {
+        if (im.title !== im.alt) im.title = im.alt;
+      }
+    });
+  }).observe(document.body, {childList: true, subtree: true, attributeFilter: ['alt']});
 }
 """
 _TRUE = ("1", "true", "yes", "on")
@@ -140,6 +165,10 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
         c["session"] = gr.State(None, delete_callback=forget)  # the session's key in ``store``
         c["shown"] = gr.State([])  # image index of each gallery position on the current page
         c["selected"] = gr.State(None)  # image picked in the gallery
+        c["subset"] = gr.State(None)  # images lassoed on a map or found by its search
+        # Where the page script posts map clicks and selections (demo.linking); outside the tabs
+        # so it exists before the Embedding tab is first opened.
+        c["map_event"] = gr.Textbox(visible="hidden", elem_id="map-event")
         gr.Markdown(INTRO)
         c["banner"] = gr.Markdown(banner, visible=bool(banner), elem_classes="banner-panel",
                                   elem_id="weights-banner")
@@ -239,10 +268,11 @@ def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
             [("fp32 (exact)", "fp32")], value=flow.app_precision(), label="Model precision",
             info="Part of the feature cache key; a change needs a new Run.")
         c["attributes_file"] = gr.File(label="Attribute JSON {class: [descriptor, ...]}",
-                                       file_types=[".json"], height=90)
+                                       file_types=[".json"],
+                                       elem_id="attributes-upload")
         gr.Markdown("**Labels** (optional, overrides folder names)")
         c["labels_csv"] = gr.File(label="Labels CSV (filename,label)", file_types=[".csv", ".txt"],
-                                  height=90)
+                                  elem_id="labels-upload")
 
 
 def _live_settings(c) -> None:
@@ -309,28 +339,43 @@ def _tabs(c) -> None:
             c["filter_mode"] = gr.Radio(list(predictions.FILTERS), value="all", label="Show",
                                         scale=2)
             c["page"] = gr.Slider(1, 2, 1, step=1, label="Page", visible=False, scale=1)
-        c["gallery_info"] = gr.Markdown()
-        c["gallery"] = gr.Gallery(label="Predictions", columns=5, height=600, object_fit="contain",
-                                  allow_preview=True, elem_id="fusion-gallery")
-        c["details"] = gr.Markdown()
+        with gr.Row(equal_height=True):
+            c["gallery_info"] = gr.Markdown(elem_id="gallery-info")
+            c["subset_clear"] = gr.Button("Show all images", size="sm", scale=0, visible=False,
+                                          elem_id="subset-clear")
+        with gr.Row(equal_height=False):  # the top-3 table beside the gallery and its preview
+            c["gallery"] = gr.Gallery(label="Predictions", columns=4, height=600,
+                                      object_fit="contain", allow_preview=True, scale=3,
+                                      min_width=320, elem_id="fusion-gallery",
+                                      elem_classes="short-captions")
+            with gr.Column(scale=2, min_width=300):
+                c["details"] = gr.Markdown(elem_id="details", min_height=120)
         c["downloads"] = gr.File(label="Download predictions (CSV, JSON)", file_count="multiple",
                                  interactive=False)
     with gr.Tab("Metrics", id="metrics"):
         c["metrics_note"] = gr.Markdown("Run on labelled images to see accuracy here.")
         with gr.Row():
-            c["accuracy_plot"] = gr.Plot(label="Accuracy")
-            c["per_class_plot"] = gr.Plot(label="Per-class accuracy")
-        c["confusion_plot"] = gr.Plot(label="Confusion matrix")
+            c["accuracy_plot"] = gr.Plot(label="Accuracy", elem_id="accuracy-plot")
+            c["per_class_plot"] = gr.Plot(label="Per-class accuracy", elem_id="per-class-plot")
+        c["confusion_plot"] = gr.Plot(label="Confusion matrix", elem_id="confusion-plot")
         gr.Markdown("#### Most confident mistakes")
         c["mistakes"] = gr.Gallery(label="Most confident mistakes", columns=5, height=400,
-                                   object_fit="contain")
+                                   object_fit="contain", elem_classes="short-captions")
     with gr.Tab("Embedding", id="embedding"):
         with gr.Row():
             c["projection"] = gr.Radio(embedding.PROJECTIONS, value="pca", label="Projection",
                                        info=embedding.PROJECTION_INFO, scale=2)
-            c["color_by"] = gr.Dropdown([("predicted by CLIP zero-shot", "clip")], value="clip",
-                                        label="Colour images by", scale=1)
             c["draw_button"] = gr.Button("Draw maps", variant="primary", scale=0)
+        with gr.Row():
+            c["color_by"] = gr.Radio([(v, k) for k, v in embedding.COLOR_MODES.items()],
+                                     value=embedding.TRUE_CLASS, label="Colour images by",
+                                     scale=2, elem_id="color-by")
+            c["map_method"] = gr.Dropdown([("OTFusion", "otfusion")], value="otfusion",
+                                          label="Method (prediction, right / wrong)", scale=1,
+                                          elem_id="map-method")
+            c["map_search"] = gr.Textbox(label="Search file or class (Enter)", scale=1,
+                                         placeholder="e.g. circle or 0042.jpg",
+                                         elem_id="map-search", max_lines=1)
         with gr.Row():
             c["embed_before"] = gr.Plot(label="Before", elem_id="embed-before")
             c["embed_after"] = gr.Plot(label="After", elem_id="embed-after")
@@ -345,8 +390,8 @@ def _tabs(c) -> None:
         c["sweep_button"] = gr.Button("Run the λ / ε sensitivity sweep (cached features)")
         c["sweep_note"] = gr.Markdown(dynamics.SWEEP_NOT_RUN, elem_id="sweep-note")
         with gr.Row():
-            c["sweep_lam"] = gr.Plot(label="Sensitivity to λ")
-            c["sweep_eps"] = gr.Plot(label="Sensitivity to ε")
+            c["sweep_lam"] = gr.Plot(label="Sensitivity to λ", elem_id="sweep-lam")
+            c["sweep_eps"] = gr.Plot(label="Sensitivity to ε", elem_id="sweep-eps")
     with gr.Tab("Segmentation", id="segmentation"):
         gr.Markdown("Dense CLIP alone (MaskCLIP) vs VFM patches mapped into CLIP's text space by "
                     "GPUA (fitted on a patch pool of this run's images). Needs a ViT CLIP and a "
@@ -376,7 +421,8 @@ def _tabs(c) -> None:
                                        format="png", show_label=False, elem_id="crop-image")
             c["class_scores"] = gr.Label(label="LaZSL class scores", num_top_classes=5, scale=1)
         c["crop_gallery"] = gr.Gallery(label="Top crops and their attributes", columns=6,
-                                       height=220, object_fit="contain")
+                                       height=220, object_fit="contain",
+                                       elem_classes="short-captions")
         c["lazsl_table"] = gr.Markdown(elem_id="lazsl-table")
     with gr.Tab("Playground", id="playground"):
         gr.Markdown("Synthetic CLIP-like and DINO-like features with a modality gap: no model "
@@ -429,7 +475,7 @@ def _out(c, fields) -> list:
 
 
 def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
-    view = [c["compare"], c["filter_mode"], c["page"]]
+    view = _view(c)
     lazsl_in = [c["session"], c["lazsl_pick"], c["lazsl_class"]]
     lazsl_out = _out(c, lazsl.LazslOutputs._fields)
 
@@ -478,11 +524,12 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
     c["compare"].input(keep(flow.refresh_views), [c["session"], *view], solve_out,
                        api_name="refresh", concurrency_id="solve")
 
-    def first_page(session, compare, filter_mode):
-        return predictions.show_page(session, compare, filter_mode, 1)
+    def first_page(session, compare, filter_mode, subset):
+        return predictions.show_page(session, compare, filter_mode, 1, subset)
 
     page_out = _out(c, predictions.PageOutputs._fields)
-    c["filter_mode"].input(keep(first_page), [c["session"], c["compare"], c["filter_mode"]],
+    c["filter_mode"].input(keep(first_page),
+                           [c["session"], c["compare"], c["filter_mode"], c["subset"]],
                            page_out, api_name="filter", concurrency_id="solve")
     c["page"].release(keep(predictions.show_page), [c["session"], *view], page_out, api_name="page",
                       concurrency_id="solve")
@@ -490,15 +537,18 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
     def select(session, shown, evt: gr.SelectData):
         return predictions.select_image(session, shown, evt.index)
 
-    embed_in = [c["session"], c["projection"], c["color_by"], c["selected"]]
+    embed_in = [c["session"], c["projection"], c["color_by"], c["selected"], c["map_method"],
+                c["subset"]]
     embed_out = _out(c, embedding.EmbeddingOutputs._fields)
     c["gallery"].select(keep(select), [c["session"], c["shown"]],
                         _out(c, predictions.SelectOutputs._fields),
                         api_visibility="private").then(
         keep(embedding.embedding_highlight), embed_in, embed_out, api_visibility="private")
-    gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input],
+    gr.on([c["draw_button"].click, c["projection"].input, c["color_by"].input,
+           c["map_method"].input],
           keep(embedding.embedding), embed_in, embed_out, api_name="embedding",
           concurrency_id="heavy", concurrency_limit=2)
+    _wire_links(c, keep)
     c["sweep_button"].click(keep(dynamics.sweep), [c["session"]],
                             _out(c, dynamics.SweepOutputs._fields),
                             api_name="sweep", concurrency_id="heavy")
@@ -556,13 +606,34 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
 _PLAY_INPUTS = {"n_classes": "play_classes", "n_samples": "play_samples"}
 
 
+def _wire_links(c, keep) -> None:
+    """The maps and the gallery linked both ways (``demo.linking``)."""
+    link_out = _out(c, linking.LinkOutputs._fields)
+    map_view = [c["projection"], c["color_by"], c["map_method"], c["selected"]]
+    c["map_event"].change(keep(linking.map_event),
+                         [c["session"], c["map_event"], *_view(c), *map_view], link_out,
+                         api_visibility="private", concurrency_id="solve",
+                         trigger_mode="always_last")
+    c["map_search"].submit(keep(linking.search), [c["session"], c["map_search"], c["compare"],
+                                                  c["filter_mode"], *map_view], link_out,
+                           api_name="search", concurrency_id="solve")
+    c["subset_clear"].click(keep(linking.clear_subset),
+                            [c["session"], c["compare"], c["filter_mode"], *map_view], link_out,
+                            api_visibility="private", concurrency_id="solve")
+
+
+def _view(c) -> list:
+    """The gallery's view inputs, in the order handlers take them."""
+    return [c["compare"], c["filter_mode"], c["page"], c["subset"]]
+
+
 def _resolver(method: str, handler=None):
     """``handler`` (``flow.resolve`` or ``flow.switch_recipe``) for ``method``: view inputs by
     position, its controls by name."""
     handler = handler or flow.resolve
 
-    def resolve(session, compare, filter_mode, page, **controls):
-        return handler(method, session, controls, compare, filter_mode, page)
+    def resolve(session, compare, filter_mode, page, subset, **controls):
+        return handler(method, session, controls, compare, filter_mode, page, subset)
 
     resolve.__name__ = f"{handler.__name__}_{method}"
     return resolve

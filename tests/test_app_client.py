@@ -17,7 +17,9 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 CLASSES = {"sky": (70, 130, 230), "grass": (40, 160, 60), "sand": (230, 200, 120)}
-STATES = ("session", "shown")  # gr.State outputs stay on the server, per session
+# gr.State outputs stay on the server, per session; a gr.Button output (the gallery's "show all
+# images") is not part of the API either.
+STATES = ("session", "shown", "subset_clear")
 RUN_FIELDS = [f for f in ui.flow.RunOutputs._fields if f not in STATES]
 SOLVE_FIELDS = [f for f in ui.flow.SolveOutputs._fields if f not in STATES]
 SWITCH_FIELDS = [f for f in ui.flow.SwitchOutputs._fields if f not in STATES]

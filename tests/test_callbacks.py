@@ -15,7 +15,17 @@ from PIL import Image, ImageDraw
 
 from core.models import load_encoder
 from core.models.tiny import tiny_test_models
-from demo import dynamics, embedding, inputs, lazsl, overlays, playground, predictions, segmentation
+from demo import (
+    dynamics,
+    embedding,
+    inputs,
+    lazsl,
+    linking,
+    overlays,
+    playground,
+    predictions,
+    segmentation,
+)
 from demo import run as cb
 from demo.examples import ATTRIBUTES, example_paths, example_zip
 
@@ -144,10 +154,10 @@ def test_filters_pages_and_selection(ran):
     base, fused = s.results["clip"].pred, s.results["otfusion"].pred
     assert changed == torch.nonzero(base != fused).flatten().tolist()
     wrong = predictions.show_page(s, "otfusion", "wrong", 1)
-    assert len(wrong.gallery) == int((fused != s.labels).sum())
+    assert len(wrong.gallery.value) == int((fused != s.labels).sum())
     sel = predictions.select_image(s, wrong.shown or [0], 0)
     assert sel.selected == (wrong.shown or [0])[0]
-    assert "| rank |" in sel.details and "GPUA" in sel.details
+    assert "| method | top 3 |" in sel.details and "| GPUA | **" in sel.details
 
 
 def test_views_after_a_run(ran):
@@ -155,8 +165,8 @@ def test_views_after_a_run(ran):
     emb = embedding.embedding(s, "pca", embedding.TRUE_CLASS, 2)
     assert isinstance(emb.embed_before, go.Figure) and isinstance(emb.embed_after, go.Figure)
     assert any(t.name == "selected" for t in emb.embed_after.data)
-    assert "gap" in emb.embed_after.layout.title.text
-    again = embedding.embedding_highlight(s, "pca", "gpua", 3)  # projection memoised: recolour only
+    assert "gap" in emb.embed_after.layout.title.subtitle.text
+    again = embedding.embedding_highlight(s, "pca", "correctness", 3, "gpua")  # recolour only
     assert isinstance(again.embed_before, go.Figure)
     sw = dynamics.sweep(s)
     assert isinstance(sw.sweep_lam, go.Figure) and isinstance(sw.sweep_eps, go.Figure)
@@ -170,6 +180,43 @@ def test_views_after_a_run(ran):
     # image 5 is not segmented yet: nothing to redraw
     assert segmentation.redraw_segmentation(s, 5, None, 0.0, 0.5).seg_image is None
 
+
+def test_map_links_and_search(ran):
+    """demo.linking without a browser: a map click opens that image, a lasso or a search makes
+    a gallery subset (and dims the other points), a new Run's record ignores an old subset."""
+    s = ran.session
+    emb = embedding.embedding(s, "pca", "correctness", None, "otfusion")
+    assert {t.name for t in emb.embed_before.data} <= {"right", "wrong", "class text (stars)"}
+    n = len(s.names)
+    lasso = linking.map_event(s, '{"select": [1, 4, 999]}', "otfusion", "all", 1, None, "pca")
+    assert lasso.shown == [1, 4] and lasso.gallery.selected_index is None
+    assert "2 selected on the map" in lasso.gallery_info and lasso.subset_clear["visible"]
+    bright = [t.customdata[j] for t in lasso.embed_before.data
+              if t.selectedpoints is not None for j in t.selectedpoints]
+    assert sorted(bright) == [1, 4]
+    changed = predictions.filter_indices(s, "otfusion", "changed")
+    narrowed = predictions.show_page(s, "otfusion", "changed", 1, lasso.subset)
+    assert narrowed.shown == [i for i in (1, 4) if i in changed]  # subset and filter together
+    # a click on an image the subset hides: the gallery shows everything again to open it
+    click = linking.map_event(s, '{"click": 6, "nonce": 1}', "otfusion", "changed", 1,
+                              lasso.subset, "pca", embedding.TRUE_CLASS, "otfusion", None)
+    assert click.subset is None and click.filter_mode == "all" and click.selected == 6
+    assert click.shown[click.gallery.selected_index] == 6
+    assert predictions.md_cell(s.names[6]) in click.details and click.seg_pick["value"] == 6
+    assert any(t.name == "selected" for t in click.embed_after.data)  # maps drawn: ringed
+    inside = linking.map_event(s, '{"click": 4}', "otfusion", "all", 1, lasso.subset, "pca")
+    assert inside.subset == lasso.subset and inside.shown == [1, 4]  # the subset stays
+    cleared = linking.map_event(s, '{"select": null}', "otfusion", "all", 1, lasso.subset)
+    assert cleared.subset is None and len(cleared.shown) == n
+    name = s.class_names[int(s.labels[0])]
+    found = linking.search(s, name.upper(), "otfusion")
+    assert 0 in found.shown and all(
+        name in s.names[i] or s.class_names[int(s.labels[i])] == name
+        or s.class_names[int(s.results["otfusion"].pred[i])] == name for i in found.shown)
+    assert linking.search(s, "no such thing", "otfusion").shown == []
+    stale = dict(found.subset, run="another run")
+    assert len(predictions.show_page(s, "otfusion", "all", 1, stale).shown) == len(s.names)
+    assert linking.map_event(s, "not json") == linking._skip_all()
 
 def test_unlabelled_images_explain_how_to_get_metrics(keys, tmp_path, cache_dir):
     files = []
@@ -238,7 +285,7 @@ def test_playground_closes_the_gap_offline():
     out = playground.playground(n_classes=6, n_samples=300, gap=0.8, vlm_noise=2.95, vfm_noise=2.0,
                         seed=1, projection="pca")
     bars = out.play_accuracy.data[0]
-    acc = dict(zip(bars.x, bars.y))
+    acc = dict(zip(bars.y, bars.x))  # horizontal bars: methods on the y axis
     assert acc["OTFusion"] > acc["CLIP zero-shot"]
     gaps = dict(zip(out.play_gap_plot.data[0].y, out.play_gap_plot.data[0].x))
     assert gaps["GPUA-mapped VFM vs text"] < gaps["CLIP image vs text"]

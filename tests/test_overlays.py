@@ -181,6 +181,49 @@ def test_crop_view_draws_boxes_and_keeps_size():
     assert abs(int(arr[60, 150, 0]) - GRAY) < abs(int(arr[10, 50, 0]) - GRAY)
 
 
+def _solid(arr: np.ndarray, rgb, r: int = 2) -> np.ndarray:
+    """Pixels of colour ``rgb`` whose (2r+1)^2 neighbourhood is all that colour: filled label
+    tags, not 3 px box outlines."""
+    mask = (arr == np.asarray(rgb)).all(axis=-1)
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    out[r:h - r, r:w - r] = np.all([mask[r + dy:h - r + dy, r + dx:w - r + dx]
+                                    for dy in range(-r, r + 1) for dx in range(-r, r + 1)], axis=0)
+    return out
+
+
+def test_crop_view_labels_never_overlap():
+    img = gray_image(240, 200)
+    boxes = np.array([[10, 10, 200, 180], [12, 12, 198, 178], [14, 14, 196, 176]])
+    labels = ["1: has whiskers and a tail", "2: has pointed ears", "3: is small"]
+    arr = np.asarray(crop_view(img, boxes, highlight=[0, 1, 2], labels=labels))
+    tags = []
+    for color in class_colors(3):
+        ys, xs = np.nonzero(_solid(arr, hex_to_rgb(color)))
+        assert ys.size > 0, color  # every label is drawn somewhere
+        tags.append((xs.min(), ys.min(), xs.max(), ys.max()))
+    for i in range(3):
+        for j in range(i + 1, 3):
+            a, b = tags[i], tags[j]
+            assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (a, b)
+
+
+def test_segmentation_outline_is_the_pure_legend_colour():
+    names = ["a", "b"]
+    labels = np.zeros((40, 60), dtype=np.int64)
+    labels[:, 30:] = 1
+    labels[:5] = -1  # an unlabelled band: no outline drawn into it
+    out = np.asarray(segmentation_overlay(gray_image(60, 40), labels, names, alpha=0.3,
+                                          outline=2))
+    pure = [hex_to_rgb(c) for c in class_colors(2)]
+    assert tuple(out[20, 29]) == pure[0] and tuple(out[20, 28]) == pure[0]  # 2 px each side
+    assert tuple(out[20, 30]) == pure[1] and tuple(out[20, 31]) == pure[1]
+    assert tuple(out[20, 10]) == expected_blend(class_colors(2)[0], 0.3)  # inside: the blend
+    assert tuple(out[5, 10]) == pure[0]  # the border with the unlabelled band
+    assert (out[:5] == GRAY).all()  # unlabelled pixels stay the photo
+    plain = np.asarray(segmentation_overlay(gray_image(60, 40), labels, names, alpha=0.3))
+    assert tuple(plain[20, 29]) == expected_blend(class_colors(2)[0], 0.3)  # outline=0: none
+
 def test_crop_view_validates():
     img = gray_image(50, 50)
     boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0]])

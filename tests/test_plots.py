@@ -9,8 +9,12 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix
 
+from demo.figstyle import TITLE_MAX_CHARS
+from demo.maps import STAR_LABELS_MAX, star_label_positions
 from demo.overlays import UNKNOWN_COLOR, class_colors
+from demo.placement import place_labels
 from demo.plots import (
+    CELL_TEXT_MAX_CLASSES,
     LEGEND_MAX_CLASSES,
     accuracy_figure,
     confusion_figure,
@@ -171,6 +175,76 @@ def test_embedding_figure_validates_lengths():
         embedding_figure(img, txt[:2], image_color_labels=labels, class_names=names)
 
 
+def test_embedding_figure_points_name_their_images_and_show_a_selection():
+    img, txt, labels, names = small_embedding()
+    thumbs = [f"data:image/jpeg;base64,{i}" for i in range(12)]
+    fig = embedding_figure(img, txt, image_color_labels=labels, class_names=names,
+                           selected=[1, 4, 5], thumbs=thumbs, uirevision="run:pca", highlight=4)
+    images = [t for t in fig.data if t.marker.symbol == "circle" and t.name != "selected"]
+    for t in images:  # customdata = image index, so a click or lasso names images
+        np.testing.assert_allclose(np.c_[t.x, t.y], img[list(t.customdata)])
+    assert sorted(i for t in images for i in t.customdata) == list(range(12))
+    bright = sorted(t.customdata[j] for t in images for j in t.selectedpoints)
+    assert bright == [1, 4, 5]
+    assert all(t.unselected.marker.opacity < 0.3 for t in images)
+    assert list(fig.data[-1].customdata) == [4]  # the ringed point too
+    assert list(fig.layout.meta["thumbs"]) == thumbs and fig.layout.uirevision == "run:pca"
+    assert fig.layout.dragmode == "lasso"
+    plain = embedding_figure(img, txt, image_color_labels=labels, class_names=names)
+    assert all(t.selectedpoints is None for t in plain.data) and plain.layout.meta is None
+    with pytest.raises(ValueError, match="one per image"):
+        embedding_figure(img, txt, image_color_labels=labels, class_names=names, thumbs=["x"])
+
+
+def test_embedding_figure_groups_other_than_classes():
+    img, txt, _, names = small_embedding()
+    groups = ["right", "wrong", "no label"] * 4
+    colors = {"right": "#2a9c3a", "wrong": "#d12b2b"}
+    fig = embedding_figure(img, txt, image_color_labels=groups, class_names=names,
+                           group_colors=colors)
+    images = {t.name: t for t in fig.data if t.marker.symbol == "circle"}
+    assert list(images) == ["right", "wrong", "other"]
+    assert images["right"].marker.color == "#2a9c3a" and images["other"].marker.color == (
+        UNKNOWN_COLOR)
+    assert list(images["wrong"].customdata) == [1, 4, 7, 10]
+    stars = [t for t in fig.data if t.marker.symbol == "star"]
+    assert len(stars) == 1 and list(stars[0].marker.color) == class_colors(3)  # class colours
+
+
+def test_star_labels_never_overlap_and_yield_to_the_hover():
+    # Two stars on the same spot: one name above, the other below (not on top of each other).
+    txt = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
+    img = np.array([[-5.0, -5.0], [5.0, -5.0]])
+    pos = star_label_positions(txt, img, ["circle", "triangle", "star"])
+    assert pos[0] == "top center" and pos[1] == "bottom center" and pos[2] is not None
+    # Crowded stars: every name drawn gets a box clear of the others; the rest hover only.
+    rng = np.random.default_rng(0)
+    txt = rng.normal(scale=0.05, size=(12, 2))
+    names = [f"class number {i}" for i in range(12)]
+    fig = embedding_figure(rng.normal(size=(30, 2)), txt, image_color_labels=names[:1] * 30,
+                           class_names=names)
+    shown = [t for t in fig.data if t.marker.symbol == "star" and t.text[0]]
+    assert 0 < len(shown) < 12
+    many = [f"c{i}" for i in range(STAR_LABELS_MAX + 1)]
+    fig = embedding_figure(rng.normal(size=(40, 2)), rng.normal(size=(len(many), 2)),
+                           image_color_labels=many[:1] * 40, class_names=many)
+    assert not any(fig.data[-1].text)  # too many classes: names in the hover only
+    assert list(fig.data[-1].hovertext)[:2] == ["text prototype: c0", "text prototype: c1"]
+
+
+def test_place_labels_takes_the_first_free_candidate():
+    # Label 0 takes its first spot; label 1's first spot collides with it, so it takes its
+    # second; label 2 has only colliding or out-of-bounds spots: None.
+    cand = np.array([
+        [[0, 0, 10, 10], [20, 0, 30, 10]],
+        [[5, 5, 15, 15], [40, 0, 50, 10]],
+        [[0, 0, 10, 10], [95, 0, 105, 10]],
+    ], dtype=float)
+    assert place_labels(cand, bounds=(0, 0, 100, 100)) == [0, 1, None]
+    assert place_labels(cand[:1], obstacles=np.array([[0, 0, 3, 3]])) == [1]  # obstacle
+    with pytest.raises(ValueError, match=r"\(M, C, 4\)"):
+        place_labels(np.zeros((2, 4)))
+
 def test_embedding_maps_titles_carry_gaps():
     rng = np.random.default_rng(0)
     k, n, d = 3, 30, 8
@@ -190,9 +264,10 @@ def test_embedding_maps_titles_carry_gaps():
                                   class_names=names, method="pca", highlight=2)
     g0, g1 = gap(before, text), gap(after, text)
     assert g0 > g1
-    assert f"gap {g0:.2f}" in fig_b.layout.title.text
-    assert f"gap {g0:.2f} -> {g1:.2f}" in fig_a.layout.title.text
+    assert f"gap {g0:.2f}" in fig_b.layout.title.subtitle.text
+    assert f"gap {g0:.2f} -> {g1:.2f}" in fig_a.layout.title.subtitle.text
     assert "CLIP image" in fig_b.layout.title.text and "GPUA" in fig_a.layout.title.text
+    assert all(len(f.layout.title.text) <= TITLE_MAX_CHARS for f in (fig_b, fig_a))
     # joint projection: the text stars share the plane with the images
     joint = np.concatenate([before / np.linalg.norm(before, axis=1, keepdims=True), text])
     xy = project_2d(joint, method="pca")
@@ -202,7 +277,7 @@ def test_embedding_maps_titles_carry_gaps():
     assert is_json(fig_b) and is_json(fig_a)
     _, fixed = embedding_maps(before, text, after, text, image_color_labels=["a"] * n,
                               class_names=names, gap_before=0.83, gap_after=0.21)
-    assert "gap 0.83 -> 0.21" in fixed.layout.title.text
+    assert "gap 0.83 -> 0.21" in fixed.layout.title.subtitle.text
 
 
 def test_modality_gap_figure():
@@ -233,6 +308,19 @@ def test_convergence_figure_with_and_without_accuracy():
     with pytest.raises(ValueError, match="objective"):
         convergence_figure([{"iteration": 0}])
 
+
+def test_sensitivity_figure_eps_axis_is_readable():
+    rows = [{"lam": 0.8, "eps": eps, "accuracy": 0.5} for eps in (0.005, 0.01, 0.05, 0.1)]
+    fig = sensitivity_figure(rows, x="eps", current=0.02)
+    ax = fig.layout.xaxis
+    # Ticks at the swept values and the current one only, no minor ticks, the data inside.
+    assert list(ax.tickvals) == [0.005, 0.01, 0.02, 0.05, 0.1]
+    assert list(ax.ticktext) == ["0.005", "0.01", "0.02", "0.05", "0.1"]
+    assert ax.minor.ticks == "" and ax.minor.showgrid is False
+    assert ax.range[0] < np.log10(0.005) and ax.range[1] > np.log10(0.1)
+    assert ax.range[1] < np.log10(0.2)  # no empty decade beyond the data
+    dense = [{"lam": 0.8, "eps": e, "accuracy": 0.5} for e in np.geomspace(1e-3, 1, 10)]
+    assert sensitivity_figure(dense, x="eps").layout.xaxis.dtick == 1  # one tick a decade
 
 @dataclass(frozen=True)
 class Step:  # shaped like core.methods.otfusion.OTFusionStep
@@ -275,11 +363,15 @@ def test_sensitivity_figure_lines_per_eps():
 def test_accuracy_figure_values_printed():
     fig = accuracy_figure({"CLIP": 0.612, "OTFusion": 0.715, "GPUA": 0.70})
     bar = fig.data[0]
-    np.testing.assert_allclose(bar.y, [61.2, 71.5, 70.0])
-    assert list(bar.text) == ["61.2%", "71.5%", "70.0%"]
+    # Horizontal bars: method names on the y axis, never under the x axis' "0".
+    assert bar.orientation == "h" and list(bar.y) == ["CLIP", "OTFusion", "GPUA"]
+    np.testing.assert_allclose(bar.x, [61.2, 71.5, 70.0])
+    assert list(bar.text) == ["61.2%", "71.5%", "70.0%"] and bar.textposition == "outside"
+    assert fig.layout.yaxis.autorange == "reversed"  # first method on top
+    assert fig.layout.xaxis.range[1] > 100 * 1.1  # room for "100.0%" right of a full bar
     assert bar.marker.color[0] == UNKNOWN_COLOR and bar.marker.color[1] != UNKNOWN_COLOR
     pct = accuracy_figure({"a": 55.0, "b": 80.0}, baseline="b")
-    np.testing.assert_allclose(pct.data[0].y, [55.0, 80.0])
+    np.testing.assert_allclose(pct.data[0].x, [55.0, 80.0])
     assert pct.data[0].marker.color[1] == UNKNOWN_COLOR
     assert is_json(fig)
 
@@ -298,7 +390,8 @@ def test_per_class_figure_groups_and_top_changes():
     many = per_class_figure({"CLIP": base, "fused": fused}, [f"c{i}" for i in range(k)],
                             max_classes=3)
     assert list(many.data[0].x) == ["c3", "c7", "c42"]
-    assert "3 of 60" in many.layout.title.text
+    assert "3 of 60" in many.layout.title.subtitle.text
+    assert len(many.layout.title.text) <= TITLE_MAX_CHARS
     # classes absent from the labels come as NaN (core.metrics.per_class_accuracy): no bar
     gap = per_class_figure({"CLIP": torch.tensor([0.5, float("nan"), 1.0])}, names)
     y = np.asarray(gap.data[0].y)
@@ -307,6 +400,25 @@ def test_per_class_figure_groups_and_top_changes():
         per_class_figure({"CLIP": [0.5, 1.0]}, names)
     assert is_json(many)
 
+
+def test_per_class_legend_sits_between_title_and_bars():
+    fig = per_class_figure({"CLIP": [0.5, 1.0], "OTFusion": [1.0, 0.5], "GPUA": [0.0, 1.0],
+                            "LaZSL": [1.0, 1.0]}, ["a", "b"])
+    leg = fig.layout.legend
+    assert leg.orientation == "h" and leg.y >= 1.0 and leg.yanchor == "bottom"  # above the bars
+    title = fig.layout.title
+    assert title.yref == "container" and title.yanchor == "top"  # pinned at the very top
+    # the margin holds the title, its pad and two rows of legend
+    assert fig.layout.margin.t >= title.pad.t + 20 + 2 * 20
+
+
+def test_every_title_fits_a_phone():
+    figs = [modality_gap_figure({"a": 0.5}), accuracy_figure({"a": 0.5}),
+            per_class_figure({"a": [0.5]}, ["x"]), confusion_figure(np.eye(2), ["x", "y"]),
+            convergence_figure([{"iteration": 1, "objective": 1.0}]),
+            sensitivity_figure([{"lam": 1.0, "eps": 0.1, "accuracy": 0.5}])]
+    for fig in figs:
+        assert len(fig.layout.title.text) <= TITLE_MAX_CHARS, fig.layout.title.text
 
 @pytest.mark.parametrize("normalize", [True, False])
 def test_confusion_figure_matches_sklearn(normalize):
@@ -324,6 +436,9 @@ def test_confusion_figure_matches_sklearn(normalize):
     assert list(heat.y) == names and list(heat.x) == names  # rows true, columns predicted
     assert fig.layout.yaxis.title.text == "true" and fig.layout.xaxis.title.text == "predicted"
     assert fig.layout.xaxis.showticklabels
+    # Counts printed in the cells, zeros blank, whatever the colour scale shows.
+    assert heat.texttemplate == "%{text}"
+    assert [list(r) for r in heat.text] == [[str(c) if c else "" for c in row] for row in counts]
     assert is_json(fig)
 
 
@@ -331,6 +446,7 @@ def test_confusion_figure_many_classes_hides_ticks_keeps_hover():
     k = 60
     fig = confusion_figure(np.eye(k) * 3, [f"c{i}" for i in range(k)])
     assert fig.layout.xaxis.showticklabels is False and fig.layout.yaxis.showticklabels is False
+    assert k > CELL_TEXT_MAX_CLASSES and fig.data[0].text is None  # too small to print counts
     assert "true: %{y}" in fig.data[0].hovertemplate
     with pytest.raises(ValueError, match=r"\(60, 60\)"):
         confusion_figure(np.eye(3), [f"c{i}" for i in range(k)])
@@ -346,4 +462,4 @@ def test_confusion_figure_caps_classes_to_most_confused():
     assert list(heat.y) == ["c4", "c9", "c20", "c21"]
     np.testing.assert_allclose(np.asarray(heat.customdata)[0], [5, 3, 0, 0])
     np.testing.assert_allclose(np.asarray(heat.z)[0, 1], 3 / 8, atol=1e-4)  # full-row rate
-    assert "4 most confused of 30" in fig.layout.title.text
+    assert "4 most confused of 30" in fig.layout.title.subtitle.text
