@@ -99,8 +99,8 @@ RUN_INPUTS = (*RUN_DEFAULTS, *CONTROLS)  # the components the Run button sends, 
 
 
 def app_precision() -> str:
-    """The encoders' precision when the user picks none: int8 on a CPU (the fast path measured
-    at cosine >= 0.999 to fp32), exact fp32 on a GPU (``core.config``)."""
+    """The encoders' precision when the user picks none (``core.config``: fp32, exact; int8 is an
+    option on a CPU, see ``APP_CPU_PRECISION`` for why it is not the default)."""
     import torch
 
     return PRECISION if torch.cuda.is_available() else APP_CPU_PRECISION
