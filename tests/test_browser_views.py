@@ -87,7 +87,9 @@ def _run_shapes(page, url, *, lazsl: bool = False) -> None:
     if lazsl:
         page.get_by_label("LaZSL").check()
     page.locator("#run-button").click()
-    page.wait_for_selector("#summary >> text=OTFusion", timeout=120_000)
+    # The Run streams its stages (CLIP first): wait for the last one.
+    page.wait_for_selector("#status >> text=/Features ready/", timeout=120_000)
+    page.wait_for_selector("#summary >> text=OTFusion", timeout=30_000)
     page.locator("#fusion-gallery img").first.wait_for(timeout=30_000)
 
 
