@@ -32,17 +32,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(port: int, work: Path, *, env: dict | None = None,
-              timeout: float = 180.0) -> subprocess.Popen:
-    """Launch the app and wait until it answers; its temp, upload and cache folders in ``work``."""
+def start_app(port: int, work: Path, *, env: dict | None = None, timeout: float = 180.0,
+              server: str = SERVER) -> subprocess.Popen:
+    """Launch the app and wait until it answers; its temp, upload and cache folders in ``work``.
+    ``env`` adds or overrides environment variables; ``server`` is the child's script (with
+    ``{root}`` and ``{port}``)."""
     tmp = work / "tmp"
     for sub in ("tmp", "gradio", "features"):
         (work / sub).mkdir(parents=True, exist_ok=True)
-    child_env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(tmp),
-                     GRADIO_TEMP_DIR=str(work / "gradio"),
-                     FUSIONLAB_CACHE_DIR=str(work / "features"),
-                     HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {}))
-    proc = subprocess.Popen([sys.executable, "-c", SERVER.format(root=str(ROOT), port=port)],
+    child_env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TMPDIR": str(tmp),
+                 "GRADIO_TEMP_DIR": str(work / "gradio"),
+                 "FUSIONLAB_CACHE_DIR": str(work / "features"),
+                 "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-c", server.format(root=str(ROOT), port=port)],
                             env=child_env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/config"
     start = time.monotonic()

@@ -76,7 +76,8 @@ def time_cli(images: Path, args, env: dict) -> dict[str, float]:
     keys = realsize_models()
     argv = ["run", "--images", str(images), "--classes", CLASSES, "--vlm", keys["clip"],
             "--vfm", keys["dinov2"], "--methods", "clip,otfusion,gpua,lazsl",
-            "--n-crops", str(args.n_crops), "--out", str(images.parent / "cli-out")]
+            "--n-crops", str(args.n_crops), "--precision", args.precision,
+            "--out", str(images.parent / "cli-out")]
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CLI.format(root=str(ROOT), argv=argv)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
@@ -104,20 +105,25 @@ def time_app(paths: list[Path], args, env: dict) -> dict[str, float]:
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="first-result-app-"))
     # start_app puts the feature cache (empty), uploads and temp folders under ``work`` itself
-    proc = start_app(port, work, env={"HF_HUB_OFFLINE": env["HF_HUB_OFFLINE"]}, timeout=300)
+    proc = start_app(port, work, env={"HF_HUB_OFFLINE": env["HF_HUB_OFFLINE"]}, timeout=300,
+                     server=SERVER)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
         start = time.perf_counter()
         job = client.submit(files=[handle_file(str(p)) for p in paths], classes_text=CLASSES,
                             vlm=[keys["clip"]], vfm=[keys["dinov2"]],
                             methods=["otfusion", "gpua", "lazsl"], n_crops=args.n_crops,
+                            precision=args.precision, attributes_file=None, labels_csv=None,
                             api_name="/run")
         seen = {}
         for output in job:
             now = time.perf_counter() - start
-            summary = str(output[1])
+            # the status line says what is ready: "**CLIP zero-shot ready** after ...", then
+            # "**CLIP zero-shot, OTFusion, GPUA ready** ...", and "Features ready" at the end
+            status = next((str(o) for o in output if isinstance(o, str) and " ready" in o), "")
+            ready = status.split(" ready", 1)[0]
             for name, title in METHOD_NAMES.items():
-                if title in summary and name not in seen:
+                if name not in seen and (title in ready or "Features ready" in status):
                     seen[name] = now
         job.result()
         seen["done"] = time.perf_counter() - start
@@ -142,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-crops", type=int, default=16)
     parser.add_argument("--paths", default="cli,app")
     parser.add_argument("--slider-moves", type=int, default=20)
+    parser.add_argument("--precision", default="fp32", help="fp32 or int8 (CPU)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="first-result-") as tmp:
         folder = Path(tmp) / "photos"
@@ -150,12 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         for path in args.paths.split(","):
             cache = Path(tmp) / f"cache-{path}"  # empty: every feature is computed
             env = dict(os.environ, FUSIONLAB_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1",
-                       GRADIO_ANALYTICS_ENABLED="False", FUSIONLAB_PRECISION=args.precision)
+                       GRADIO_ANALYTICS_ENABLED="False")
             load = os.getloadavg()[0]
             seen = time_cli(folder, args, env) if path == "cli" else time_app(paths, args, env)
             cells = ", ".join(f"{k} {v:.2f} s" for k, v in seen.items())
-            print(f"{path}: {args.n_images} images, {args.n_crops} crops, load {load:.1f}: {cells}",
-                  flush=True)
+            print(f"{path}: {args.n_images} images, {args.n_crops} crops, {args.precision}, "
+                  f"load {load:.1f}: {cells}", flush=True)
 
 
 if __name__ == "__main__":
