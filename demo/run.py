@@ -301,7 +301,7 @@ def run_stages(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progr
                                progress=pipeline_progress(progress), extract_fn=_extract)
     while True:
         try:
-            stage = _next_stage(stages)
+            stage = next(stages, None)
         except WeightsUnavailableError as exc:  # name every chosen model without weights
             missing = missing_weights([*vlms, *vfms]) or [exc.key]
             raise user_error(weights_message(*missing), title=WEIGHTS_TITLE,
@@ -341,14 +341,6 @@ def _current(current_session):
     try:
         return current_session()
     except gr.Error:
-        return None
-
-
-def _next_stage(stages):
-    """The next stage, or None when the extraction is done."""
-    try:
-        return next(stages)
-    except StopIteration:
         return None
 
 

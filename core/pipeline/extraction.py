@@ -432,7 +432,8 @@ def extract(
             skipped,
         )
     kept_hashes = [it.sha256 for it in kept]
-    image_features = {name: req.stack(kept_hashes) for name, (req, _, _) in requests.items()}
+    stacked = {id(req): req.stack(kept_hashes) for req, _, _ in unique.values()}  # once each
+    image_features = {name: stacked[id(req)] for name, (req, _, _) in requests.items()}
 
     # 3. Text prototypes (and LaZSL attribute sentences), cached by their exact prompts.
     report(0, 1, "encoding class prompts")

@@ -101,8 +101,9 @@ def extract_in_stages(
                     progress(done, total, f"{_tag} {desc}")
             ex = (extract_fn or extract)(image_set, class_names, step, cache=cache,
                                          progress=report)
-            yield Stage(name, ex, STAGE_METHODS[name] if name != "vlm" or len(steps) > 1
-                        else STAGE_METHODS["models"], i == len(steps) - 1)
+            # a first stage that is also the last has every model there is (none besides it)
+            methods = STAGE_METHODS["models" if (name, len(steps)) == ("vlm", 1) else name]
+            yield Stage(name, ex, methods, i == len(steps) - 1)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
