@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 from core.methods import otfusion_weights
 from demo import plots
-from demo.provenance import SETTING_LABELS, lam_text
+from demo.provenance import SETTING_LABELS, VARIANT_LABELS, lam_text
 from demo.state import Session, need_session, user_errors
 
 
@@ -20,7 +20,7 @@ def convergence_view(session: Session):
     history = list(res.details.history)
     s = session.settings.otfusion
     note = (f"OTFusion ({s.recipe} recipe, {SETTING_LABELS[s.setting]}, "
-            f"{s.variant.replace('_', ' ')}) ran {res.details.n_iter} outer iteration(s) "
+            f"{VARIANT_LABELS[s.variant]}) ran {res.details.n_iter} outer iteration(s) "
             f"({'converged' if res.details.converged else 'stopped at the limit'}) with "
             f"{lam_text(s).replace(' ', ' = ', 1)}, ε = {s.eps:g}.")
     if not any(h.accuracy is not None for h in history):

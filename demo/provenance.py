@@ -26,6 +26,12 @@ VARIANT_LABELS = {
     "semantic_only": "semantic only (Table 2 'Y-only')",
     "no_joint": "no joint (Table 2 'no joint learning')",
 }
+# What the two dropdowns show: short enough for a dropdown a quarter of the row wide (the long
+# labels above, with their paper rows, are in the summary table and the Dynamics note).
+SETTING_CHOICES = {"main": "main: VLM img + VFMs", "vfm_only": "VFMs only",
+                   "vlm_only": "VLM images only"}
+VARIANT_CHOICES = {"joint": "joint (full)", "concat": "concat", "semantic_only": "semantic only",
+                   "no_joint": "no joint"}
 WEIGHT_LABELS = {"fixed": "fixed", "adaptive": "adaptive"}  # adaptive: by agreement with Q
 # OTFusion's λ slider, by whether λ is uniform (1/J per VLM, the official recipe's) or its own.
 LAM_LABELS = {False: "OTFusion λ (weight of each VLM)",
@@ -47,7 +53,7 @@ def settings_text(method: str, s: MethodSettings) -> str:
         o = s.otfusion
         return (f"{o.recipe} recipe: {lam_text(o)}, ε {o.eps:g}, {o.n_iter} iter, "
                 f"{otfusion_weights(o)} weights; {SETTING_LABELS[o.setting]}, "
-                f"{o.variant.replace('_', ' ')}")
+                f"{VARIANT_LABELS[o.variant]}")
     if method == "gpua":
         g = s.gpua
         return (f"{g.recipe} recipe: λ {g.lam:g}, ε {g.eps:g}, {g.targets} targets, THS "

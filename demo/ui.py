@@ -58,8 +58,8 @@ from demo.inputs import weights_banner
 from demo.provenance import (
     LAM_LABELS,
     RECIPE_LABELS,
-    SETTING_LABELS,
-    VARIANT_LABELS,
+    SETTING_CHOICES,
+    VARIANT_CHOICES,
     WEIGHT_LABELS,
     choices,
 )
@@ -85,8 +85,10 @@ CSS = """
 .short-captions .caption-label {font-size: 11px; white-space: pre; line-height: 1.35em;
   box-sizing: content-box; max-height: 2.7em; max-width: calc(100% - 16px);
   padding-bottom: 0; border-bottom: 4px solid var(--background-fill-secondary);}
+/* The preview shows the caption's first line only, whole: the file name is in the table beside. */
 .short-captions .preview .caption {white-space: pre; line-height: 1.4em; max-height: 1.4em;
-  box-sizing: content-box; max-width: 100%; text-align: center;}
+  display: block; overflow: hidden; padding: 6px 12px 0; box-sizing: content-box; max-width: 100%;
+  text-align: center;}
 /* Tables scroll sideways on a phone instead of wrapping headers letter by letter. */
 .prose table {display: block; max-width: 100%; overflow-x: auto; border: none;}
 .prose th {white-space: nowrap;}
@@ -98,9 +100,17 @@ CSS = """
 # value: blurring the box fires the slider's release event, which re-solves. (2) Plotly figures
 # drawn in a hidden tab keep a clipped size until the window resizes: after a tab switch, send one.
 # (3) Clicks, lassos and hover thumbnails on the embedding maps (demo.linking.MAP_SCRIPT).
-# (4) A gallery thumbnail's full caption (its alt text) as its hover tooltip.
+# (4) A gallery thumbnail's full caption (its alt text) as its hover tooltip. (5) On a phone the
+# inputs stack above the results: Run scrolls to the status line the results start under.
 JS = """
 () => {""" + linking.MAP_SCRIPT + """
+  document.addEventListener('click', (e) => {
+    if (window.innerWidth <= MOBILE_MAX_PX && e.target instanceof Element
+        && e.target.closest('.run-button')) {
+      setTimeout(() => document.getElementById('status')
+        ?.scrollIntoView({behavior: 'smooth', block: 'start'}), 100);
+    }
+  }, true);
   document.addEventListener('keydown', (e) => {
     const box = e.target;
     if (e.key === 'Enter' && box instanceof HTMLInputElement && box.type === 'number') {
@@ -126,7 +136,7 @@ JS = """
     });
   }).observe(document.body, {childList: true, subtree: true, attributeFilter: ['alt']});
 }
-"""
+""".replace("MOBILE_MAX_PX", "700")  # below Gradio's two-column width (340 + 600 px min_widths)
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -286,9 +296,9 @@ def _live_settings(c) -> None:
             c["otfusion_recipe"] = _choice("otfusion_recipe", "OTFusion recipe (paper text / "
                                            "authors' code)", RECIPE_LABELS, gr.Radio, scale=3)
             c["otfusion_setting"] = _choice("otfusion_setting", "OTFusion setting (what it "
-                                            "fuses)", SETTING_LABELS, gr.Dropdown, scale=4)
+                                            "fuses)", SETTING_CHOICES, gr.Dropdown, scale=4)
             c["otfusion_variant"] = _choice("otfusion_variant", "OTFusion variant",
-                                            VARIANT_LABELS, gr.Dropdown, scale=3)
+                                            VARIANT_CHOICES, gr.Dropdown, scale=3)
             c["otfusion_weights"] = _choice("otfusion_weights", "Source weights", WEIGHT_LABELS,
                                             gr.Radio, scale=2)
         with gr.Row(equal_height=True):
@@ -405,7 +415,8 @@ def _tabs(c) -> None:
         with gr.Row():
             c["seg_threshold"] = gr.Slider(0.0, 1.0, 0.0, step=0.05,
                                            label="Unlabeled below this confidence")
-            c["seg_alpha"] = gr.Slider(0.1, 0.9, 0.5, step=0.05, label="Overlay opacity")
+            c["seg_alpha"] = gr.Slider(0.1, 1.0, 0.5, step=0.05,
+                                       label="Fill opacity (1: the legend's exact colours)")
         c["seg_classes"] = gr.CheckboxGroup([], label="Classes shown")
         c["seg_image"] = gr.Image(label="Segmentation", type="pil", interactive=False,
                                   format="png", elem_id="seg-image", show_label=False)

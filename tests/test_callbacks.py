@@ -336,7 +336,7 @@ def test_summary_and_export_name_recipe_setting_and_sources(ran):
     rows = {line.split("|")[1].strip(): line for line in ran.summary.splitlines()
             if line.startswith("| ")}
     assert ("paper recipe: λ 0.8, ε 0.01, 10 iter, fixed weights; main (Table 1: VLM image + "
-            "VFMs), joint") in rows["OTFusion"]
+            "VFMs), joint (full OTFusion)") in rows["OTFusion"]
     assert "paper recipe: λ 0.9" in rows["GPUA"] and "paper recipe: θ 0.8" in rows["LaZSL"]
     for m in s.methods:
         sources = s.results[m].sources
