@@ -258,8 +258,6 @@ def run_stages(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progr
 
     ``current_session``: a callable returning the session the user has now; when a slider
     re-solved an earlier stage's record meanwhile, the later stages keep those settings.
-    """
-    """Load images and classes, extract features (cached), run the methods, build every view.
 
     ``inputs`` maps :data:`RUN_INPUTS` keys (the upload, classes, models, methods, crops and every
     control of :data:`CONTROLS`) to values; keys not given take :data:`RUN_DEFAULTS` and
@@ -309,39 +307,48 @@ def run_stages(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progr
         if stage is None:
             return
         extraction = stage.extraction
-        now = _current(current_session) if session is not None else None
-        if isinstance(now, Session) and now.workdir == session.workdir:
-            session, solver = now, now.settings  # a slider moved on an earlier stage: keep it
         wanted = tuple(m for m in ("clip", *methods) if m in stage.methods)
         if stage.last:
             notes += list(extraction.warnings)
             if extraction.skipped:
                 warn_user(f"{len(extraction.skipped)} file(s) were skipped; the notes panel "
                           "lists why.")
-        session = _finish_session(extraction, wanted, solver, notes, progress, previous=session)
-        # No cache hits or forward-pass counts here: the feature cache is shared by every user,
-        # so they would tell a user that someone else uploaded the same images before (issue 13).
-        elapsed = time.perf_counter() - start
+        # No cache hits or forward-pass counts in the status: the feature cache is shared by
+        # every user, so they would tell a user that someone else uploaded the same images
+        # before (issue 13).
         ready = ", ".join(METHOD_TITLES[m] for m in wanted)
-        if stage.last:
-            status = (f"**Features ready** for {len(extraction.items)} images in {elapsed:.1f} s. "
-                      "Move λ, ε, the iterations or a recipe to re-solve instantly.")
-        else:
+        if not stage.last:
             later = [METHOD_TITLES[m] for m in methods if m not in stage.methods]
-            status = (f"**{ready} ready** after {elapsed:.1f} s; still "
-                      + _NEXT[stage.name].format(methods=", ".join(later), crops=settings.n_crops)
+            coming = (_NEXT[stage.name].format(methods=", ".join(later), crops=settings.n_crops)
                       + f" ({', '.join(later)} will appear here). Sliders work on what is shown.")
-        yield _run_outputs(session, status, v["compare"], v["filter_mode"])
+        base, latest = session, _moved(current_session, session)
+        while True:  # until no slider re-solved the shown record while this stage was built
+            if latest is not None:  # a slider moved on an earlier stage: keep its settings
+                base, solver = latest, latest.settings
+            session = _finish_session(extraction, wanted, solver, notes, progress, previous=base)
+            elapsed = time.perf_counter() - start
+            status = (f"**Features ready** for {len(extraction.items)} images in {elapsed:.1f} s. "
+                      "Move λ, ε, the iterations or a recipe to re-solve instantly."
+                      if stage.last else f"**{ready} ready** after {elapsed:.1f} s; still {coming}")
+            out = _run_outputs(session, status, v["compare"], v["filter_mode"])
+            latest = _moved(current_session, base)
+            if latest is None:
+                break
+        yield out
 
 
-def _current(current_session):
-    """The session the user has now, or None (none given, or it was dropped meanwhile)."""
-    if current_session is None:
+def _moved(current_session, shown: Session | None) -> Session | None:
+    """The record the user has now if a slider replaced ``shown`` (an earlier stage of this Run)
+    with a re-solved one; None if not (or no ``current_session`` callable, or it was dropped)."""
+    if current_session is None or shown is None:
         return None
     try:
-        return current_session()
+        now = current_session()
     except gr.Error:
         return None
+    if isinstance(now, Session) and now.workdir == shown.workdir and now is not shown:
+        return now
+    return None
 
 
 def run(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progress=None) -> RunOutputs:

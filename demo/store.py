@@ -262,6 +262,9 @@ def _start_sweeper(store: SessionStore, every_s: float) -> None:
 # ----------------------------------------------------------------------------- handler adapter
 
 
+STALE_RETRIES = 3  # times a handler is run on the live record before its last output is shown
+
+
 def stored(fn: Callable, store: SessionStore, *, takes_session: bool = True) -> Callable:
     """``fn`` (a handler whose first argument is the session, if ``takes_session``, and whose
     NamedTuple output may hold a ``session`` field) wired to ``store``.
@@ -275,16 +278,19 @@ def stored(fn: Callable, store: SessionStore, *, takes_session: bool = True) -> 
     """
 
     def keep_output(key, session, out):
+        """(output with the key in place of the session, whether it may be shown): False when
+        ``fn`` worked on a record that another handler replaced meanwhile."""
         new = getattr(out, "session", None) if hasattr(out, "_fields") else None
         if isinstance(new, Session) and key:
             if isinstance(session, Session):  # a re-solve of the session it was given
-                store.update(key, session, new)
+                if not store.update(key, session, new):
+                    return out, not isinstance(store.get(key), Session)
             else:  # a Run: a new session replaces whatever this key had
                 store.put(key, new)
             out = out._replace(session=key)
         elif isinstance(session, Session) and key:
             store.update(key, session, session)  # views may have memoised more: re-estimate
-        return out
+        return out, True
 
     def session_of(request, args):
         key = getattr(request, "session_hash", None)
@@ -300,13 +306,20 @@ def stored(fn: Callable, store: SessionStore, *, takes_session: bool = True) -> 
                 # what the user has now (a slider may have re-solved a stage's record)
                 kwargs["current_session"] = lambda: store.get(key)
             for out in fn(*args, **kwargs):
-                yield keep_output(key, session, out)
+                yield keep_output(key, session, out)[0]
 
         wrapper = stream
     else:
         def wrapper(request: gr.Request | None, *args, **kwargs):
-            key, session, args = session_of(request, args)
-            return keep_output(key, session, fn(*args, **kwargs))
+            # A re-solve that worked on a record replaced meanwhile (a Run's later stage, or
+            # another control's re-solve, landed first) is redone on the live record, so that
+            # neither change is lost and the page never shows settings the record does not have.
+            for _ in range(STALE_RETRIES):
+                key, session, fn_args = session_of(request, args)
+                out, current = keep_output(key, session, fn(*fn_args, **kwargs))
+                if current:
+                    break
+            return out
 
     params = [p for p in inspect.signature(fn).parameters.values()
               if p.name != "current_session"]  # ours to fill, not Gradio's

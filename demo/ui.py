@@ -291,36 +291,42 @@ def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
 def _live_settings(c) -> None:
     """The live controls right above the summary they change (visible together at 1400x900);
     moving one re-solves its method only, from the cached features (no new Run)."""
-    with gr.Group(elem_id="live-settings"):
-        with gr.Row(equal_height=True):
-            c["otfusion_recipe"] = _choice("otfusion_recipe", "OTFusion recipe (paper text / "
-                                           "authors' code)", RECIPE_LABELS, gr.Radio, scale=3)
-            c["otfusion_setting"] = _choice("otfusion_setting", "OTFusion setting (what it "
-                                            "fuses)", SETTING_CHOICES, gr.Dropdown, scale=4)
-            c["otfusion_variant"] = _choice("otfusion_variant", "OTFusion variant",
-                                            VARIANT_CHOICES, gr.Dropdown, scale=3)
-            c["otfusion_weights"] = _choice("otfusion_weights", "Source weights", WEIGHT_LABELS,
-                                            gr.Radio, scale=2)
-        with gr.Row(equal_height=True):
-            uniform = flow.control_default("lam_uniform")
-            c["lam_uniform"] = gr.Checkbox(uniform, label="uniform λ (1/J)",
-                                           elem_id="lam-uniform-checkbox", scale=1,
-                                           min_width=110)
-            c["lam"] = _slider("lam", LAM_LABELS[uniform], scale=2)
-            c["eps"] = _slider("eps", "OTFusion ε (smoothing)", scale=2)
-            c["n_iter"] = _slider("n_iter", "OTFusion iterations", scale=2)
-        with gr.Accordion("GPUA and LaZSL live settings", open=False, elem_id="more-settings"):
+    # One tab per method keeps the block as short as its largest tab, so that every slider and
+    # the whole summary table fit on a 1400x900 screen together (an open accordion did not).
+    with gr.Group(elem_id="live-settings"), gr.Tabs(elem_id="live-tabs"):
+        with gr.Tab("OTFusion settings", id="otfusion-settings"):
+            with gr.Row(equal_height=True):
+                c["otfusion_recipe"] = _choice("otfusion_recipe", "OTFusion recipe (paper text "
+                                               "/ authors' code)", RECIPE_LABELS, gr.Radio,
+                                               scale=3)
+                c["otfusion_setting"] = _choice("otfusion_setting", "OTFusion setting (what it "
+                                                "fuses)", SETTING_CHOICES, gr.Dropdown, scale=4)
+                c["otfusion_variant"] = _choice("otfusion_variant", "OTFusion variant",
+                                                VARIANT_CHOICES, gr.Dropdown, scale=3)
+                c["otfusion_weights"] = _choice("otfusion_weights", "Source weights",
+                                                WEIGHT_LABELS, gr.Radio, scale=2)
+            with gr.Row(equal_height=True):
+                uniform = flow.control_default("lam_uniform")
+                c["lam_uniform"] = gr.Checkbox(uniform, label="uniform λ (1/J)",
+                                               elem_id="lam-uniform-checkbox", scale=1,
+                                               min_width=110)
+                c["lam"] = _slider("lam", LAM_LABELS[uniform], scale=2)
+                c["eps"] = _slider("eps", "OTFusion ε (smoothing)", scale=2)
+                c["n_iter"] = _slider("n_iter", "OTFusion iterations", scale=2)
+        with gr.Tab("GPUA settings", id="gpua-settings"):
             with gr.Row(equal_height=True):
                 c["gpua_recipe"] = _choice("gpua_recipe", "GPUA recipe (paper / public code)",
                                            RECIPE_LABELS, gr.Radio)
-                c["gpua_lam"] = _slider("gpua_lam", "GPUA λ (weight of CLIP)")
-                c["gpua_eps"] = _slider("gpua_eps", "GPUA ε")
-                c["gpua_ths_steps"] = _slider("gpua_ths_steps", "GPUA THS refinement steps")
-            with gr.Row(equal_height=True):
                 c["gpua_targets"] = gr.Radio(
                     list(GPUA_TARGETS), value=flow.control_default("gpua_targets"),
                     label="GPUA Procrustes targets (paper: soft; public code: hard)",
                     elem_id="gpua-targets-radio")
+            with gr.Row(equal_height=True):
+                c["gpua_lam"] = _slider("gpua_lam", "GPUA λ (weight of CLIP)")
+                c["gpua_eps"] = _slider("gpua_eps", "GPUA ε")
+                c["gpua_ths_steps"] = _slider("gpua_ths_steps", "GPUA THS refinement steps")
+        with gr.Tab("LaZSL settings", id="lazsl-settings"):
+            with gr.Row(equal_height=True):
                 c["lazsl_recipe"] = _choice(
                     "lazsl_recipe", "LaZSL recipe (paper / public code; a switch re-encodes the "
                     "attribute sentences, text only)", RECIPE_LABELS, gr.Radio)

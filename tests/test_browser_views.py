@@ -257,7 +257,7 @@ def test_figures_readable_when_projected(browser, app):  # noqa: F811
         assert [b["text"] for b in eps_ticks] == ["0.005", "0.01", "0.05", "0.1"], eps_ticks
         _shot(page, "views_dynamics")
 
-        page.get_by_role("tab", name="LaZSL").click()
+        page.get_by_role("tab", name="LaZSL", exact=True).click()
         page.wait_for_selector("#crop-image img", timeout=60_000)
         _shot(page, "views_lazsl")
 
@@ -288,10 +288,10 @@ def test_mobile_tables_titles_and_accuracy(browser, app):  # noqa: F811
         assert lines and max(lines) == 1, lines
         _shot(page, "views_mobile_predictions")
         for tab, last in (("Metrics", "#confusion-plot"), ("Embedding", "#embed-after")):
-            button = page.get_by_role("tab", name=tab)
+            button = page.get_by_role("tab", name=tab, exact=True)
             if not button.is_visible():
-                page.locator(".overflow-menu > button").first.click(timeout=10_000)
-                button = page.locator(".overflow-dropdown button", has_text=tab).first
+                page.locator("#tabs .overflow-menu > button").first.click(timeout=10_000)
+                button = page.locator("#tabs .overflow-dropdown button", has_text=tab).first
             button.click()
             if tab == "Embedding":
                 page.get_by_role("button", name="Draw maps").click()

@@ -392,3 +392,33 @@ def test_sessions_live_on_the_server_with_caps_and_folders_removed(app, upload):
     first.predict(files=[gc.handle_file(str(upload))], classes_text="", attributes_file=None,
                   labels_csv=None, methods=["otfusion"], api_name="/run")  # a Run starts over
     assert first.predict(lam=0.4, eps=0.01, n_iter=5, api_name="/resolve")
+
+
+def test_a_handler_on_a_replaced_record_is_redone_on_the_live_one(tmp_path):
+    """Two re-solves in flight: the later one worked on a record the other replaced meanwhile.
+    Its output must not be shown (it would drop the other's change): it is redone on the live
+    record, and both changes end up in the record and on the page."""
+    from dataclasses import replace
+
+    from demo.store import stored
+
+    st, _ = store()
+    s0 = session(tmp_path, "a")
+    st.put("k", s0)
+    landed = replace(s0, settings=s0.settings.replace(
+        otfusion=replace(s0.settings.otfusion, lam=1.6)))
+    seen = []
+
+    def set_ths(sess, steps):  # stands for flow.resolve("gpua", ...)
+        seen.append(sess)
+        if len(seen) == 1:  # another control's re-solve lands while this one runs
+            st.put("k", landed)
+        new = sess.with_method("gpua", sess.settings.replace(
+            gpua=replace(sess.settings.gpua, ths_steps=steps)), None)
+        return cb.SolveOutputs(*([None] * len(cb.SolveOutputs._fields)))._replace(session=new)
+
+    request = type("Request", (), {"session_hash": "k"})()
+    out = stored(set_ths, st)(request, "k", 0)
+    assert seen == [s0, landed] and out.session == "k"
+    live = st.get("k")
+    assert live.settings.otfusion.lam == 1.6 and live.settings.gpua.ths_steps == 0

@@ -75,6 +75,28 @@ def test_a_slider_moved_on_an_early_stage_is_kept_by_the_later_ones(keys, upload
     assert rest[-1].session.results["otfusion"].details is not None
 
 
+def test_a_slider_landing_while_a_stage_is_solved_is_kept(keys, upload, tmp_path, monkeypatch):
+    """The λ slider re-solves the shown (first) stage while the next stage is being solved: the
+    stage must not be shown with the old λ (that would silently revert the slider)."""
+    held = {}
+    finish = flow._finish_session
+
+    def slider_lands_meanwhile(*args, **kwargs):
+        out = finish(*args, **kwargs)
+        if "moved" not in held and "now" in held:
+            held["now"] = held["moved"] = flow.resolve("otfusion", held["now"], {"lam": 0.3}).session
+        return out
+
+    monkeypatch.setattr(flow, "_finish_session", slider_lands_meanwhile)
+    stream = flow.run_stages(_inputs(keys, upload), cache_dir=str(tmp_path),
+                             current_session=lambda: held.get("now"))
+    first = next(stream)
+    held["now"] = first.session  # what the store holds once the first stage is shown
+    rest = list(stream)
+    assert "moved" in held and rest
+    assert all(o.session.settings.otfusion.lam == 0.3 for o in rest)
+
+
 def test_a_failing_later_stage_keeps_the_earlier_results(keys, upload, tmp_path, monkeypatch):
     real = flow._extract.__wrapped__ if hasattr(flow._extract, "__wrapped__") else flow._extract
     calls = []
