@@ -403,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     _add_shared_args(p)
     p.set_defaults(func=cmd_eval)
+
+    from core.eval.seg_command import add_parser as add_seg_eval  # GPUA Tables 2 and 8
+
+    add_seg_eval(sub)
     return parser
 
 
