@@ -33,7 +33,8 @@ __all__ = [
     "OTFUSION_OFFICIAL_VFMS", "OTFUSION_OFFICIAL_VLMS", "OTFUSION_RECIPES", "OTFUSION_SETTINGS",
     "OTFUSION_VARIANTS", "OTFusionSettings", "RECIPE_NAMES", "SEED", "SEG_CROP",
     "SEG_DEFAULT_VFM", "SEG_FIT_IMAGES", "SEG_LONG_MAX", "SEG_METHODS", "SEG_MODES",
-    "SEG_POOL_PER_CLASS", "SEG_SHORT_SIDE", "SEG_STRIDE", "SEG_TEMPLATES", "SWEEP_EPSS", "SWEEP_LAMS",
+    "SEG_POOL_PER_CLASS", "SEG_SHORT_SIDE", "SEG_STRIDE", "SEG_TEMPLATES", "SWEEP_EPSS",
+    "SWEEP_LAMS",
     "TEMPERATURE", "ZeroShotSettings", "recipe", "recipe_fields", "ui_range", "with_recipe",
 ]
 
@@ -92,7 +93,8 @@ SEG_LONG_MAX = 2048  # MMSegmentation's Resize scale (2048, short side), keep_ra
 SEG_CROP = 224  # window side, pixels of the resized image
 SEG_STRIDE = 112  # window step
 SEG_MODES = ("slide", "whole")  # whole: the resized image in one window, squashed to the input
-SEG_TEMPLATES = "openai_imagenet"  # MaskCLIP / SCLIP: CLIP's 80 ImageNet templates, averaged
+# MaskCLIP / SCLIP prompt with CLIP's 80 ImageNet templates, averaged ("single": DEFAULT_TEMPLATE)
+SEG_TEMPLATES = "openai_imagenet"
 SEG_POOL_PER_CLASS = 1024  # GPUA App. C: top-1024 patches per class by CLIP patch-text cosine
 # Images of the train split GPUA's patch pool is drawn from (a seeded random subset): the paper
 # fits on "an auxiliary training set" without saying how much of it; every window of 1000 images

@@ -287,3 +287,26 @@ def test_segmentation_tables_describe_both_tables():
     assert set(t8["datasets"]) == set(KEYS) and set(t8["needs"]) == set(KEYS)
     assert "seg-eval" in t8["command"] and "SC-CLIP" in t8["not_available"]
     assert "ADEChallengeData2016" in SEGMENTATION_TABLES[0]["needs"]["ade20k"]
+
+
+def test_gpua_falls_back_to_the_evaluated_images_without_a_train_split(models, tmp_path):
+    make_standin("voc20", tmp_path, n_train=0, palette=True)
+    assert _cli(tmp_path, models, "--dataset", "voc20", "--root", str(tmp_path)) == 0
+    stem = f"seg_voc20_{models['clip_vit']}_{models['dinov3']}"
+    data = json.loads((tmp_path / "out" / f"{stem}.json").read_text())
+    assert data["settings"]["fit_split"] == "val"
+    assert any("transductive" in n for n in data["notes"])
+
+
+def test_window_patches_of_the_whole_input_equal_encode_patches(models):
+    enc = load_encoder(models["clip_vit"])
+    side = enc.spec.image_size
+    g = np.random.default_rng(3)
+    images = [Image.fromarray(g.integers(0, 256, (side, side, 3), dtype=np.uint8))
+              for _ in range(2)]
+    boxes = torch.tensor([[[0, 0, side, side], [0, 0, side // 2, side]]] * 2, dtype=torch.float32)
+    windows = enc.encode_crop_patches(images, boxes)
+    assert windows.shape == (2, 2, *enc.spec.grid_size, enc.spec.output_dim)
+    torch.testing.assert_close(windows[:, 0], enc.encode_patches(images))
+    with pytest.raises(ValueError, match=r"expected shape \(2, M, 4\)"):
+        enc.encode_crop_patches(images, boxes[0])

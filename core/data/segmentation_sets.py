@@ -43,7 +43,8 @@ __all__ = ["IGNORE_INDEX", "SEGMENTATION_LAYOUTS", "SegLayout", "SegSample", "Se
            "open_segmentation_set", "segmentation_class_names"]
 
 IGNORE_INDEX = 255  # label of a pixel that is not scored (MMSegmentation's convention)
-CLASSNAMES_FILE = Path(__file__).resolve().parents[2] / "assets" / "segmentation" / "classnames.json"
+CLASSNAMES_FILE = (Path(__file__).resolve().parents[2] / "assets" / "segmentation"
+                   / "classnames.json")
 
 
 @dataclass(frozen=True)

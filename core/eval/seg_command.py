@@ -28,12 +28,15 @@ __all__ = ["SEGMENTATION_TABLES", "add_parser", "cmd_seg_eval", "seg_templates"]
 
 
 def seg_templates(template: list[str] | None) -> tuple[str, ...]:
-    """The prompt templates: those given, else CLIP's 80 ImageNet templates (MaskCLIP, SCLIP)."""
+    """The prompt templates: those given, else ``config.SEG_TEMPLATES`` (CLIP's 80 ImageNet
+    templates, as MaskCLIP and SCLIP)."""
     if template:
         bad = [t for t in template if "{}" not in t]
         if bad:
             raise ValueError(f"--template: expected a '{{}}' for the class name, got {bad[0]!r}.")
         return tuple(template)
+    if config.SEG_TEMPLATES == "single":
+        return (config.DEFAULT_TEMPLATE,)
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
@@ -81,13 +84,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
-    unknown = [m for m in methods if m not in config.SEG_METHODS]
-    if unknown or not methods:
-        raise ValueError(f"--methods: {'unknown ' + str(unknown) if unknown else 'none given'}; "
-                         f"choose from {', '.join(config.SEG_METHODS)} (SCLIP / SC-CLIP are not "
-                         "available in this project).")
-    return methods
+    """``--methods`` as a tuple (``evaluate_segmentation`` checks the names)."""
+    return tuple(m.strip().lower() for m in text.split(",") if m.strip())
 
 
 def _fit_pool(args, dataset, notes: list[str]):
@@ -108,6 +106,7 @@ def _fit_pool(args, dataset, notes: list[str]):
 
 def cmd_seg_eval(args) -> int:
     from core.pipeline.cache import FeatureCache
+    from core.pipeline.progress import LineProgress
     from core.pipeline.seg_eval import evaluate_segmentation
     from core.pipeline.seg_windows import SlideSettings
 
@@ -132,7 +131,7 @@ def cmd_seg_eval(args) -> int:
         dataset, vlm=args.vlm, vfm=args.vfm, methods=methods, slide=slide,
         templates=seg_templates(args.template), solver=solver, fit_set=fit_set,
         fit_indices=fit_idx, per_class=args.per_class, cache=cache, device=args.device,
-        precision=args.precision, batch_size=args.batch_size)
+        precision=args.precision, batch_size=args.batch_size, progress=LineProgress())
     run = replace(run, notes=tuple(notes), settings={
         **run.settings, "gpua_recipe": args.gpua_recipe, "gpua_lam": gpua.lam,
         "gpua_eps": gpua.eps, "gpua_concat_vlm": gpua.concat_vlm, "ths_steps": gpua.ths_steps,

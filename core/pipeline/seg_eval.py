@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from core.config import SEG_POOL_PER_CLASS, MethodSettings
+from core.config import SEG_METHODS, SEG_POOL_PER_CLASS, MethodSettings
 from core.data.segmentation_sets import IGNORE_INDEX, SegmentationSet
 from core.methods.gpua.patch_grid import resample_patches
 from core.methods.gpua.segment import select_patch_pool, text_logits
@@ -72,6 +72,10 @@ class SegRun:
 
 class PatchPool:
     """Per class the top ``per_class`` patches by CLIP patch-text cosine, kept over a stream.
+
+    Holds at most ~2 K per_class rows between prunes (ADE20K, CLIP ViT-B/16 + DINOv3-B:
+    2 x 150 x 1024 x (512 + 768) float32, 1.6 GB); pruning that rarely keeps its cost (a
+    (rows, K) cosine and top-k) small beside the forward passes.
 
     ``add(x, z)`` takes one image's patches (CLIP (n, d_t) at the VFM patches, VFM (n, d_v));
     ``select()`` gives the pool's (x, z) rows, equal to ``select_patch_pool`` over every patch
@@ -120,8 +124,9 @@ class _Windows:
         sha = [_sha(path)] if self.cache is not None else ["-"]
 
         def feats(model: LazyEncoder) -> Tensor:
-            compute = lambda rows: model.encoder.encode_crop_patches(  # noqa: E731
-                [image], orig[None], batch_size=self.bs)
+            def compute(rows: list[int]) -> Tensor:  # the one image: (1, M, h, w, d)
+                return model.encoder.encode_crop_patches([image], orig[None], batch_size=self.bs)
+
             return cached_features(self.cache, model, "slide-patches", sha, compute,
                                    settings=self.slide.as_dict())[0]  # (M, h, w, d)
 
@@ -141,6 +146,7 @@ def _paired(x: Tensor, z: Tensor, boxes: Tensor) -> Tensor:
 def _gpua_z(x_on_z: Tensor, z: Tensor, solver: MethodSettings) -> Tensor:
     """Z rows for GPUA, (n, d_z): the solver's concatenation of the VFM and CLIP patches."""
     d = x_on_z.shape[-1]
+    # gpua_inputs reads the image features only; the text field is a placeholder.
     fs = FeatureSet(vlm_image=x_on_z.reshape(-1, d), text=torch.zeros(1, d),
                     vfm_image=z.reshape(-1, z.shape[-1]))
     return gpua_inputs(fs, solver.gpua)
@@ -200,6 +206,11 @@ def evaluate_segmentation(
     ``fit_set[fit_indices]``: the images GPUA's patch pool comes from (needed with
     "maskclip+gpua"). Returns a :class:`SegRun` (mIoU as a fraction).
     """
+    unknown = [m for m in methods if m not in SEG_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods: {'unknown ' + str(unknown) if unknown else 'none given'}; "
+                         f"choose from {', '.join(SEG_METHODS)} (SCLIP / SC-CLIP are not "
+                         "available in this project).")
     solver = solver or MethodSettings()
     report = progress or (lambda done, total, desc: None)
     start = time.perf_counter()
