@@ -76,7 +76,7 @@ def paper_miou(row: str, dataset: str) -> tuple[float | None, str]:
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
+    return "-" if x is None else f"{x:.1f}"
 
 
 def _rows(run) -> list[dict]:
@@ -85,10 +85,10 @@ def _rows(run) -> list[dict]:
     for m, score in run.scores.items():
         row_name = SEG_METHOD_ROWS[m]
         paper, source = paper_miou(row_name, run.dataset)
-        ours = 100.0 * score.miou
+        ours = None if math.isnan(score.miou) else round(100.0 * score.miou, 2)
         out.append({"dataset": run.dataset, "method": m, "paper_row": row_name,
-                    "ours_miou": round(ours, 2), "paper_miou": paper, "paper_source": source,
-                    "diff": None if paper is None or math.isnan(ours) else round(ours - paper, 2),
+                    "ours_miou": ours, "paper_miou": paper, "paper_source": source,
+                    "diff": None if paper is None or ours is None else round(ours - paper, 2),
                     "n_images": run.n_images, "seconds": round(score.seconds, 2)})
     return out
 
