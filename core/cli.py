@@ -1,4 +1,4 @@
-"""Command line: ``python -m core run | eval | download | models``.
+"""Command line: ``python -m core run | eval | seg-eval | download | models``.
 
 python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip,otfusion
 python -m core download clip-vit-b16 dinov2-large
@@ -403,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     _add_shared_args(p)
     p.set_defaults(func=cmd_eval)
+
+    from core.eval.seg_command import add_parser as add_seg_eval  # GPUA Tables 2 and 8
+
+    add_seg_eval(sub)
     return parser
 
 

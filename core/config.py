@@ -31,7 +31,10 @@ __all__ = [
     "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
     "LAZSL_CROPS_UI", "LAZSL_CROP_SCALE", "LAZSL_RECIPES", "LaZSLSettings", "MethodSettings",
     "OTFUSION_OFFICIAL_VFMS", "OTFUSION_OFFICIAL_VLMS", "OTFUSION_RECIPES", "OTFUSION_SETTINGS",
-    "OTFUSION_VARIANTS", "OTFusionSettings", "RECIPE_NAMES", "SEED", "SWEEP_EPSS", "SWEEP_LAMS",
+    "OTFUSION_VARIANTS", "OTFusionSettings", "RECIPE_NAMES", "SEED", "SEG_CROP",
+    "SEG_DEFAULT_VFM", "SEG_FIT_IMAGES", "SEG_LONG_MAX", "SEG_METHODS", "SEG_MODES",
+    "SEG_POOL_PER_CLASS", "SEG_SHORT_SIDE", "SEG_STRIDE", "SEG_TEMPLATES", "SWEEP_EPSS",
+    "SWEEP_LAMS",
     "TEMPERATURE", "ZeroShotSettings", "recipe", "recipe_fields", "ui_range", "with_recipe",
 ]
 
@@ -75,6 +78,30 @@ GPUA_TARGETS = ("soft", "hard")  # Procrustes targets: P Y (paper, Eq. 13) or Y[
 def _ui(default, low, high, step):
     """A field with a default and the app slider's (minimum, maximum, step)."""
     return field(default=default, metadata={"ui": (low, high, step)})
+
+
+# ----------------------------------------------------------------------------- segmentation
+# Open-vocabulary segmentation over a benchmark (GPUA Tables 2 and 8, ``python -m core seg-eval``).
+# Inference as SCLIP / SC-CLIP evaluate MaskCLIP (MMSegmentation "slide" mode): the image is
+# resized so its short side is SEG_SHORT_SIDE[dataset] (long side at most SEG_LONG_MAX), then
+# 224-pixel windows every 112 pixels; the windows' cosine maps are averaged, resized to the label
+# map and argmaxed. Short sides as in SCLIP's per-dataset configs (configs/cfg_*.py: e.g.
+# Resize(scale=(2048, 560)) for Cityscapes).
+SEG_SHORT_SIDE = {"voc20": 336, "context59": 336, "ade20k": 448, "cocostuff164k": 448,
+                  "cityscapes": 560}
+SEG_LONG_MAX = 2048  # MMSegmentation's Resize scale (2048, short side), keep_ratio
+SEG_CROP = 224  # window side, pixels of the resized image
+SEG_STRIDE = 112  # window step
+SEG_MODES = ("slide", "whole")  # whole: the resized image in one window, squashed to the input
+# MaskCLIP / SCLIP prompt with CLIP's 80 ImageNet templates, averaged ("single": DEFAULT_TEMPLATE)
+SEG_TEMPLATES = "openai_imagenet"
+SEG_POOL_PER_CLASS = 1024  # GPUA App. C: top-1024 patches per class by CLIP patch-text cosine
+# Images of the train split GPUA's patch pool is drawn from (a seeded random subset): the paper
+# fits on "an auxiliary training set" without saying how much of it; every window of 1000 images
+# gives ~15k candidate patches per ADE20K class before the top-1024 selection.
+SEG_FIT_IMAGES = 1000
+SEG_METHODS = ("maskclip", "maskclip+gpua")
+SEG_DEFAULT_VFM = "dinov3-vitb16"  # GPUA Tables 2 and 8: DINOv3 ViT-B/16 patch features
 
 
 # ----------------------------------------------------------------------------- per method

@@ -28,6 +28,7 @@ __all__ = [
     "k_occurrence",
     "matched_accuracy",
     "mean_assigned_cosine",
+    "iou_from_confusion",
     "mean_iou",
     "modality_gap",
     "per_class_accuracy",
@@ -291,10 +292,32 @@ def mean_iou(
     pred, labels = pred[keep], labels[keep]
     if labels.numel() == 0:
         raise ValueError("label_maps: every pixel equals ignore_index; nothing to score.")
-    conf = confusion_matrix(pred, labels, n_classes).double()
+    return iou_from_confusion(confusion_matrix(pred, labels, n_classes))
+
+
+def iou_from_confusion(confusion) -> tuple[float, Tensor]:
+    """Mean IoU from a confusion matrix (e.g. summed over a data set, one image at a time).
+
+    Parameters
+    ----------
+    confusion : Tensor, shape (K, K)
+        ``C[t, p]`` pixel counts, rows true class (as :func:`confusion_matrix`).
+
+    Returns
+    -------
+    miou : float
+        Mean over classes with a non-empty union (present in labels or predictions); NaN when
+        every union is empty.
+    per_class : Tensor, shape (K,), float64
+        ``C[k, k] / (row_k + col_k - C[k, k])``; NaN where the union is empty.
+    """
+    conf = torch.as_tensor(confusion).double()
+    if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
+        raise ValueError(f"confusion: expected a square (K, K) matrix, got {tuple(conf.shape)}.")
     inter = conf.diagonal()
     union = conf.sum(dim=0) + conf.sum(dim=1) - inter
-    per_class = torch.full((n_classes,), float("nan"), dtype=torch.float64)
+    per_class = torch.full((conf.shape[0],), float("nan"), dtype=torch.float64)
     valid = union > 0
     per_class[valid] = inter[valid] / union[valid]
-    return float(per_class[valid].mean()), per_class
+    miou = float(per_class[valid].mean()) if bool(valid.any()) else float("nan")
+    return miou, per_class

@@ -38,5 +38,8 @@ Several VLMs / VFMs (``--vlm a,b --vfm c,d``) are fused by OTFusion; the other m
 first of each. Code: ``harness`` (one dataset through every method), ``records`` (its config and
 results), ``splits`` (a split's features, train pools), ``report`` (tables), ``paper_numbers``
 (the papers' reported numbers); the command line is in ``core.cli``; defaults in ``core.config``.
+Segmentation (GPUA Tables 2 and 8): ``seg_command`` (``python -m core seg-eval``, its parser and
+handler) and ``seg_report`` (tables, ``SEGMENTATION_TABLES``); the evaluation itself is
+``core.pipeline.seg_eval``, the benchmarks' readers ``core.data.segmentation_sets``.
 Features are cached per image content, so reruns with other solver settings only re-solve.
 """

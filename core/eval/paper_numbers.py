@@ -1,7 +1,7 @@
 """The papers' reported numbers, as data, and which one to compare a run with.
 
 Sources (``/work/shared/papers``): OTFusion (arXiv 2506.13723) Tables 1a, 1b and 2; GPUA (arXiv
-2606.04385) Tables 1, 2 and 5; LaZSL (arXiv 2506.23822) main table (ViT-B/16). All values are
+2606.04385) Tables 1, 2, 5 and 8; LaZSL (arXiv 2506.23822) main table (ViT-B/16). All values are
 top-1 accuracy in percent (mIoU for segmentation), exactly as printed.
 
 A table row names the backbones it was measured with. A run is compared with a row only when its
@@ -164,6 +164,17 @@ SEGMENTATION: dict[str, dict[str, float]] = {
     "SCLIP + GPUA (DINOv3)": {"ade20k": 19.1, "voc20": 87.8, "context59": 36.3},
     "SC-CLIP": {"ade20k": 20.1, "voc20": 84.3, "context59": 40.1},
     "SC-CLIP + GPUA (DINOv3)": {"ade20k": 21.3, "voc20": 87.6, "context59": 41.0},
+}
+# GPUA Table 8 (appendix, "Extension to dense prediction"): SC-CLIP with and without GPUA on two
+# more benchmarks; its ADE20K / V20 / C59 columns repeat Table 2's SC-CLIP rows ("GPUA" there is
+# SC-CLIP + GPUA). MaskCLIP has no Cityscapes or COCO-Stuff number in the paper.
+SEGMENTATION_TABLE8: dict[str, dict[str, float]] = {
+    "SC-CLIP": {"ade20k": 20.1, "voc20": 84.3, "context59": 40.1, "cityscapes": 41.0,
+                "cocostuff164k": 26.9},
+    "SC-CLIP + GPUA (DINOv3)": {"ade20k": 21.3, "voc20": 87.6, "context59": 41.0,
+                                "cityscapes": 42.0, "cocostuff164k": 29.0},
+    "Talk2DINO": {"ade20k": 21.1, "voc20": 87.1, "context59": 39.8, "cityscapes": 36.6,
+                  "cocostuff164k": 28.1},
 }
 
 

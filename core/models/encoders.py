@@ -197,12 +197,7 @@ class Encoder:
                     )
                 return found
         else:
-            boxes = as_float_tensor(boxes, "boxes")
-            if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
-                raise ValueError(
-                    f"boxes: expected shape ({n}, M, 4) (left, top, right, bottom per crop), got "
-                    f"{tuple(boxes.shape)}; pass one row of M boxes per image."
-                )
+            boxes = _check_box_rows(boxes, n)
             n_crops = boxes.shape[1]
 
             def boxes_of(i: int, image: Image.Image) -> Tensor:
@@ -218,6 +213,45 @@ class Encoder:
         feats = self._run_batches(batches, n * (1 + n_crops), self._forward_global, progress,
                                   f"{self.spec.display_name}: crops")
         return feats.reshape(n, 1 + n_crops, -1)
+
+    def encode_crop_patches(
+        self,
+        images: Sequence[Image.Image],
+        boxes: Tensor,
+        *,
+        batch_size: int = 32,
+        progress: Progress | None = None,
+    ) -> Tensor:
+        """Patch features of M boxes of each image, each box resized to the model's input square.
+
+        For sliding-window segmentation: each box (a window) is resampled straight from the image
+        to image_size x image_size (no aspect-preserving crop), so its patch grid tiles the box.
+
+        Parameters
+        ----------
+        images : sequence of PIL.Image, length N
+        boxes : Tensor, shape (N, M, 4)
+            (left, top, right, bottom) in pixels of each image; clipped to it.
+
+        Returns
+        -------
+        Tensor, shape (N, M, h, w, d)
+            L2-normalised per patch; as `encode_patches` (MaskCLIP dense features for a ViT CLIP,
+            the last hidden state's patch tokens for DINO).
+        """
+        self._require_patches()
+        n = _count(images, "images")
+        boxes = _check_box_rows(boxes, n)
+
+        def views_of(i: int) -> list[Tensor]:
+            image = as_rgb(images[i])
+            crops = clip_boxes(check_boxes(boxes[i], f"boxes[{i}]"), image.size, i).tolist()
+            return [crop_uint8(image, b, self.spec) for b in crops]
+
+        batches = iter_batches(n, views_of, _batch(batch_size))
+        feats = self._run_batches(batches, n * boxes.shape[1], self._forward_patches, progress,
+                                  f"{self.spec.display_name}: windows")
+        return feats.reshape(n, boxes.shape[1], *feats.shape[1:])
 
     # ------------------------------------------------------------------------------- text paths
     def encode_sentences(
@@ -423,6 +457,17 @@ def _count(items: Sequence, name: str) -> int:
     if n == 0:
         raise ValueError(f"{name}: expected at least one item, got an empty sequence.")
     return n
+
+
+def _check_box_rows(boxes, n: int) -> Tensor:
+    """Boxes of n images, M each: float Tensor (n, M, 4)."""
+    boxes = as_float_tensor(boxes, "boxes")
+    if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
+        raise ValueError(
+            f"boxes: expected shape ({n}, M, 4) (left, top, right, bottom per crop), got "
+            f"{tuple(boxes.shape)}; pass one row of M boxes per image."
+        )
+    return boxes
 
 
 def _batch(batch_size: int) -> int:

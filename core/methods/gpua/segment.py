@@ -35,6 +35,7 @@ from core.methods.gpua.patch_grid import place_in_image
 
 __all__ = [
     "NOT_SEEN", "UNLABELED", "Segmentation", "segment", "segment_dense_clip", "select_patch_pool",
+    "text_logits",
 ]
 
 UNLABELED = -1  # label of a pixel whose top probability is below the threshold
@@ -64,7 +65,8 @@ class Segmentation:
         return iter((self.labels, self.probs))
 
 
-def select_patch_pool(vlm_patches, text_features, *, per_class: int = 1024, mask=None) -> Tensor:
+def select_patch_pool(vlm_patches, text_features, *, per_class: int = 1024, mask=None,
+                      n_candidates: int | None = None) -> Tensor:
     """Fitting pool for segmentation: per class the top-M patches by CLIP patch-text cosine.
 
     Parameters
@@ -78,6 +80,10 @@ def select_patch_pool(vlm_patches, text_features, *, per_class: int = 1024, mask
     mask : Tensor, shape (...) as ``vlm_patches`` without d_t, bool, optional
         Candidate patches (default all); e.g. the VFM patches whose position CLIP also saw
         (``patch_grid.resample_patches``'s ``paired``).
+    n_candidates : int, optional
+        P in the cap ``max(1, P // K)`` (default: the candidate patches given). A pool selected
+        in a stream passes the number of patches seen so far, so that selecting again from the
+        kept patches and new ones equals one selection over everything.
 
     Returns
     -------
@@ -106,7 +112,8 @@ def select_patch_pool(vlm_patches, text_features, *, per_class: int = 1024, mask
         if len(candidates) == 0:
             raise ValueError("mask: no candidate patch; the two models' crops do not overlap.")
     x = x.reshape(-1, x.shape[-1])[candidates]
-    m = min(per_class, max(1, x.shape[0] // y.shape[0]))
+    total = x.shape[0] if n_candidates is None else check_int(n_candidates, "n_candidates", 1)
+    m = min(per_class, max(1, total // y.shape[0]), x.shape[0])
     sim = l2_normalize(x) @ l2_normalize(y.to(x.dtype)).T  # (P, K)
     top = sim.topk(m, dim=0).indices  # (m, K)
     return candidates[torch.unique(top.reshape(-1))]
@@ -117,16 +124,7 @@ def _segment_features(
 ) -> Segmentation:
     """Score normalised (n, h, w, d_t) features against text, place logits in the image, argmax."""
     temperature = check_positive(temperature, "temperature")
-    y = check_matrix(text_features, "text_features")
-    if y.shape[1] != features.shape[-1]:
-        raise ValueError(
-            f"text_features: expected dimension {features.shape[-1]}, got shape {tuple(y.shape)}; "
-            "use prompts encoded by the same VLM."
-        )
-    check_classes(y.shape[0], None, "text_features")
-    y = l2_normalize(y.to(device=features.device, dtype=features.dtype))
-    logits = temperature * (features @ y.T)  # (n, h, w, K)
-    logits = logits.permute(0, 3, 1, 2)  # (n, K, h, w)
+    logits = temperature * text_logits(features, text_features)  # (n, K, h, w)
     if image_size is not None:
         logits, seen = place_in_image(logits, image_size, crop_box)  # (n, K, H, W), (n, H, W)
     elif crop_box is not None:
@@ -139,6 +137,32 @@ def _segment_features(
         labels = labels.masked_fill(top < float(unlabeled_threshold), UNLABELED)
     labels = labels.masked_fill(~seen, NOT_SEEN)
     return Segmentation(labels=labels, probs=probs, seen=seen)
+
+
+def text_logits(features: Tensor, text_features) -> Tensor:
+    """Cosine of each patch with each class prototype, as logit maps.
+
+    Parameters
+    ----------
+    features : Tensor, shape (n, h, w, d_t)
+        L2-normalised patch features in the text space (dense CLIP, or ``Alignment.transform``).
+    text_features : Tensor, shape (K, d_t)
+        Normalised here.
+
+    Returns
+    -------
+    Tensor, shape (n, K, h, w)
+        Cosines (no temperature): what sliding-window inference averages over windows.
+    """
+    y = check_matrix(text_features, "text_features")
+    if y.shape[1] != features.shape[-1]:
+        raise ValueError(
+            f"text_features: expected dimension {features.shape[-1]}, got shape {tuple(y.shape)}; "
+            "use prompts encoded by the same VLM."
+        )
+    check_classes(y.shape[0], None, "text_features")
+    y = l2_normalize(y.to(device=features.device, dtype=features.dtype))
+    return (features @ y.T).permute(0, 3, 1, 2)  # (n, h, w, K) -> (n, K, h, w)
 
 
 def _check_grid(x, name: str) -> Tensor:
