@@ -90,10 +90,13 @@ SOLVER_FLAGS = {
     "--gpua-targets": ("gpua", "targets", "GPUA Procrustes targets"),
     "--gpua-ucm-iter": ("gpua", "n_ucm_iter", "GPUA UCM rounds"),
     "--ths-steps": ("gpua", "ths_steps", "GPUA THS refinement steps (0: Procrustes only)"),
+    "--gpua-loss": ("gpua", "loss", "GPUA refinement loss (Tables 4 and 6 ablations)"),
+    "--gpua-mining": ("gpua", "mining", "GPUA correspondences: joint, or semantic (Table 3 Only-S)"),
     "--theta": ("lazsl", "theta", "LaZSL crop/global mix"),
 }
 FLAG_CHOICES = {"--variant": VARIANTS, "--otfusion-setting": config.OTFUSION_SETTINGS,
-                "--otfusion-weights": WEIGHTS, "--gpua-targets": config.GPUA_TARGETS}
+                "--otfusion-weights": WEIGHTS, "--gpua-targets": config.GPUA_TARGETS,
+                "--gpua-loss": config.GPUA_LOSSES, "--gpua-mining": config.GPUA_MININGS}
 FLAG_ALIASES = {"--lam": ("--otfusion-lam",), "--eps": ("--otfusion-eps",),
                 "--n-iter": ("--otfusion-n-iter",), "--variant": ("--otfusion-variant",)}
 # --<method>-recipe -> method: the base of its settings (core.config's *_RECIPES tables).
