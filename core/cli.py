@@ -1,4 +1,4 @@
-"""Command line: ``python -m core run | eval | download | models``.
+"""Command line: ``python -m core run | eval | repro | download | models``.
 
 python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip,otfusion
 python -m core download clip-vit-b16 dinov2-large
@@ -406,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     _add_shared_args(p)
     p.set_defaults(func=cmd_eval)
+    from core.eval.repro_cli import add_parser as add_repro_parser  # python -m core repro
+
+    add_repro_parser(sub)
     return parser
 
 

@@ -127,6 +127,12 @@ TABLES: tuple[PaperRow, ...] = (
          "77.14 71.57 28.86 82.28 72.14 87.50 94.82 85.79 96.84 55.20 78.80 75.54"),
     _otf("Table 2", "no_joint", CLIP_B16, DINOV2_L,
          "75.06 68.60 22.86 71.31 64.84 86.80 93.51 83.43 95.01 52.07 74.91 71.67"),
+    # Table 2's first rows repeat GPUA Table 1's CLIP (1 decimal, padded) and Table 1a's OTFusion.
+    _otf("Table 2", "zero-shot", CLIP_B16, None,
+         "66.60 62.50 24.70 48.30 65.60 85.90 89.10 70.70 93.20 43.50 67.50 65.24", "clip",
+         note="'native CLIP'"),
+    _otf("Table 2", "joint", CLIP_B16, DINOV2_L,
+         "76.76 72.06 27.48 81.86 70.96 87.89 94.58 85.18 96.11 53.72 77.80 74.95"),
     # GPUA Table 1 (CLIP ViT-B/16 + DINOv3 ViT-B/16, Z = [VFM, VLM]); its CLIP row equals
     # OTFusion Table 2's "native CLIP" row.
     _gpua("Table 1", "full", DINOV3_B,
@@ -144,6 +150,9 @@ TABLES: tuple[PaperRow, ...] = (
     _gpua("Table 5", "16-shot", DINOV3_B,
           "84.1 94.5 98.0 33.4 75.7 78.4 55.4 88.0 77.4 72.2 74.3 75.6",
           note="disagrees with Table 1's GPUA* row (avg 76.5)"),
+    _gpua("Table 5", "full", DINOV3_B,
+          "83.8 95.0 95.3 33.8 88.2 80.4 58.5 89.5 77.7 74.2 75.4 77.4",
+          note="the same as Table 1's GPUA row"),
     _gpua("Table 5", "16-shot-vfm-only", DINOV2_ANY,
           "86.52 91.61 97.65 28.32 67.49 77.24 53.01 81.51 71.67 68.05 73.23 72.39"),
     _gpua("Table 5", "16-shot-vfm-only", DINOV3_B,
