@@ -91,7 +91,8 @@ SOLVER_FLAGS = {
     "--gpua-ucm-iter": ("gpua", "n_ucm_iter", "GPUA UCM rounds"),
     "--ths-steps": ("gpua", "ths_steps", "GPUA THS refinement steps (0: Procrustes only)"),
     "--gpua-loss": ("gpua", "loss", "GPUA refinement loss (Tables 4 and 6 ablations)"),
-    "--gpua-mining": ("gpua", "mining", "GPUA correspondences: joint, or semantic (Table 3 Only-S)"),
+    "--gpua-mining": ("gpua", "mining", "GPUA correspondences: joint, or semantic (Table 3's "
+                      "Only-S)"),
     "--theta": ("lazsl", "theta", "LaZSL crop/global mix"),
 }
 FLAG_CHOICES = {"--variant": VARIANTS, "--otfusion-setting": config.OTFUSION_SETTINGS,

@@ -69,7 +69,7 @@ def naive_contrastive(f, y, labels, tau):
 def naive_triplet(f, y, labels, k, margin):
     terms = []
     for i, li in enumerate(labels.tolist()):
-        for c in _nearest_other(lambda c: _dist(f, y, i, c), li, y.shape[0], k, largest=False):
+        for c in _nearest_other(lambda c, i=i: _dist(f, y, i, c), li, y.shape[0], k, largest=False):
             terms.append(max(0.0, _dist(f, y, i, li) + margin - _dist(f, y, i, c)))
     return sum(terms) / len(terms)
 

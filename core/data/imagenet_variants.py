@@ -64,7 +64,7 @@ class VariantLayout:
     def expected(self, root: Path | str = "$ROOT") -> str:
         n = "200" if self.subset_file else "1,000"
         what = ("label-index folders 0 .. 999" if self.naming == "index"
-                else f"{n} WordNet-id folders (n01440764, ...)")
+                else f"{n} WordNet-id folders ({variant_wnids(self.key)[0]}, ...)")
         paths = " or ".join(f"{Path(root) / f}/" for f in self.folders)
         return (f"{self.display_name}: {paths} holding {what} with the images inside, "
                 f"e.g. {self.example}")
@@ -175,7 +175,7 @@ def open_imagenet_variant(key: str, root) -> BenchmarkData:
     wnids = tuple(w for w in subset if w in found)  # label order
     notes: list[str] = []
     if len(wnids) < len(subset):
-        notes.append(f"{lay.display_name}: {len(wnids)} of its {len(subset)} class folders "
+        notes.append(f"{lay.display_name}: {len(wnids)} of its {len(subset):,} class folders "
                      "found; scored among those classes only (not the paper's protocol).")
     label = {w: i for i, w in enumerate(wnids)}
     test = tuple(SplitEntry(p, rel_name(p, folder), label[w])

@@ -26,7 +26,8 @@ from core.eval.harness import evaluate_dataset
 from core.eval.records import EvalConfig, MethodRow
 from core.eval.tables import ReproRow, ReproTable, paper_row
 
-__all__ = ["Cell", "TableReport", "check_runnable", "run_table", "table_markdown", "write_table_report"]
+__all__ = ["Cell", "TableReport", "check_runnable", "run_table", "table_markdown",
+           "write_table_report"]
 
 _EVAL_FIELDS = {f.name for f in fields(EvalConfig)} - {"solver"}
 
@@ -136,15 +137,17 @@ def run_table(table: ReproTable, root, *, overrides: dict | None = None,
         try:
             data = open_benchmark(ds, root)
         except DatasetError as exc:
-            first = str(exc).splitlines()[0]
+            first = str(exc).splitlines()[0].removesuffix(" Expected:")
+            first += " (the expected layout is in the notes)"
             notes.append(f"{ds}: not evaluated: {exc}")
             cells += [Cell(r.label, ds, "missing", paper=papers[r.label].values.get(ds),
                            note=first) for r in table.rows]
             continue
+        notes += [f"{ds}: {n}" for n in data.notes]  # the reader's, once per dataset
         for row in table.rows:
             report = evaluate_dataset(data, config=configs[row.label], cache=cache,
                                       progress=progress)
-            notes += [f"{ds} ({row.label}): {n}" for n in report.notes]
+            notes += [f"{ds} ({row.label}): {n}" for n in report.notes if n not in data.notes]
             got = _pick(report.rows, row)
             note = "" if got is None else got.note
             if got is not None and got.protocol != row.protocol:
@@ -178,12 +181,16 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def _paper(x: float | None) -> str:
+    return "–" if x is None else f"{x:g}"  # as printed (66.6, 74.95)
+
+
 def _cell_text(c: Cell) -> str:
     ours = _fmt(c.ours) if c.status == "ok" else c.status
     if c.paper is None:
         return ours
     diff = "" if c.diff is None else f" ({c.diff:+.2f})"
-    return f"{ours} / {c.paper:g}{diff}"
+    return f"{ours} / {_paper(c.paper)}{diff}"
 
 
 def _averages(report: TableReport, row: str) -> tuple[float | None, float | None]:
@@ -199,9 +206,13 @@ def _changes(settings: dict) -> str:
     """A row's settings that differ from the defaults, compactly."""
     ev = settings["eval"]
     default_solver = MethodSettings().as_dict()
-    parts = [f"{k}={ev[k]}" for k in ("vlm", "vfm", "gpua_shots", "n_crops", "max_images")
-             if ev.get(k) is not None or k == "vfm"]
+    shown = {"vlm": True, "vfm": True, "gpua_shots": "gpua" in ev["methods"],
+             "n_crops": "lazsl" in ev["methods"], "max_images": ev["max_images"] is not None,
+             "otfusion_recipes": "otfusion" in ev["methods"]}
+    parts = [f"{k}={ev[k]}" for k, show in shown.items() if show]
     for method, values in settings["solver"].items():
+        if method not in ev["methods"]:
+            continue  # a knob of a method this row does not run
         parts += [f"{method}.{k}={v}" for k, v in values.items()
                   if default_solver[method].get(k) != v]
     return ", ".join(parts)
@@ -219,15 +230,15 @@ def table_markdown(report: TableReport) -> str:
         ours, paper = _averages(report, row)
         avg = "–" if ours is None else f"{ours:.2f} / {paper:.2f}"
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {avg} | "
-                     f"{_fmt(report.paper_averages.get(row))} |")
+                     f"{_paper(report.paper_averages.get(row))} |")
     lines += ["", "Settings (each row; the JSON holds every solver knob):"]
     lines += [f"- {row}: {_changes(report.settings[row])}; paper: {report.paper_sources[row]}"
               for row in report.rows]
     odd = [c for c in report.cells if c.note]
     if odd:
         lines += ["", "Cell notes:"] + [f"- {c.row} on {c.dataset}: {c.note}" for c in odd]
-    if report.notes:
-        lines += ["", "Notes:"] + [f"- {n.splitlines()[0]}" for n in report.notes]
+    if report.notes:  # a reader's message keeps its expected layout, indented
+        lines += ["", "Notes:"] + ["- " + n.replace("\n", "\n  ") for n in report.notes]
     return "\n".join(lines) + "\n"
 
 

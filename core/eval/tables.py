@@ -61,7 +61,8 @@ class ReproTable:
 
     @property
     def command(self) -> str:
-        extra = " --attributes-dir DESCRIPTORS" if any(r.method == "lazsl" for r in self.rows) else ""
+        lazsl = any(r.method == "lazsl" for r in self.rows)
+        extra = " --attributes-dir DESCRIPTORS" if lazsl else ""
         return f"python -m core repro {self.id} --root DATA{extra} --out results/{self.id}"
 
 
