@@ -86,13 +86,12 @@ def _overrides(models):
 
 
 def test_registry_ids_are_unique_and_every_row_has_its_paper_row():
-    ids = [t.id for t in REPRO_TABLES]
-    assert len(ids) == len(set(ids))
-    for t in REPRO_TABLES:
+    assert all(key == t.id for key, t in REPRO_TABLES.items())
+    for t in REPRO_TABLES.values():
         for row in t.rows:
             found = paper_row(t, row)
             assert set(t.datasets) <= set(found.values) | set(t.unavailable), (t.id, row.label)
-    assert set(STAND_INS) == {t.id for t in REPRO_TABLES if t.runnable}
+    assert set(STAND_INS) == {t.id for t in REPRO_TABLES.values() if t.runnable}
     assert registry.SEGMENTATION == ()  # the marked place the segmentation tables go
     with pytest.raises(ValueError, match="unknown table 'gpua-t9'; known: otf-t1a"):
         get_table("gpua-t9")
@@ -116,7 +115,7 @@ def test_paper_numbers_are_as_printed():
 def test_listing_says_what_each_table_needs(capsys):
     text = tables_listing()
     for t in REPRO_TABLES:
-        assert t.id in text
+        assert t in text
     assert "not yet runnable: cub" in text and "[not yet runnable]" in text
     assert "needs: ImageNet in the CoOp layout" in text
     assert cli_main(["repro", "--tables"]) == 0 and "gpua-t7" in capsys.readouterr().out

@@ -26,7 +26,7 @@ def tables_listing() -> str:
     from core.eval.tables import REPRO_TABLES
 
     lines = []
-    for t in REPRO_TABLES:
+    for t in REPRO_TABLES.values():
         state = "" if t.runnable else "  [not yet runnable]"
         lines.append(f"{t.id:18s} {t.paper} {t.table}: {t.title}{state}")
         if t.datasets:

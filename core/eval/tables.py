@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from core.config import LAZSL_CROPS_PAPER
 from core.eval.paper_numbers import _GPUA_ORDER, _OTF_ORDER, IMAGENET_SHIFTS, TABLES, PaperRow
 
-__all__ = ["CLASSIFICATION_TABLES", "REPRO_TABLES", "ReproRow", "ReproTable", "SEGMENTATION",
-           "get_table", "paper_row"]
+__all__ = ["CLASSIFICATION_TABLES", "REPRO_TABLES", "ReproRow", "ReproTable",
+           "SEGMENTATION", "get_table", "paper_row"]
 
 
 @dataclass(frozen=True)
@@ -223,13 +223,15 @@ _PLANNED: tuple[ReproTable, ...] = (
 # kind "classification" and points the others at their own command.
 SEGMENTATION: tuple[ReproTable, ...] = ()
 
-REPRO_TABLES: tuple[ReproTable, ...] = CLASSIFICATION_TABLES + _PLANNED + SEGMENTATION
+# id -> table, in listing order
+_ALL = CLASSIFICATION_TABLES + _PLANNED + SEGMENTATION
+REPRO_TABLES: dict[str, ReproTable] = {t.id: t for t in _ALL}
+assert len(REPRO_TABLES) == len(_ALL), "two tables share an id"
 
 
 def get_table(table_id: str) -> ReproTable:
     """The table ``table_id`` (e.g. "gpua-t7"); ValueError listing the ids otherwise."""
-    for t in REPRO_TABLES:
-        if t.id == table_id.lower():
-            return t
-    raise ValueError(f"unknown table {table_id!r}; known: {', '.join(t.id for t in REPRO_TABLES)}"
+    if table_id.lower() in REPRO_TABLES:
+        return REPRO_TABLES[table_id.lower()]
+    raise ValueError(f"unknown table {table_id!r}; known: {', '.join(REPRO_TABLES)}"
                      " (`python -m core repro --tables` says what each needs).")
