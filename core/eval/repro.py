@@ -38,7 +38,7 @@ class Cell:
 
     row: str
     dataset: str
-    status: str  # ok, skipped, failed, missing (no data), not runnable
+    status: str  # ok, skipped, failed (MethodRow.status), missing (the dataset is not there)
     ours: float | None = None
     paper: float | None = None
     protocol: str = ""
@@ -119,21 +119,16 @@ def run_table(table: ReproTable, root, *, overrides: dict | None = None,
     unknown = (set(overrides) | set(options)) - _EVAL_FIELDS
     if unknown:
         raise ValueError(f"overrides: unknown EvalConfig field(s) {sorted(unknown)}.")
-    wanted = tuple(datasets or table.datasets) + tuple(
-        d for d in table.unavailable if not datasets)
-    bad = [d for d in wanted if d not in table.datasets and d not in table.unavailable]
+    wanted = tuple(datasets or table.datasets)
+    bad = [d for d in wanted if d not in table.datasets]
     if bad:
         raise ValueError(f"{table.id}: datasets {bad} are not in the table; it has "
-                         f"{', '.join(table.datasets + tuple(table.unavailable))}.")
+                         f"{', '.join(table.datasets)}.")
     configs = {row.label: _row_config(table, row, {**options, **overrides}, solver)
                for row in table.rows}
     papers = {row.label: paper_row(table, row) for row in table.rows}
     cells, notes = [], []
     for ds in wanted:
-        if ds in table.unavailable:
-            cells += [Cell(r.label, ds, "not runnable", paper=papers[r.label].values.get(ds),
-                           note=f"needs {table.unavailable[ds]}") for r in table.rows]
-            continue
         try:
             data = open_benchmark(ds, root)
         except DatasetError as exc:

@@ -35,8 +35,6 @@ def tables_listing() -> str:
             lines.append(f"{'':18s} rows: {'; '.join(r.label for r in t.rows)}")
         for need in t.needs:
             lines.append(f"{'':18s} needs: {need}")
-        for ds, need in t.unavailable.items():
-            lines.append(f"{'':18s} not yet runnable: {ds} (needs {need})")
         if t.runnable:
             lines.append(f"{'':18s} run: {t.command}")
         elif t.note:
