@@ -208,7 +208,10 @@ _PLANNED: tuple[ReproTable, ...] = (
         "Remote sensing and histopathology", (), (),
         ("folder-per-class readers with class lists and prompts for its remote-sensing and "
          "histopathology datasets", "the paper's table (not in /work/shared/papers)"),
-        runnable=False, note="not yet runnable: no reader, no paper numbers held."),
+        runnable=False,
+        note="not yet runnable: we hold neither its dataset list nor its numbers; meanwhile "
+             "any such dataset runs through `python -m core eval --dataset FOLDER` "
+             "(folder-per-class, generic prompt), with no paper number beside it."),
 )
 
 # ---------------------------------------------------------------- segmentation (GPUA Tables 2, 8)
