@@ -1,11 +1,12 @@
 """Run one registry table (``core.eval.tables``) through the evaluation harness and report it.
 
 ``run_table`` runs every row of the table on every dataset (one ``evaluate_dataset`` call per
-row and dataset: features are cached per image content, so the rows of a dataset share them; a
-dataset's folder is read once) and returns a :class:`TableReport`; ``write_table_report`` writes
-``<id>.md`` (the grid, "ours / paper (Δ)" per cell, then each row's exact settings), ``<id>.csv``
-(one line per row and dataset) and ``<id>.json`` (everything, the full solver settings
-included). Paper numbers come from ``core.eval.paper_numbers`` through ``tables.paper_row``.
+row and dataset: features are cached per image content, so the rows of a dataset share them;
+with the cache off each row encodes again; a dataset's folder is listed once) and returns a
+:class:`TableReport`; ``write_table_report`` writes ``<id>.md`` (the grid, "ours / paper (Δ)"
+per cell, then each row's exact settings), ``<id>.csv`` (one line per row and dataset) and
+``<id>.json`` (everything, the full solver settings included). Paper numbers come from
+``core.eval.paper_numbers`` through ``tables.paper_row``.
 
 Overrides (``--vlm`` / ``--vfm`` / ``--ths-steps`` / ``--max-images`` ...) are recorded in the
 report and flagged: a run with other models or fewer images is not the paper's protocol. A row
@@ -144,7 +145,7 @@ def run_table(table: ReproTable, root, *, overrides: dict | None = None,
                                       progress=progress)
             notes += [f"{ds} ({row.label}): {n}" for n in report.notes if n not in data.notes]
             got = _pick(report.rows, row)
-            note = "" if got is None else got.note
+            note = f"the harness gave no {row.method} row" if got is None else got.note
             if got is not None and got.protocol != row.protocol:
                 note = (f"ran as {got.protocol!r}, the paper's row is {row.protocol!r}; "
                         + note).rstrip("; ")

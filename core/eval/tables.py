@@ -20,7 +20,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from core.config import LAZSL_CROPS_PAPER
-from core.eval.paper_numbers import _GPUA_ORDER, _OTF_ORDER, IMAGENET_SHIFTS, TABLES, PaperRow
+from core.eval.paper_numbers import (
+    _GPUA_ORDER,
+    _OTF_ORDER,
+    CLIP_B16,
+    CLIP_RN50,
+    DINOV2_L,
+    DINOV3_B,
+    IMAGENET_SHIFTS,
+    TABLES,
+    Backbone,
+    PaperRow,
+)
+from core.models import list_models
 
 __all__ = ["CLASSIFICATION_TABLES", "REPRO_TABLES", "ReproRow", "ReproTable",
            "SEGMENTATION", "get_table", "paper_row"]
@@ -79,8 +91,17 @@ def paper_row(table: ReproTable, row: ReproRow) -> PaperRow:
 
 # ----------------------------------------------------------------------------- shared pieces
 
-_CLIP_B16, _RN50 = "clip-vit-b16", "clip-rn50"
-_DINOV2, _DINOV3 = "dinov2-large", "dinov3-vitb16"
+
+
+def _key(backbone: Backbone) -> str:
+    """The model registry key of a paper's backbone (``paper_numbers`` names it by its weights:
+    one copy), e.g. CLIP ViT-B/16 (OpenAI) -> "clip-vit-b16"."""
+    return next(s.key for s in list_models() if backbone.matches(s))
+
+
+_CLIP_B16, _RN50 = _key(CLIP_B16), _key(CLIP_RN50)
+# DINOv2 ViT-L/14: OTFusion's VFM; GPUA's Tables 5 and 7 do not state the DINOv2 size.
+_DINOV2, _DINOV3 = _key(DINOV2_L), _key(DINOV3_B)
 _COOP = "the dataset in the CoOp layout under --root (DATASETS.md; `python -m core eval --help`)"
 _VARIANTS = ("ImageNet-A / -R / -V2 / -Sketch in their release layouts under --root "
              "(core.data.imagenet_variants)")
