@@ -204,3 +204,24 @@ def test_cli_repro_writes_the_report_and_reports_missing_data(models, root, tmp_
     captured = capsys.readouterr()
     assert "missing" in captured.out and "imagenet-a" in captured.out
     assert "no cell of the table could be run" in captured.err
+
+
+def test_eval_puts_the_loss_ablation_paper_row_beside_it(models, root, cache, monkeypatch):
+    """``python -m core eval --gpua-loss csls --gpua-shots 16`` is compared with GPUA's loss
+    table, not with THS's number (the tiny models stand in for CLIP B/16 and DINOv3 B/16 in
+    the paper lookup only)."""
+    import core.models
+    from core.config import MethodSettings
+    from core.eval.harness import EvalConfig, evaluate_dataset
+
+    real = core.models.get_spec
+    stand_in = {models["clip_vit"]: "clip-vit-b16", models["dinov2"]: "dinov3-vitb16"}
+    monkeypatch.setattr(core.models, "get_spec", lambda key: real(stand_in.get(key, key)))
+    for loss, paper in (("csls", 72.4), ("triplet", 75.3), ("ths", 80.3)):
+        solver = MethodSettings().replace(gpua={"loss": loss, "ths_steps": 5})
+        report = evaluate_dataset("eurosat", root, EvalConfig(
+            methods=("gpua",), vlm=models["clip_vit"], vfm=models["dinov2"], gpua_shots=16,
+            solver=solver), cache=cache)
+        row = report.row("gpua")
+        assert (row.status, row.paper, row.paper_exact) == ("ok", paper, True), loss
+        assert row.protocol == "16-shot" + ("" if loss == "ths" else f"-{loss}")
