@@ -1,4 +1,4 @@
-"""Command line: ``python -m core run | eval | seg-eval | download | models``.
+"""Command line: ``python -m core run | eval | repro | seg-eval | download | models``.
 
 python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip,otfusion
 python -m core download clip-vit-b16 dinov2-large
@@ -90,10 +90,14 @@ SOLVER_FLAGS = {
     "--gpua-targets": ("gpua", "targets", "GPUA Procrustes targets"),
     "--gpua-ucm-iter": ("gpua", "n_ucm_iter", "GPUA UCM rounds"),
     "--ths-steps": ("gpua", "ths_steps", "GPUA THS refinement steps (0: Procrustes only)"),
+    "--gpua-loss": ("gpua", "loss", "GPUA refinement loss (Tables 4 and 6 ablations)"),
+    "--gpua-mining": ("gpua", "mining", "GPUA correspondences: joint, or semantic (Table 3's "
+                      "Only-S)"),
     "--theta": ("lazsl", "theta", "LaZSL crop/global mix"),
 }
 FLAG_CHOICES = {"--variant": VARIANTS, "--otfusion-setting": config.OTFUSION_SETTINGS,
-                "--otfusion-weights": WEIGHTS, "--gpua-targets": config.GPUA_TARGETS}
+                "--otfusion-weights": WEIGHTS, "--gpua-targets": config.GPUA_TARGETS,
+                "--gpua-loss": config.GPUA_LOSSES, "--gpua-mining": config.GPUA_MININGS}
 FLAG_ALIASES = {"--lam": ("--otfusion-lam",), "--eps": ("--otfusion-eps",),
                 "--n-iter": ("--otfusion-n-iter",), "--variant": ("--otfusion-variant",)}
 # --<method>-recipe -> method: the base of its settings (core.config's *_RECIPES tables).
@@ -405,8 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     from core.eval.seg_command import add_parser as add_seg_eval  # GPUA Tables 2 and 8
+    from core.eval.repro_cli import add_parser as add_repro_parser  # python -m core repro
 
     add_seg_eval(sub)
+    add_repro_parser(sub)
     return parser
 
 

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 __all__ = [
     "APP_CPU_PRECISION", "PRECISION", "PRECISIONS",
     "BATCH_SIZE", "DEFAULT_TEMPLATE", "DEFAULT_VFM", "DEFAULT_VLM", "EVAL_CHUNK_SIZE",
-    "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
+    "GPUA_LOSSES", "GPUA_MININGS", "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS",
+    "GPUA_TRIPLET_MARGIN", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
     "LAZSL_CROPS_UI", "LAZSL_CROP_SCALE", "LAZSL_RECIPES", "LaZSLSettings", "MethodSettings",
     "OTFUSION_OFFICIAL_VFMS", "OTFUSION_OFFICIAL_VLMS", "OTFUSION_RECIPES", "OTFUSION_SETTINGS",
     "OTFUSION_VARIANTS", "OTFusionSettings", "RECIPE_NAMES", "SEED", "SEG_CROP",
@@ -73,6 +74,14 @@ SEED = 0  # GPUA's THS minibatches, eval subsets
 SWEEP_LAMS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0)  # OTFusion sensitivity grid (paper Fig. 2)
 SWEEP_EPSS = (0.005, 0.01, 0.05, 0.1)
 GPUA_TARGETS = ("soft", "hard")  # Procrustes targets: P Y (paper, Eq. 13) or Y[argmax P] (code)
+# GPUA's refinement objective (Tables 4 and 6; core.methods.gpua.losses): THS (the paper's) or
+# the baselines it is compared with.
+GPUA_LOSSES = ("ths", "csls", "contrastive", "triplet", "adaptive")
+GPUA_TRIPLET_MARGIN = 0.1  # the triplet baseline's constant margin (GPUA gives none; THS's
+#                            semantic margin (1 - y_l . y_c) / 2 is ~0.1 for CLIP prompts)
+# How UCM mines correspondences (Table 3): "joint" (Eq. 10-12: VFM clusters and VLM semantics,
+# weighted by lam) or "semantic" ("Only-S": the VLM's scores alone, i.e. lam = 1).
+GPUA_MININGS = ("joint", "semantic")
 
 
 def _ui(default, low, high, step):
@@ -165,6 +174,8 @@ class GPUASettings:
     seed: int = SEED  # THS minibatch generator
     recipe: str = "paper"  # one of RECIPE_NAMES
     n_ucm_iter: int = 5  # UCM rounds (the public code sets it per dataset; 3 is its fallback)
+    loss: str = "ths"  # one of GPUA_LOSSES: the refinement objective (Tables 4, 6 ablations)
+    mining: str = "joint"  # one of GPUA_MININGS: "semantic" is Table 3's Only-S ablation
 
 
 @dataclass(frozen=True)

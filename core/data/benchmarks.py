@@ -32,7 +32,9 @@ from core.data.coop import (  # noqa: F401  (re-exported: the harness's dataset 
     rel_name,
 )
 from core.data.decode import BadImageError, SkippedFile
+from core.data.imagenet_variants import VARIANTS, open_imagenet_variant
 from core.data.images import ImageItem
+from core.data.lazsl_datasets import LAZSL_DATASETS, open_lazsl_dataset
 
 MAX_IMAGE_BYTES = 64 * 1024**2  # benchmark images are small; a bigger file is a mistake
 
@@ -41,13 +43,20 @@ def open_benchmark(name: str, root: str | os.PathLike | None, *, split_file=None
                    layout: str = "auto") -> BenchmarkData:
     """Find a dataset by preset key (CoOp layout under ``root``) or folder (folder-per-class).
 
-    name : a preset key or display name ("oxford_pets", "DTD"), a folder under ``root``, or a path.
+    name : a preset key or display name ("oxford_pets", "DTD"), an ImageNet variant
+        (``core.data.imagenet_variants``: "imagenet_a", ...), "cub" or "places365"
+        (``core.data.lazsl_datasets``), a folder under ``root``, or a path.
     split_file : another CoOp-format split JSON for a CoOp dataset.
     layout : "auto", "coop" or "folder" (a preset's folder read as folder-per-class).
     Raises ``DatasetError`` naming what was expected.
     """
     if layout not in ("auto", "coop", "folder"):
         raise DatasetError(f"layout: expected 'auto', 'coop' or 'folder', got {layout!r}.")
+    variant = name.lower().replace("-", "_")
+    if variant in VARIANTS:  # ImageNet-A / -R / -V2 / -Sketch: their release layouts
+        return open_imagenet_variant(variant, root)
+    if variant in LAZSL_DATASETS:  # CUB-200-2011, Places365: their release layouts
+        return open_lazsl_dataset(variant, root)
     root_path = Path(root) if root is not None else None
     preset = None
     try:

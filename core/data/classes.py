@@ -264,10 +264,11 @@ def load_attributes(
     """Read DCLIP-style descriptors ``{class: [descriptor, ...]}`` from a path or JSON text.
 
     Descriptors are trimmed; empty and repeated ones dropped. With ``class_names`` the result is
-    keyed by those names, in their order, matching the file's keys ignoring case, underscores and
-    repeated spaces ("great_white_shark" finds "Great white shark"); classes absent from the file
-    raise ``ValueError`` naming them (``on_missing="error"``) or are left out with one warning
-    (``on_missing="warn"``: the caller then falls back to the bare class name).
+    keyed by those names, in their order, matching the file's keys ignoring case, underscores,
+    hyphens, slashes and repeated spaces ("great_white_shark" finds "Great white shark");
+    classes absent from the file raise ``ValueError`` naming them (``on_missing="error"``) or are
+    left out with one warning (``on_missing="warn"``: the caller then falls back to the bare class
+    name).
     """
     if on_missing not in ("error", "warn"):
         raise ValueError(f"on_missing: expected 'error' or 'warn', got {on_missing!r}.")
@@ -315,7 +316,9 @@ def load_attributes(
 
 
 def _attr_key(name: str) -> str:
-    return " ".join(name.replace("_", " ").split()).casefold()
+    # Release class names lose hyphens and slashes ("Black_footed_Albatross",
+    # "apartment_building/outdoor") that descriptor files keep: match without them.
+    return " ".join(name.replace("_", " ").replace("-", " ").replace("/", " ").split()).casefold()
 
 
 def _read_text(path: str | os.PathLike, what: str) -> str:

@@ -31,6 +31,9 @@ Outputs in ``--out``: ``<dataset>_<vlm>_<vfm>.md/.csv/.json`` (accuracy per meth
 number beside it and the difference, n images, settings, extraction vs solve seconds),
 ``sweep_*.md/.csv`` with ``--sweep`` (OTFusion lam x eps, Fig. 2), ``summary_*`` with ``--all``.
 
+A whole table of a paper: ``python -m core repro TABLE_ID --root DATA`` (registry ``tables``,
+runner ``repro``, command line ``repro_cli``; ``--tables`` lists them and what each needs).
+
 Memory: images are read ``--chunk-size`` files at a time; a split's features stay in memory
 (ImageNet val with ViT-B/16 + DINOv2-L: 0.3 GB; + 1.7 GB for the default 16 LaZSL crops, 9.3 GB
 for the paper's 90); use ``--gpua-shots 16`` on ImageNet (its full train split needs ~16 GB).

@@ -21,7 +21,7 @@ from pathlib import Path
 from core.config import LAZSL_CROPS_PAPER, MethodSettings, with_recipe
 from core.data import load_attributes
 from core.data.benchmarks import BenchmarkData, balanced_subset, open_benchmark
-from core.eval.paper_numbers import otfusion_protocol, reported_all
+from core.eval.paper_numbers import gpua_ablation, otfusion_protocol, reported_all
 from core.eval.records import DatasetReport, EvalConfig, MethodRow
 from core.eval.splits import Progress, SplitFeatures, extract_split, train_pool
 from core.methods.run import (
@@ -44,7 +44,9 @@ def _attributes(data: BenchmarkData, config: EvalConfig, notes: list[str]):
     if config.attributes_file:
         path = Path(config.attributes_file)
     elif config.attributes_dir:
-        for name in (f"{data.key}.json", f"descriptors_{data.key}.json"):
+        # An ImageNet variant's classes are ImageNet's: its descriptors file serves them too.
+        keys = (data.key, "imagenet") if data.layout == "imagenet-variant" else (data.key,)
+        for name in [f"{p}{k}.json" for k in keys for p in ("", "descriptors_")]:
             if (Path(config.attributes_dir) / name).is_file():
                 path = Path(config.attributes_dir) / name
                 break
@@ -169,8 +171,7 @@ def _gpua_run(config: EvalConfig, solver: MethodSettings, test: FeatureSet, pool
                      "this balanced pool, as GPUA* does")
     else:
         protocol, pool_note = "full", "the whole train split"
-    if not solver.gpua.concat_vlm:
-        protocol += "-vfm-only"
+    protocol += gpua_ablation(solver.gpua, has_vfm=config.vfm is not None)
     notes.append(f"GPUA fitted on {fitted.n_images:,} unlabeled train images ({pool_note}); "
                  "evaluated on the test split.")
     return _Run("gpua", title, protocol, solver,

@@ -43,8 +43,9 @@ _TABLE8_SETS = ("ade20k", "voc20", "context59", "cityscapes", "cocostuff164k")
 
 
 def _command(table_sets) -> str:
-    return ("python -m core seg-eval --dataset {" + ",".join(table_sets) + "} --root DATA "
-            "--methods maskclip,maskclip+gpua --vlm clip-vit-b16 --vfm dinov3-vitb16")
+    return ("python -m core seg-eval --dataset DATASET --root DATA --methods maskclip,"
+            "maskclip+gpua --vlm clip-vit-b16 --vfm dinov3-vitb16  (once per DATASET: "
+            + " | ".join(table_sets) + ")")
 
 
 SEGMENTATION_TABLES = (

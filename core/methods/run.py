@@ -278,6 +278,8 @@ def fit_gpua_with(pool: FeatureSet, settings: GPUASettings, text: Tensor | None 
         ths_steps=settings.ths_steps,
         ths_k=settings.ths_k,
         reorthogonalize=settings.reorthogonalize,
+        loss=settings.loss,
+        mining=settings.mining,
         generator=torch.Generator().manual_seed(settings.seed),
     )
 

@@ -84,6 +84,7 @@ from core.checks import (
     check_same_rows,
     l2_normalize,
 )
+from core.config import GPUA_LOSSES, GPUA_MININGS
 from core.methods.gpua.alignment import Alignment, _check_features, _common_dtype
 from core.methods.gpua.recipes import resolve_recipe
 from core.methods.gpua.ths import refine_ths
@@ -185,6 +186,8 @@ def fit_gpua(
     sinkhorn_max_iter: int | None = None,
     sinkhorn_tol: float | None = None,
     generator: torch.Generator | None = None,
+    loss: str = "ths",
+    mining: str = "joint",
 ) -> Alignment:
     """Fit GPUA (UCM, Procrustes, THS) without labels.
 
@@ -247,6 +250,12 @@ def fit_gpua(
         Stopping rule of each UCM Sinkhorn: the L1 column-marginal error of the mass-1 plan
         (paper; 0 = run ``sinkhorn_max_iter``), or the largest change of the mass-1 plan over
         one iteration (official).
+    loss : str, default "ths"
+        The refinement objective, one of ``core.config.GPUA_LOSSES`` (Tables 4 and 6): "ths"
+        (Eq. 15-16) or a baseline of ``core.methods.gpua.losses``.
+    mining : {"joint", "semantic"}, default "joint"
+        UCM's scores: VFM clusters and VLM semantics (Eq. 10) or the VLM's semantics alone
+        (Table 3's "Only-S": ``lam`` is taken as 1 and recorded so in ``config``).
     generator : torch.Generator, optional
         Draws THS minibatches and augmentations. Default: a CPU generator seeded with 0, so
         that a fit is reproducible and independent of the global RNG; the rest is deterministic.
@@ -274,7 +283,12 @@ def fit_gpua(
         ths_hub_weight=ths_hub_weight, ths_noise_std=ths_noise_std, ths_dropout=ths_dropout,
         reorthogonalize=reorthogonalize,
     ))
-    lam = check_range(lam, "lam", 0.0, 1.0)
+    if loss not in GPUA_LOSSES:
+        raise ValueError(f"loss: expected one of {', '.join(GPUA_LOSSES)}, got {loss!r}.")
+    if mining not in GPUA_MININGS:
+        raise ValueError(f"mining: expected one of {', '.join(GPUA_MININGS)} (semantic: Table "
+                         f"3's Only-S), got {mining!r}.")
+    lam = 1.0 if mining == "semantic" else check_range(lam, "lam", 0.0, 1.0)
     eps = check_positive(r.eps, "eps")
     n_ucm_iter = check_int(r.n_ucm_iter, "n_ucm_iter", 0)
     if r.targets not in ("soft", "hard"):
@@ -306,7 +320,7 @@ def fit_gpua(
         ths_noise_std=ths_noise_std, ths_dropout=ths_dropout,
         reorthogonalize=bool(r.reorthogonalize), ths_reproject_every=ths_reproject_every,
         hubness_penalty=bool(hubness_penalty), temperature=temperature,
-        sinkhorn_max_iter=sinkhorn_max_iter, sinkhorn_tol=sinkhorn_tol,
+        sinkhorn_max_iter=sinkhorn_max_iter, sinkhorn_tol=sinkhorn_tol, loss=loss, mining=mining,
     )
 
     official = recipe == "official"
@@ -346,7 +360,7 @@ def fit_gpua(
         include_positive=bool(r.ths_include_positive), hub_weight=ths_hub_weight,
         lr_min=ths_lr_min, noise_std=ths_noise_std, dropout=ths_dropout,
         reorthogonalize=bool(r.reorthogonalize), reproject_every=ths_reproject_every,
-        batch_size=batch_size, generator=generator,
+        batch_size=batch_size, generator=generator, loss=loss,
     )
     return Alignment(
         W=ths.W,

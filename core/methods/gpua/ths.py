@@ -53,8 +53,17 @@ from core.solvers.procrustes import (
 )
 
 __all__ = [
-    "THSResult", "augment", "competing_neighbours", "hubness_weights", "refine_ths", "ths_loss",
+    "THSResult", "augment", "competing_neighbours", "hubness_weights", "mapped_cosines",
+    "refine_ths", "ths_loss",
 ]
+
+
+def mapped_cosines(features: Tensor, text: Tensor) -> Tensor:
+    """Cosines (n, K) of mapped features (n, d_t; any norm, gradients flow) to unit prototypes
+    (K, d_t). Normalises the (n, K) scores rather than the (n, d_t) features: same values, less
+    work."""
+    norms = features.norm(dim=1, keepdim=True).clamp_min(torch.finfo(features.dtype).tiny ** 0.5)
+    return (features @ text.T) / norms
 
 
 def competing_neighbours(dist: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -135,9 +144,7 @@ def ths_loss(
     hubness : Tensor, shape (K,)
         ``h_c`` at these features (zeros when ``hubness_penalty`` is False).
     """
-    # Normalise the (n, K) scores rather than the (n, d_t) features: same values, less work.
-    norms = features.norm(dim=1, keepdim=True).clamp_min(torch.finfo(features.dtype).tiny ** 0.5)
-    cos = (features @ text.T) / norms  # (n, K)
+    cos = mapped_cosines(features, text)  # (n, K)
     # Unit vectors: ||f - y||^2 = 2 - 2 f.y; the clamp keeps sqrt's gradient finite at 0.
     dist = (2.0 - 2.0 * cos).clamp_min(1e-12).sqrt()  # (n, K)
     if include_positive:
@@ -234,6 +241,7 @@ def refine_ths(
     reproject_every: int = 1,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
+    loss: str = "ths",
 ) -> THSResult:
     """Refine ``W`` by AdamW on the THS loss with cosine learning-rate decay (Eq. 15-16).
 
@@ -267,10 +275,15 @@ def refine_ths(
         without replacement with ``generator``; ``h_c`` is then the batch's hubness.
     generator : torch.Generator, optional
         Draws the batches and the augmentations (CPU; the draws are moved to ``z``'s device).
+    loss : str, default "ths"
+        The objective (``core.config.GPUA_LOSSES``; GPUA Tables 4 and 6): "ths" (Eq. 15-16) or
+        the baselines of ``core.methods.gpua.losses`` ("csls", "contrastive", "triplet",
+        "adaptive"), which take ``k`` and ``margin_scale`` and ignore the THS-only options.
 
     Returns
     -------
     THSResult
+        ``loss_history`` holds the chosen loss.
     """
     n = z.shape[0]
     k = min(k, text.shape[0] if include_positive else text.shape[0] - 1)
@@ -289,19 +302,28 @@ def refine_ths(
             zb, lb = z[idx], labels[idx]
         return augment(zb, noise_std=noise_std, dropout=dropout, generator=generator), lb
 
+    if loss == "ths":
+        def objective(f: Tensor, lb: Tensor) -> Tensor:
+            return ths_loss(f, text, lb, **kw)[0]
+    else:  # the Table 4 / 6 baselines (their module imports this one)
+        from core.methods.gpua.losses import alignment_loss
+
+        def objective(f: Tensor, lb: Tensor) -> Tensor:
+            return alignment_loss(loss, f, text, lb, k=k, margin_scale=margin_scale)
+
     def pool_loss(w_now: Tensor) -> float:
         with torch.no_grad():
-            return float(ths_loss(z @ w_now, text, labels, **kw)[0])
+            return float(objective(z @ w_now, labels))
 
     history = []
     for step in range(n_steps):
         for group in opt.param_groups:  # cosine decay from lr towards lr_min over n_steps
             group["lr"] = (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * step / n_steps)) + lr_min
         zb, lb = batch()
-        loss, _ = ths_loss(zb @ w, text, lb, **kw)
-        history.append(float(loss.detach()) if full or step else pool_loss(w.detach()))
+        value = objective(zb @ w, lb)
+        history.append(float(value.detach()) if full or step else pool_loss(w.detach()))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
         if reorthogonalize and (step + 1) % reproject_every == 0:
             with torch.no_grad():
