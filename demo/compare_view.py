@@ -1,0 +1,188 @@
+"""The Compare tab: two of the session's last records side by side (layout, handler, wiring).
+
+The records come from the session store (``demo.store.SessionStore.history``: the last
+``core.config.APP_RUN_HISTORY``, one per Run and recipes; ``demo.history``); the comparison itself
+is ``demo.compare``'s pure functions. Run A and run B default to the previous and the current
+record, and follow a new record when one arrives (a Run, a recipe switch); a slider move updates
+the current record in place and keeps the user's picks. Runs on different image sets get the
+summary numbers and a plain sentence saying why nothing is compared image by image.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gradio as gr
+
+from core.config import APP_RUN_HISTORY
+from core.methods import METHOD_TITLES
+from demo import compare
+from demo.history import RunRecord
+from demo.predictions import PAGE_SIZE
+from demo.provenance import choices
+from demo.state import Session, user_errors
+
+LIST_ROWS = 200  # disagreements listed as a table (the CSV has all of them)
+EMPTY = ("Nothing to compare yet. Every Run is kept here (the last "
+         f"{APP_RUN_HISTORY}, one per Run and recipe; moving a slider updates the current one): "
+         "Run once, then Run again with other models or settings, or switch a recipe.")
+
+
+class CompareOutputs(NamedTuple):
+    cmp_a: Any
+    cmp_b: Any
+    cmp_method: Any
+    cmp_seen: Any
+    cmp_note: str
+    cmp_table: str
+    cmp_settings: str
+    cmp_info: str
+    cmp_gallery: Any
+    cmp_list: str
+    cmp_downloads: Any
+
+
+def pick(history: tuple[RunRecord, ...], run_a, run_b, seen) -> tuple[str, str]:
+    """The entries to show (ids as strings): the user's picks while they exist and no new record
+    arrived since ``seen`` (the newest id last shown), else the previous and the newest."""
+    ids = [str(r.id) for r in history]
+    newest = ids[-1]
+    if str(seen) == newest and str(run_a) in ids and str(run_b) in ids:
+        return str(run_a), str(run_b)
+    return (ids[-2] if len(ids) > 1 else newest), newest
+
+
+def thumbnails(a: RunRecord, history: tuple[RunRecord, ...]) -> list[str] | None:
+    """A thumbnail per image of ``a``, from any record of the same images whose work folder
+    still exists (an older Run's folder is removed by the next Run); None if there is none."""
+    for r in (a, *reversed(history)):
+        if not r.thumbs or not os.path.exists(r.thumbs[0]):
+            continue
+        order = compare.align(a, r)
+        if order is not None:
+            return [r.thumbs[j] for j in order]
+    return None
+
+
+def _blank(note: str, a=None, b=None, seen=None) -> CompareOutputs:
+    none = gr.update(choices=[], value=None)
+    return CompareOutputs(
+        cmp_a=a or none, cmp_b=b or none, cmp_method=none, cmp_seen=seen, cmp_note=note,
+        cmp_table="", cmp_settings="", cmp_info="", cmp_gallery=[], cmp_list="",
+        cmp_downloads=None)
+
+
+@user_errors
+def compare_runs(session, run_a=None, run_b=None, method=None, show="differ", seen=None, *,
+                 history: tuple[RunRecord, ...] = ()) -> CompareOutputs:
+    """The Compare tab for records ``run_a`` and ``run_b`` (entry ids) of ``history`` (the
+    session's records, oldest first), ``method``'s disagreements narrowed by ``show``
+    (``demo.compare.SHOW``); ``seen``: the newest id the tab showed last (see :func:`pick`)."""
+    history = tuple(history)
+    if not history:
+        return _blank(EMPTY)
+    run_a, run_b = pick(history, run_a, run_b, seen)
+    by_id = {str(r.id): r for r in history}
+    live = [str(r.id) for r in history if isinstance(session, Session)
+            and r.run == session.workdir and r.settings == session.settings]
+    entries = [(r.label + (" (current)" if str(r.id) in live else ""), str(r.id))
+               for r in reversed(history)]
+    dropdowns = dict(a=gr.update(choices=entries, value=run_a),
+                     b=gr.update(choices=entries, value=run_b))
+    newest = str(history[-1].id)
+    if len(history) == 1:
+        return _blank("Only one run so far (#" + newest + "). " + EMPTY, **dropdowns, seen=newest)
+    if run_a == run_b:
+        return _blank("Run A and run B are the same record: pick another one.", **dropdowns,
+                      seen=newest)
+    a, b = by_id[run_a], by_id[run_b]
+    order = compare.align(a, b)
+    rows = compare.method_rows(a, b, order)
+    notes = [f"**A**: {a.label}", f"**B**: {b.label}"]
+    if order is None:
+        notes.append(f"**Different image sets** (A: {a.n_images} images, B: {b.n_images}): they "
+                     "cannot be compared image by image, only by the summary numbers below.")
+    if sorted(a.class_names) != sorted(b.class_names):
+        notes.append("The class lists differ: predictions are compared by class name.")
+    both = compare.common_methods(a, b)
+    method = method if method in both else next((m for m in both if m != "clip"),
+                                                both[0] if both else None)
+    out = dict(cmp_a=dropdowns["a"], cmp_b=dropdowns["b"], cmp_seen=newest,
+               cmp_note="<br>".join(notes), cmp_table=compare.accuracy_markdown(rows),
+               cmp_settings=compare.settings_markdown(a, b),
+               cmp_method=gr.update(choices=[(METHOD_TITLES.get(m, m), m) for m in both],
+                                    value=method))
+    out.update(_disagreement_views(a, b, order, method, show, history))
+    out["cmp_downloads"] = (compare.write_csv(Path(session.workdir) / "compare", a, b, rows,
+                                              order) if isinstance(session, Session) else None)
+    return CompareOutputs(**out)
+
+
+def _disagreement_views(a, b, order, method, show, history) -> dict:
+    """The info line, gallery and table of the images where A and B disagree."""
+    if order is None or method is None:
+        why = ("no method was run by both" if method is None else "different image sets")
+        return dict(cmp_info=f"No image-by-image comparison: {why}.", cmp_gallery=[],
+                    cmp_list="")
+    show = show if show in compare.SHOW else "differ"
+    items = compare.disagreements(a, b, method, order, show)
+    title = METHOD_TITLES.get(method, method)
+    info = (f"**{len(items)}** of {a.n_images} images where {title} disagrees between A and B "
+            f"({compare.SHOW[show]})")
+    if show != "differ" and not any(t is not None for t in compare.truths(a, b, order)):
+        info = ("This filter needs labels: put each class's images in a folder named after it "
+                "inside the zip, or upload a labels CSV")
+    thumbs = thumbnails(a, history)
+    gallery = []
+    if thumbs is not None:
+        gallery = [(thumbs[d.index], compare.caption(d)) for d in items[:PAGE_SIZE]]
+        if len(items) > PAGE_SIZE:
+            info += f"; the first {PAGE_SIZE} shown"
+    elif items:
+        info += "; no thumbnails (this run's folder was replaced by a later Run)"
+    return dict(cmp_info=info + ".", cmp_gallery=gallery,
+                cmp_list=compare.list_markdown(items, LIST_ROWS))
+
+
+# ----------------------------------------------------------------------------- layout, wiring
+
+
+def layout(c: dict) -> None:
+    """The Compare tab (call inside ``gr.Tabs``); its components go into ``c``."""
+    with gr.Tab("Compare", id="compare") as c["cmp_tab"]:
+        c["cmp_seen"] = gr.State(None)  # newest record id the tab last showed
+        with gr.Row():
+            c["cmp_a"] = gr.Dropdown([], label="Run A", elem_id="cmp-a", scale=1, min_width=300)
+            c["cmp_b"] = gr.Dropdown([], label="Run B", elem_id="cmp-b", scale=1, min_width=300)
+        c["cmp_note"] = gr.Markdown(EMPTY, elem_id="cmp-note")
+        c["cmp_table"] = gr.Markdown(elem_id="cmp-table")
+        with gr.Accordion("What produced A and B", open=True):
+            c["cmp_settings"] = gr.Markdown(elem_id="cmp-settings")
+        with gr.Row():
+            c["cmp_method"] = gr.Dropdown([], label="Method", elem_id="cmp-method", scale=1)
+            c["cmp_show"] = gr.Radio(choices(compare.SHOW), value="differ", label="Show",
+                                     elem_id="cmp-show", scale=2)
+        c["cmp_info"] = gr.Markdown(elem_id="cmp-info")
+        c["cmp_gallery"] = gr.Gallery(label="Images where A and B disagree", columns=5,
+                                      height=420, object_fit="contain", allow_preview=True,
+                                      elem_id="cmp-gallery", elem_classes="short-captions")
+        c["cmp_list"] = gr.Markdown(elem_id="cmp-list")
+        c["cmp_downloads"] = gr.File(label="Download the comparison (CSV)",
+                                     file_count="multiple", interactive=False)
+
+
+def wire(c: dict, keep, after=()) -> None:
+    """Refresh the tab when it is opened or a pick changes, and after each of the ``after``
+    events (a Run, a re-solve: they make or update records). ``keep``: ``demo.store.stored``
+    bound to the app's store."""
+    inputs = [c["session"], c["cmp_a"], c["cmp_b"], c["cmp_method"], c["cmp_show"],
+              c["cmp_seen"]]
+    outputs = [c[f] for f in CompareOutputs._fields]
+    handler = keep(compare_runs)
+    gr.on([c["cmp_tab"].select, c["cmp_a"].input, c["cmp_b"].input, c["cmp_method"].input,
+           c["cmp_show"].input], handler, inputs, outputs, api_name="compare",
+          concurrency_id="solve", trigger_mode="always_last")
+    for event in after:
+        event.then(handler, inputs, outputs, api_visibility="private", concurrency_id="solve")
