@@ -6,6 +6,11 @@ is ``demo.compare``'s pure functions. Run A and run B default to the previous an
 record, and follow a new record when one arrives (a Run, a recipe switch); a slider move updates
 the current record in place and keeps the user's picks. Runs on different image sets get the
 summary numbers and a plain sentence saying why nothing is compared image by image.
+
+The picks (runs A and B, the method) live in a ``gr.State`` (``cmp_picks``), which the
+refreshes read, and reach the dropdowns in a second step (:func:`show_picks`): a Gradio 6
+dropdown given new choices and a new value in one update may keep showing, and send back, its
+old value (seen in Chromium after a second Run), so choices go first and values after.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class CompareOutputs(NamedTuple):
     cmp_a: Any
     cmp_b: Any
     cmp_method: Any
-    cmp_seen: Any
+    cmp_picks: Any
     cmp_note: str
     cmp_table: str
     cmp_settings: str
@@ -66,10 +71,10 @@ def thumbnails(a: RunRecord, history: tuple[RunRecord, ...]) -> list[str] | None
     return None
 
 
-def _blank(note: str, a=None, b=None, seen=None) -> CompareOutputs:
-    none = gr.update(choices=[], value=None)
+def _blank(note: str, a=None, b=None, picks=None) -> CompareOutputs:
+    none = gr.update(choices=[])
     return CompareOutputs(
-        cmp_a=a or none, cmp_b=b or none, cmp_method=none, cmp_seen=seen, cmp_note=note,
+        cmp_a=a or none, cmp_b=b or none, cmp_method=none, cmp_picks=picks, cmp_note=note,
         cmp_table="", cmp_settings="", cmp_info="", cmp_gallery=[], cmp_list="",
         cmp_downloads=None)
 
@@ -79,7 +84,9 @@ def compare_runs(session, run_a=None, run_b=None, method=None, show="differ", se
                  history: tuple[RunRecord, ...] = ()) -> CompareOutputs:
     """The Compare tab for records ``run_a`` and ``run_b`` (entry ids) of ``history`` (the
     session's records, oldest first), ``method``'s disagreements narrowed by ``show``
-    (``demo.compare.SHOW``); ``seen``: the newest id the tab showed last (see :func:`pick`)."""
+    (``demo.compare.SHOW``; None: the first fused method both ran); ``seen``: the newest id the
+    tab showed last (see :func:`pick`). ``cmp_picks`` holds what is shown, for the next refresh
+    and for :func:`show_picks` (the dropdowns get their choices here, their values there)."""
     history = tuple(history)
     if not history:
         return _blank(EMPTY)
@@ -89,14 +96,15 @@ def compare_runs(session, run_a=None, run_b=None, method=None, show="differ", se
             and r.run == session.workdir and r.settings == session.settings]
     entries = [(r.label + (" (current)" if str(r.id) in live else ""), str(r.id))
                for r in reversed(history)]
-    dropdowns = dict(a=gr.update(choices=entries, value=run_a),
-                     b=gr.update(choices=entries, value=run_b))
+    dropdowns = dict(a=gr.update(choices=entries), b=gr.update(choices=entries))
     newest = str(history[-1].id)
+    picks = {"a": run_a, "b": run_b, "method": method, "seen": newest, "shown": None}
     if len(history) == 1:
-        return _blank("Only one run so far (#" + newest + "). " + EMPTY, **dropdowns, seen=newest)
+        return _blank("Only one run so far (#" + newest + "). " + EMPTY, **dropdowns,
+                      picks=picks)
     if run_a == run_b:
         return _blank("Run A and run B are the same record: pick another one.", **dropdowns,
-                      seen=newest)
+                      picks=picks)
     a, b = by_id[run_a], by_id[run_b]
     order = compare.align(a, b)
     rows = compare.method_rows(a, b, order)
@@ -107,13 +115,14 @@ def compare_runs(session, run_a=None, run_b=None, method=None, show="differ", se
     if sorted(a.class_names) != sorted(b.class_names):
         notes.append("The class lists differ: predictions are compared by class name.")
     both = compare.common_methods(a, b)
-    method = method if method in both else next((m for m in both if m != "clip"),
-                                                both[0] if both else None)
-    out = dict(cmp_a=dropdowns["a"], cmp_b=dropdowns["b"], cmp_seen=newest,
+    if method not in both:  # not the user's pick (or no longer possible): a default, not kept
+        picks["method"] = None
+        method = next((m for m in both if m != "clip"), both[0] if both else None)
+    picks["shown"] = method
+    out = dict(cmp_a=dropdowns["a"], cmp_b=dropdowns["b"], cmp_picks=picks,
                cmp_note="<br>".join(notes), cmp_table=compare.accuracy_markdown(rows),
                cmp_settings=compare.settings_markdown(a, b),
-               cmp_method=gr.update(choices=[(METHOD_TITLES.get(m, m), m) for m in both],
-                                    value=method))
+               cmp_method=gr.update(choices=[(METHOD_TITLES.get(m, m), m) for m in both]))
     out.update(_disagreement_views(a, b, order, method, show, history))
     out["cmp_downloads"] = (compare.write_csv(Path(session.workdir) / "compare", a, b, rows,
                                               order) if isinstance(session, Session) else None)
@@ -152,7 +161,7 @@ def _disagreement_views(a, b, order, method, show, history) -> dict:
 def layout(c: dict) -> None:
     """The Compare tab (call inside ``gr.Tabs``); its components go into ``c``."""
     with gr.Tab("Compare", id="compare") as c["cmp_tab"]:
-        c["cmp_seen"] = gr.State(None)  # newest record id the tab last showed
+        c["cmp_picks"] = gr.State(None)  # what compare_runs showed: runs, method, newest id
         with gr.Row():
             c["cmp_a"] = gr.Dropdown([], label="Run A", elem_id="cmp-a", scale=1, min_width=300)
             c["cmp_b"] = gr.Dropdown([], label="Run B", elem_id="cmp-b", scale=1, min_width=300)
@@ -173,16 +182,61 @@ def layout(c: dict) -> None:
                                      file_count="multiple", interactive=False)
 
 
+def _picked(picks) -> dict:
+    return picks if isinstance(picks, dict) else {}
+
+
+def refresh(session, picks=None, show="differ", *, history=()) -> CompareOutputs:
+    """The tab opened, the filter changed, or a record was made: the kept picks."""
+    p = _picked(picks)
+    return compare_runs(session, p.get("a"), p.get("b"), p.get("method"), show, p.get("seen"),
+                        history=history)
+
+
+def pick_runs(session, run_a, run_b, picks=None, show="differ", *, history=()) -> CompareOutputs:
+    """The user picked run A or run B (the dropdowns' values are theirs)."""
+    seen = str(history[-1].id) if history else None
+    return compare_runs(session, run_a, run_b, _picked(picks).get("method"), show, seen,
+                        history=history)
+
+
+def pick_method(session, method, picks=None, show="differ", *, history=()) -> CompareOutputs:
+    """The user picked the method whose disagreements are listed."""
+    p = _picked(picks)
+    return compare_runs(session, p.get("a"), p.get("b"), method, show, p.get("seen"),
+                        history=history)
+
+
+class PickValues(NamedTuple):
+    cmp_a: Any
+    cmp_b: Any
+    cmp_method: Any
+
+
+def show_picks(picks) -> PickValues:
+    """The dropdowns' values, once their choices are there (see the module docstring)."""
+    p = _picked(picks)
+    return PickValues(gr.update(value=p.get("a")), gr.update(value=p.get("b")),
+                      gr.update(value=p.get("shown")))
+
+
 def wire(c: dict, keep, after=()) -> None:
-    """Refresh the tab when it is opened or a pick changes, and after each of the ``after``
-    events (a Run, a re-solve: they make or update records). ``keep``: ``demo.store.stored``
-    bound to the app's store."""
-    inputs = [c["session"], c["cmp_a"], c["cmp_b"], c["cmp_method"], c["cmp_show"],
-              c["cmp_seen"]]
+    """Refresh the tab when it is opened, the filter or a pick changes, and after each of the
+    ``after`` events (a Run, a re-solve: they make or update records); every refresh then shows
+    its picks in the dropdowns. ``keep``: ``demo.store.stored`` bound to the app's store."""
     outputs = [c[f] for f in CompareOutputs._fields]
-    handler = keep(compare_runs)
-    gr.on([c["cmp_tab"].select, c["cmp_a"].input, c["cmp_b"].input, c["cmp_method"].input,
-           c["cmp_show"].input], handler, inputs, outputs, api_name="compare",
-          concurrency_id="solve", trigger_mode="always_last")
+    state = [c["cmp_picks"], c["cmp_show"]]
+    values = dict(fn=show_picks, inputs=c["cmp_picks"],
+                  outputs=[c[f] for f in PickValues._fields], queue=False,
+                  api_visibility="private")
+    options = dict(concurrency_id="solve", trigger_mode="always_last")
+    gr.on([c["cmp_tab"].select, c["cmp_show"].input], keep(refresh), [c["session"], *state],
+          outputs, api_name="compare", **options).then(**values)
+    gr.on([c["cmp_a"].input, c["cmp_b"].input], keep(pick_runs),
+          [c["session"], c["cmp_a"], c["cmp_b"], *state], outputs, api_visibility="private",
+          **options).then(**values)
+    c["cmp_method"].input(keep(pick_method), [c["session"], c["cmp_method"], *state], outputs,
+                          api_visibility="private", **options).then(**values)
     for event in after:
-        event.then(handler, inputs, outputs, api_visibility="private", concurrency_id="solve")
+        event.then(keep(refresh), [c["session"], *state], outputs, api_visibility="private",
+                   concurrency_id="solve").then(**values)

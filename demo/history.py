@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.config import APP_RUN_HISTORY, MethodSettings
+from core.config import APP_RUN_HISTORY, DEFAULT_TEMPLATE, PRECISION, MethodSettings
 from core.methods import METHOD_TITLES
 from demo.provenance import lam_text, models_text
 
 METHOD_ORDER = ("clip", "otfusion", "gpua", "lazsl")  # rows of every comparison
+LABEL_PROMPT_CHARS = 32  # a prompt template in a record's label is cut after this many
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,20 @@ class RunRecord:
         clock = time.strftime("%H:%M:%S", time.localtime(self.created))
         parts = [key_settings(m, self.settings) for m in self.methods if m != "clip"]
         what = "; ".join(parts) if parts else "CLIP only"
-        return (f"#{self.id} {clock} · {self.short_models} · {self.n_images} images · {what}")
+        extras = "".join(f" · {x}" for x in self._extract_changes())
+        return (f"#{self.id} {clock} · {self.short_models}{extras} · {self.n_images} images · "
+                f"{what}")
+
+    def _extract_changes(self) -> list[str]:
+        """Feature settings that differ from the app's defaults (prompts, precision)."""
+        out = []
+        if self.templates and self.templates != (DEFAULT_TEMPLATE,):
+            text = " | ".join(self.templates)
+            out.append(f"prompt “{text[:LABEL_PROMPT_CHARS]}"
+                       f"{'…' if len(text) > LABEL_PROMPT_CHARS else ''}”")
+        if self.precision and self.precision != PRECISION:
+            out.append(self.precision)
+        return out
 
     def predicted(self, method: str) -> list[str]:
         """Class names predicted by ``method``, one per image."""

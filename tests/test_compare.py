@@ -215,17 +215,22 @@ def test_compare_tab_through_the_store(keys, tmp_path):
         assert "Features ready" in last.status, last.status
         return st.get("user")
 
-    view = stored(compare_view.compare_runs, st)
-    assert view(user, None).cmp_note == compare_view.EMPTY
+    # The app's three handlers: a refresh (tab opened, after a Run or a re-solve) reads the
+    # kept picks; the dropdowns send the user's own picks.
+    refresh = stored(compare_view.refresh, st)
+    pick_runs = stored(compare_view.pick_runs, st)
+    pick_method = stored(compare_view.pick_method, st)
+    assert refresh(user, None).cmp_note == compare_view.EMPTY
     first = do_run()
-    out = view(user, None)
+    out = refresh(user, None)
     assert "Only one run so far (#1)" in out.cmp_note and out.cmp_table == ""
     stored(resolve, st)(user, None, lam=0.2)  # a slider: updates #1, no new entry
     assert [r.id for r in st.history("user")] == [1]
     assert "λ 0.2" in st.history("user")[0].label
     second = do_run(vfm=[keys["dinov3"]], lam=0.9)
-    out = view(user, None, None, None, None, "differ", None)
-    assert out.cmp_a["value"] == "1" and out.cmp_b["value"] == "2" and out.cmp_seen == "2"
+    out = refresh(user, None, out.cmp_picks, "differ")
+    assert out.cmp_a["value"] == "1" and out.cmp_b["value"] == "2"
+    assert out.cmp_picks == {"a": "1", "b": "2", "method": None, "seen": "2"}
     labels = [label for label, _ in out.cmp_a["choices"]]
     assert labels[0].startswith("#2") and labels[0].endswith("(current)")
     assert labels[1].startswith("#1") and "λ 0.2" in labels[1]
@@ -248,16 +253,19 @@ def test_compare_tab_through_the_store(keys, tmp_path):
     assert "otfusion" in Path(summary).read_text()
     # A recipe switch is a new entry; the tab follows it (previous vs current).
     stored(switch, st)(user, None, otfusion_recipe="official")
-    out = view(user, None, "1", "2", "otfusion", "differ", "2")
+    out = refresh(user, None, out.cmp_picks, "differ")
     assert (out.cmp_a["value"], out.cmp_b["value"]) == ("2", "3")
     assert "paper recipe" in out.cmp_settings and "official recipe" in out.cmp_settings
-    # The user's picks stay while nothing new arrives.
-    out = view(user, None, "1", "3", "clip", "differ", "3")
-    assert (out.cmp_a["value"], out.cmp_b["value"]) == ("1", "3")
-    assert out.cmp_method["value"] == "clip"
-    stored(resolve, st)(user, None, lam=0.5)  # a slider updates #3 in place: picks stay
-    out = view(user, None, "1", "3", "clip", "differ", "3")
-    assert (out.cmp_a["value"], out.cmp_b["value"]) == ("1", "3")
+    # The user's picks stay while nothing new arrives, through a slider move too.
+    out = pick_runs(user, None, "1", "3", out.cmp_picks, "differ")
+    out = pick_method(user, None, "clip", out.cmp_picks, "differ")
+    assert (out.cmp_a["value"], out.cmp_b["value"], out.cmp_method["value"]) == (
+        "1", "3", "clip")
+    stored(resolve, st)(user, None, lam=0.5)  # updates #3 in place
+    out = refresh(user, None, out.cmp_picks, "a_right")
+    assert (out.cmp_a["value"], out.cmp_b["value"], out.cmp_method["value"]) == (
+        "1", "3", "clip")
+    assert "(only A is right)" in out.cmp_info
     assert [r.id for r in st.history("user")] == [1, 2, 3]
     # A Run on other images: summary numbers only, and said so.
     other = tmp_path / "two.zip"
@@ -265,7 +273,8 @@ def test_compare_tab_through_the_store(keys, tmp_path):
         for name in ("red", "blue"):
             zf.writestr(f"{name}/x.png", _png(COLORS[name], 1))
     do_run(files=[str(other)])
-    out = view(user, None, None, None, None, "differ", "3")
+    out = refresh(user, None, out.cmp_picks, "differ")
+    assert (out.cmp_a["value"], out.cmp_b["value"]) == ("3", "4")
     assert "cannot be compared image by image" in out.cmp_note
     assert out.cmp_gallery == [] and "No image-by-image comparison" in out.cmp_info
     assert "| - |" in out.cmp_table  # no count of differing images
