@@ -229,8 +229,13 @@ def test_compare_tab_through_the_store(keys, tmp_path):
     assert "λ 0.2" in st.history("user")[0].label
     second = do_run(vfm=[keys["dinov3"]], lam=0.9)
     out = refresh(user, None, out.cmp_picks, "differ")
-    assert out.cmp_a["value"] == "1" and out.cmp_b["value"] == "2"
-    assert out.cmp_picks == {"a": "1", "b": "2", "method": None, "seen": "2"}
+    assert out.cmp_picks["a"] == "1" and out.cmp_picks["b"] == "2"
+    assert out.cmp_picks == {"a": "1", "b": "2", "method": None, "seen": "2",
+                             "shown": "otfusion"}
+    # The dropdowns get their choices here and their values in a second step.
+    assert "value" not in out.cmp_a and "value" not in out.cmp_method
+    assert [u["value"] for u in compare_view.show_picks(out.cmp_picks)] == ["1", "2",
+                                                                          "otfusion"]
     labels = [label for label, _ in out.cmp_a["choices"]]
     assert labels[0].startswith("#2") and labels[0].endswith("(current)")
     assert labels[1].startswith("#1") and "λ 0.2" in labels[1]
@@ -241,7 +246,7 @@ def test_compare_tab_through_the_store(keys, tmp_path):
     for m, title in (("clip", "CLIP zero-shot"), ("otfusion", "OTFusion")):
         line = next(x for x in out.cmp_table.splitlines() if x.startswith(f"| {title} |"))
         assert line.endswith(f"| {n_differ[m]} |"), (line, n_differ)
-    assert out.cmp_method["value"] == "otfusion"
+    assert out.cmp_picks["shown"] == "otfusion"
     n = len(COLORS) * PER_CLASS
     assert f"**{n_differ['otfusion']}** of {n} images where OTFusion" in out.cmp_info
     assert "DINOv3" in out.cmp_settings or "dinov3" in out.cmp_settings.lower()
@@ -254,16 +259,16 @@ def test_compare_tab_through_the_store(keys, tmp_path):
     # A recipe switch is a new entry; the tab follows it (previous vs current).
     stored(switch, st)(user, None, otfusion_recipe="official")
     out = refresh(user, None, out.cmp_picks, "differ")
-    assert (out.cmp_a["value"], out.cmp_b["value"]) == ("2", "3")
+    assert (out.cmp_picks["a"], out.cmp_picks["b"]) == ("2", "3")
     assert "paper recipe" in out.cmp_settings and "official recipe" in out.cmp_settings
     # The user's picks stay while nothing new arrives, through a slider move too.
     out = pick_runs(user, None, "1", "3", out.cmp_picks, "differ")
     out = pick_method(user, None, "clip", out.cmp_picks, "differ")
-    assert (out.cmp_a["value"], out.cmp_b["value"], out.cmp_method["value"]) == (
+    assert (out.cmp_picks["a"], out.cmp_picks["b"], out.cmp_picks["shown"]) == (
         "1", "3", "clip")
     stored(resolve, st)(user, None, lam=0.5)  # updates #3 in place
     out = refresh(user, None, out.cmp_picks, "a_right")
-    assert (out.cmp_a["value"], out.cmp_b["value"], out.cmp_method["value"]) == (
+    assert (out.cmp_picks["a"], out.cmp_picks["b"], out.cmp_picks["shown"]) == (
         "1", "3", "clip")
     assert "(only A is right)" in out.cmp_info
     assert [r.id for r in st.history("user")] == [1, 2, 3]
@@ -274,7 +279,7 @@ def test_compare_tab_through_the_store(keys, tmp_path):
             zf.writestr(f"{name}/x.png", _png(COLORS[name], 1))
     do_run(files=[str(other)])
     out = refresh(user, None, out.cmp_picks, "differ")
-    assert (out.cmp_a["value"], out.cmp_b["value"]) == ("3", "4")
+    assert (out.cmp_picks["a"], out.cmp_picks["b"]) == ("3", "4")
     assert "cannot be compared image by image" in out.cmp_note
     assert out.cmp_gallery == [] and "No image-by-image comparison" in out.cmp_info
     assert "| - |" in out.cmp_table  # no count of differing images
