@@ -30,6 +30,13 @@ from demo.provenance import choices
 from demo.state import Session, user_errors
 
 LIST_ROWS = 200  # disagreements listed as a table (the CSV has all of them)
+# The tab's tables on a phone: names and numbers on one line (the table scrolls sideways, as
+# ``demo.ui``'s tables do), the settings' values wrapping at word boundaries.
+CSS = """
+#cmp-table td, #cmp-list td, #cmp-settings td:first-child {white-space: nowrap;}
+#cmp-settings td {min-width: 11em;}
+#cmp-settings td:first-child {min-width: 0;}
+"""
 EMPTY = ("Nothing to compare yet. Every Run is kept here (the last "
          f"{APP_RUN_HISTORY}, one per Run and recipe; moving a slider updates the current one): "
          "Run once, then Run again with other models or settings, or switch a recipe.")
@@ -138,8 +145,9 @@ def _disagreement_views(a, b, order, method, show, history) -> dict:
     show = show if show in compare.SHOW else "differ"
     items = compare.disagreements(a, b, method, order, show)
     title = METHOD_TITLES.get(method, method)
-    info = (f"**{len(items)}** of {a.n_images} images where {title} disagrees between A and B "
-            f"({compare.SHOW[show]})")
+    info = f"**{len(items)}** of {a.n_images} images where {title} disagrees between A and B"
+    if show != "differ":
+        info += f" and {compare.SHOW[show]}"
     if show != "differ" and not any(t is not None for t in compare.truths(a, b, order)):
         info = ("This filter needs labels: put each class's images in a folder named after it "
                 "inside the zip, or upload a labels CSV")

@@ -678,7 +678,7 @@ def launch(demo: gr.Blocks, **overrides):
         show_error=False,
         ssr_mode=False,
         theme=gr.themes.Soft(primary_hue="blue", secondary_hue="orange"),
-        css=CSS,
+        css=CSS + compare_view.CSS,
         js=JS,
     )
     options.update(overrides)

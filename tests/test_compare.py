@@ -270,7 +270,7 @@ def test_compare_tab_through_the_store(keys, tmp_path):
     out = refresh(user, None, out.cmp_picks, "a_right")
     assert (out.cmp_picks["a"], out.cmp_picks["b"], out.cmp_picks["shown"]) == (
         "1", "3", "clip")
-    assert "(only A is right)" in out.cmp_info
+    assert "and only A is right" in out.cmp_info
     assert [r.id for r in st.history("user")] == [1, 2, 3]
     # A Run on other images: summary numbers only, and said so.
     other = tmp_path / "two.zip"
