@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_sessions import _client_run, app, upload  # noqa: F401 (fixtures: the launched app)
 
 from core.config import MethodSettings, with_recipe
 from core.models.tiny import tiny_test_models
@@ -191,8 +192,8 @@ def keys():
 def test_compare_tab_through_the_store(keys, tmp_path):
     from test_callbacks import COLORS, PER_CLASS, _png
 
-    upload = tmp_path / "colours.zip"
-    with zipfile.ZipFile(upload, "w") as zf:
+    colours = tmp_path / "colours.zip"
+    with zipfile.ZipFile(colours, "w") as zf:
         for name, color in COLORS.items():
             for i in range(PER_CLASS):
                 zf.writestr(f"{name}/{name}_{i}.png", _png(color, i))
@@ -209,7 +210,7 @@ def test_compare_tab_through_the_store(keys, tmp_path):
         return cb.switch_recipe("otfusion", session, controls)
 
     def do_run(**inputs):
-        base = dict(files=[str(upload)], vlm=[keys["clip_vit"]], vfm=[keys["dinov2"]],
+        base = dict(files=[str(colours)], vlm=[keys["clip_vit"]], vfm=[keys["dinov2"]],
                     methods=["otfusion"])
         *_, last = stored(run, st, takes_session=False)(user, **{**base, **inputs})
         assert "Features ready" in last.status, last.status
@@ -284,3 +285,19 @@ def test_compare_tab_through_the_store(keys, tmp_path):
     assert out.cmp_gallery == [] and "No image-by-image comparison" in out.cmp_info
     assert "| - |" in out.cmp_table  # no count of differing images
     assert len(out.cmp_downloads) == 1
+
+
+def test_compare_endpoint_after_two_runs(app, upload):  # noqa: F811
+    """``/compare`` on the launched app: the store's records reach the handler (``stored``
+    fills ``history``), two Runs of the same images compare image by image."""
+    url, demo, gc = app
+    client = _client_run(gc, url, upload)
+    client.predict(files=[gc.handle_file(str(upload))], classes_text="", attributes_file=None,
+                   labels_csv=None, methods=["otfusion", "gpua"], api_name="/run")
+    records = demo.session_store.history(client.session_hash)
+    assert [r.methods for r in records] == [("clip", "otfusion"), ("clip", "otfusion", "gpua")]
+    out = client.predict(show="differ", api_name="/compare")
+    note, table, settings, info = out[3:7]
+    assert note.startswith(f"**A**: {records[0].label}") and records[1].label in note
+    assert "| GPUA | - | " in table and "| **GPUA** ≠ | not run |" in settings
+    assert "of 4 images where OTFusion disagrees between A and B" in info
