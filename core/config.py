@@ -319,3 +319,4 @@ APP_MAX_CLASSES = 1000  # class names one Run may have (as many as ImageNet)
 APP_SESSION_TTL_S = 3600.0  # FUSIONLAB_SESSION_TTL_S: idle time before a session is dropped
 APP_MAX_SESSIONS = 32  # FUSIONLAB_MAX_SESSIONS: live sessions kept (least recently used dropped)
 APP_SESSIONS_MAX_BYTES = 2 * 1024**3  # FUSIONLAB_SESSIONS_MAX_BYTES: their estimated bytes
+APP_RUN_HISTORY = 5  # records kept per session for the Compare tab (one per Run and recipes)

@@ -14,6 +14,9 @@ and results forever (issue 13). Here the app's :class:`~demo.state.Session` obje
   folder of a session replaced by a new Run;
 - a user who comes back after their session was dropped gets a message saying why and what to
   do (a bounded memory of dropped keys, ``TOMBSTONES``), not silence;
+- each session's last few records (``demo.history``: one per Run and recipes, at most
+  ``run_history``, default ``core.config.APP_RUN_HISTORY``) are kept beside it for the Compare
+  tab, updated by every new record stored and dropped with the session;
 - ``on_drop(key)`` lets the app forget its framework's own per-session data too (``demo.ui``
   drops Gradio's per-session copies of the components' values, which Gradio itself keeps until
   10,000 sessions).
@@ -43,6 +46,7 @@ import gradio as gr
 
 import core.config as config
 from core.pipeline import parse_size
+from demo.history import RunRecord, remember
 from demo.memory import estimate_bytes, release_memory
 from demo.state import Session, user_error
 
@@ -51,6 +55,7 @@ log = logging.getLogger("fusionlab.app")
 DEFAULT_TTL_S = config.APP_SESSION_TTL_S
 DEFAULT_MAX_SESSIONS = config.APP_MAX_SESSIONS
 DEFAULT_MAX_BYTES = config.APP_SESSIONS_MAX_BYTES
+DEFAULT_RUN_HISTORY = config.APP_RUN_HISTORY
 TOMBSTONES = 10_000  # keys of dropped sessions remembered for the "your session expired" message
 
 
@@ -61,9 +66,10 @@ class StoreLimits:
     ttl_s: float = DEFAULT_TTL_S
     max_sessions: int = DEFAULT_MAX_SESSIONS
     max_bytes: int = DEFAULT_MAX_BYTES
+    run_history: int = DEFAULT_RUN_HISTORY
 
     def __post_init__(self):
-        for name in ("ttl_s", "max_sessions", "max_bytes"):
+        for name in ("ttl_s", "max_sessions", "max_bytes", "run_history"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"session store {name}: expected a positive value, got "
                                  f"{getattr(self, name)!r}.")
@@ -109,6 +115,7 @@ class SessionStore:
         self._lock = threading.RLock()
         self._live: OrderedDict[str, _Entry] = OrderedDict()
         self._dropped: OrderedDict[str, str] = OrderedDict()  # key -> why (tombstones)
+        self._history: dict[str, tuple[RunRecord, ...]] = {}  # key -> records, oldest first
         self.n_dropped = 0
         every = sweep_every_s if sweep_every_s is not None else min(60.0,
                                                                     self.limits.ttl_s / 4)
@@ -149,17 +156,26 @@ class SessionStore:
                 title="Session expired")
         return None
 
+    def history(self, key: str | None) -> tuple[RunRecord, ...]:
+        """``key``'s last records, oldest first (the newest is the live session's)."""
+        with self._lock:
+            return self._history.get(key, ()) if key else ()
+
     # ------------------------------------------------------------------ updates
 
     def put(self, key: str, session: Session) -> None:
         """Store (or update) ``key``'s session, then enforce the caps on the others."""
         with self._lock:
             old = self._live.get(key)
-        nbytes = _estimate(session, old.nbytes if old is not None else 0)
+            history = self._history.get(key, ())
+        if old is None or old.session is not session:  # a new record (not a re-estimate)
+            history = remember(history, session, keep=self.limits.run_history)
+        nbytes = _estimate((session, history), old.nbytes if old is not None else 0)
         with self._lock:
             old = self._live.pop(key, None)
             self._dropped.pop(key, None)
             self._live[key] = _Entry(session, nbytes, self._clock())
+            self._history[key] = history
             if old is not None and old.session.workdir != session.workdir:
                 _remove_workdir(old.session)  # the previous Run's folder
             self.sweep()
@@ -220,6 +236,7 @@ class SessionStore:
 
     def _drop(self, key: str, entry: _Entry, why: str | None) -> None:
         _remove_workdir(entry.session)
+        self._history.pop(key, None)
         self.n_dropped += 1
         if self.on_drop is not None:
             try:
@@ -275,6 +292,7 @@ def stored(fn: Callable, store: SessionStore, *, takes_session: bool = True) -> 
     still finds ``fn``'s ``gr.Progress`` default. A generator ``fn`` (a Run streaming its stages)
     has each yielded output kept as it comes; if it takes ``current_session``, it gets a callable
     returning the session the store holds now (what the user's sliders made of a stage).
+    A handler that takes ``history`` gets the key's records (``SessionStore.history``).
     """
 
     def keep_output(key, session, out):
@@ -284,7 +302,7 @@ def stored(fn: Callable, store: SessionStore, *, takes_session: bool = True) -> 
         if isinstance(new, Session) and key:
             if isinstance(session, Session):  # a re-solve of the session it was given
                 if not store.update(key, session, new):
-                    return out, not isinstance(store.get(key), Session)
+                    return out._replace(session=key), not isinstance(store.get(key), Session)
             else:  # a Run: a new session replaces whatever this key had
                 store.put(key, new)
             out = out._replace(session=key)
@@ -316,13 +334,15 @@ def stored(fn: Callable, store: SessionStore, *, takes_session: bool = True) -> 
             # neither change is lost and the page never shows settings the record does not have.
             for _ in range(STALE_RETRIES):
                 key, session, fn_args = session_of(request, args)
+                if "history" in inspect.signature(fn).parameters:
+                    kwargs["history"] = store.history(key)
                 out, current = keep_output(key, session, fn(*fn_args, **kwargs))
                 if current:
                     break
             return out
 
     params = [p for p in inspect.signature(fn).parameters.values()
-              if p.name != "current_session"]  # ours to fill, not Gradio's
+              if p.name not in ("current_session", "history")]  # ours to fill, not Gradio's
     request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                 annotation=gr.Request)
     wrapper.__signature__ = inspect.Signature([request, *params])

@@ -1,7 +1,8 @@
 """Gradio layout and wiring: inputs on the left, one tab per view on the right.
 
 Handlers live in one module per tab (``demo.predictions``, ``demo.metrics``, ``demo.embedding``,
-``demo.dynamics``, ``demo.segmentation``, ``demo.lazsl``, ``demo.playground``), the Run and the
+``demo.dynamics``, ``demo.segmentation``, ``demo.lazsl``, ``demo.playground``; the Compare tab's
+layout and wiring too, in ``demo.compare_view``), the Run and the
 live re-solves in ``demo.run`` (the live controls' table in ``demo.settings``) and the input
 controls in ``demo.inputs``: plain functions; this module only places components and connects
 them. Components are kept
@@ -50,7 +51,17 @@ from core.config import (
 )
 from core.data import PRESETS
 from core.models import get_spec, model_choices
-from demo import dynamics, embedding, inputs, lazsl, linking, playground, predictions, segmentation
+from demo import (
+    compare_view,
+    dynamics,
+    embedding,
+    inputs,
+    lazsl,
+    linking,
+    playground,
+    predictions,
+    segmentation,
+)
 from demo import run as flow
 from demo.controls import name_input_errors
 from demo.examples import EXAMPLES_DIR, example_rows
@@ -380,6 +391,7 @@ def _tabs(c) -> None:
         gr.Markdown("#### Most confident mistakes")
         c["mistakes"] = gr.Gallery(label="Most confident mistakes", columns=5, height=400,
                                    object_fit="contain", elem_classes="short-captions")
+    compare_view.layout(c)
     with gr.Tab("Embedding", id="embedding"):
         with gr.Row():
             c["projection"] = gr.Radio(embedding.PROJECTIONS, value="pca", label="Projection",
@@ -509,10 +521,12 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
     # Inputs by name (Gradio's inputs_kwargs): the API's parameter names are flow.RUN_INPUTS.
     # A failed Run returns the message in the status line and skips every other output, so the
     # previous record's views stay as they were (no blank gallery, no error badges).
-    c["run_button"].click(keep(run, False), inputs_kwargs={k: c[k] for k in flow.RUN_INPUTS},
-                          outputs=_out(c, flow.RunOutputs._fields), api_name="run",
-                          concurrency_id="models", concurrency_limit=1).success(
-        keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_visibility="private")
+    ran = c["run_button"].click(keep(run, False),
+                                inputs_kwargs={k: c[k] for k in flow.RUN_INPUTS},
+                                outputs=_out(c, flow.RunOutputs._fields), api_name="run",
+                                concurrency_id="models", concurrency_limit=1)
+    ran.success(keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_visibility="private")
+    records = [ran]  # events that make or update a record: the Compare tab follows them
     solve_out = _out(c, flow.SolveOutputs._fields)
     # One re-solve per method, fired by its own controls (a radio on input, sliders on release).
     resolve_options = {
@@ -535,12 +549,14 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
             inputs_kwargs={k: c[k] for k in keys}, outputs=switch_out,
             api_name=f"switch_{method}_recipe", concurrency_id="solve",
             trigger_mode="always_last")
+        records += [event, switch]
         if method == "lazsl":  # the explanation shows the record's θ and sentences: redraw it
             for e in (event, switch):
                 e.success(keep(lazsl.lazsl_explain), lazsl_in, lazsl_out,
                           api_visibility="private")
     c["lam_uniform"].input(flow.lam_update, c["lam_uniform"], c["lam"], queue=False,
                            api_visibility="private")
+    compare_view.wire(c, keep, after=records)
     c["compare"].input(keep(flow.refresh_views), [c["session"], *view], solve_out,
                        api_name="refresh", concurrency_id="solve")
 
@@ -679,7 +695,7 @@ def launch(demo: gr.Blocks, **overrides):
         show_error=False,
         ssr_mode=False,
         theme=gr.themes.Soft(primary_hue="blue", secondary_hue="orange"),
-        css=CSS,
+        css=CSS + compare_view.CSS,
         js=JS,
     )
     options.update(overrides)

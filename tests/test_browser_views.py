@@ -316,3 +316,56 @@ def test_mobile_tables_titles_and_accuracy(browser, app):  # noqa: F811
             _shot(page, f"views_mobile_{tab.lower()}")
     finally:
         page.close()
+
+
+def _open_tab(page, name: str) -> None:
+    """Click a tab, through the overflow menu when it does not fit the row (a phone)."""
+    button = page.get_by_role("tab", name=name)
+    if not button.is_visible():
+        page.locator(".overflow-menu > button").first.click(timeout=10_000)
+        button = page.locator(".overflow-dropdown button", has_text=name).first
+    button.click()
+
+
+def test_compare_two_runs(browser, app):  # noqa: F811
+    """Compare runs: two Runs with different prompt templates; the Compare tab lists both (A the
+    previous, B the current), the settings that differ, and the images where they disagree; at
+    1400 x 900 and 390 x 844."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        _run_shapes(page, app)
+        page.get_by_label("Prompt template(s), one per line").fill("a drawing of a {}.")
+        page.locator("#run-button").click()
+        _open_tab(page, "Compare")
+        # B follows the second Run (opened during the Run, the tab shows its first stage, CLIP
+        # only, until the Run ends and the tab refreshes).
+        page.wait_for_function("() => { const v = (document.querySelector('#cmp-b input') || {})"
+                               ".value || ''; return v.startsWith('#2') && v.includes('OTFusion');"
+                               " }", timeout=120_000)
+        page.wait_for_selector("#cmp-info >> text=/OTFusion disagrees/", timeout=30_000)
+        a = page.locator("#cmp-a input").input_value()
+        b = page.locator("#cmp-b input").input_value()
+        assert a.startswith("#1 ") and "20 images" in a and "(current)" not in a, a
+        assert b.startswith("#2 ") and b.endswith("(current)"), b
+        assert "prompt “a drawing of a {}.”" in b and "prompt" not in a, (a, b)
+        page.locator("#cmp-a input").click()
+        options = [o.split("\n")[-1] for o in page.get_by_role("option").all_inner_texts()]
+        assert len(options) == 2 and options[0].startswith("#2") and options[1].startswith("#1")
+        page.keyboard.press("Escape")
+        settings = page.locator("#cmp-settings").inner_text()
+        assert "a drawing of a {}." in settings and "a photo of a {}." in settings, settings
+        info = page.locator("#cmp-info").inner_text()
+        shown = int(info.split(" of 20 images where OTFusion disagrees")[0].split()[-1])
+        row = page.locator("#cmp-table tr", has_text="OTFusion").inner_text().split("\t")
+        assert row[-1].strip() == str(shown), (row, info)  # the table's count, the same
+        captions = page.locator("#cmp-gallery .caption-label").all_inner_texts()
+        assert len(captions) == min(shown, 60), (captions, info)
+        assert all(c.startswith("A: ") and "\nB: " in c for c in captions), captions
+        assert page.locator("#cmp-table tr", has_text="CLIP zero-shot").count() == 1
+        page.locator("#cmp-note").scroll_into_view_if_needed()
+        _shot(page, "views_compare")
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(800)
+        _shot(page, "views_mobile_compare")
+    finally:
+        page.close()
