@@ -408,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shared_args(p)
     p.set_defaults(func=cmd_eval)
 
-    from core.eval.seg_command import add_parser as add_seg_eval  # GPUA Tables 2 and 8
     from core.eval.repro_cli import add_parser as add_repro_parser  # python -m core repro
+    from core.eval.seg_command import add_parser as add_seg_eval  # GPUA Tables 2 and 8
 
     add_seg_eval(sub)
     add_repro_parser(sub)

@@ -10,7 +10,8 @@ from PIL import Image
 
 from core.data import decode_image
 from core.methods import explain, lazsl_scores
-from demo.overlays import crop_thumbnails, crop_view, enlarged
+from demo.crop_views import crop_thumbnails, crop_view
+from demo.overlays import enlarged
 from demo.predictions import md_cell
 from demo.state import VIEW_SIDE, Session, user_errors
 

@@ -1,4 +1,4 @@
-"""Image overlays for the app: segmentation masks, LaZSL crops, prediction captions.
+"""Image overlays for the app: segmentation masks, their legend, side-by-side views, top-k.
 
 Pure functions on PIL images, numpy arrays and tensors; no gradio here (STYLE.md rule 9). The
 categorical palette lives here (`class_colors`) and `demo/plots.py` imports it, so a class has the
@@ -13,10 +13,9 @@ import re
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from core.pipeline import NOT_SEEN, UNLABELED
-from demo.placement import place_labels
 
 # Twenty hand-picked, well-separated hues (strong first, lighter companions second); classes beyond
 # twenty get golden-angle hues. None of them is gray: gray means "unknown / unlabeled" in the app.
@@ -71,7 +70,7 @@ def hex_to_rgb(color: str) -> tuple[int, int, int]:
     return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
 
 
-def _as_numpy(x, name: str) -> np.ndarray:
+def as_array(x, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     try:
@@ -92,7 +91,7 @@ def enlarged(image: Image.Image, resample) -> Image.Image:
     return image.resize((round(image.width * f), round(image.height * f)), resample)
 
 
-def _check_image(image, name: str = "image") -> Image.Image:
+def rgb_image(image, name: str = "image") -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ValueError(f"{name}: expected a PIL.Image, got {type(image).__name__}.")
     return image.convert("RGB")
@@ -123,8 +122,8 @@ def segmentation_overlay(image: Image.Image, label_map, class_names: list[str], 
     -------
     overlay : PIL.Image, RGB, same size as ``image``
     """
-    img = _check_image(image)
-    labels = _as_numpy(label_map, "label_map")
+    img = rgb_image(image)
+    labels = as_array(label_map, "label_map")
     if labels.ndim != 2 or labels.size == 0:
         raise ValueError(f"label_map: expected a non-empty (H, W) array, got shape {labels.shape}.")
     if not np.issubdtype(labels.dtype, np.integer):
@@ -237,7 +236,7 @@ def _chip(background_css: str, text: str) -> str:
     )
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def label_font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # pragma: no cover - Pillow without FreeType
@@ -252,7 +251,7 @@ def side_by_side(images: list[Image.Image], titles: list[str], *, pad: int = 8) 
     if not images or len(images) != len(titles):
         raise ValueError(f"images/titles: expected equal, non-zero lengths, got {len(images)} "
                          f"and {len(titles)}.")
-    imgs = [_check_image(im, "images[i]") for im in images]
+    imgs = [rgb_image(im, "images[i]") for im in images]
     height = min(im.height for im in imgs)
     imgs = [im.resize((max(1, round(im.width * height / im.height)), height)) for im in imgs]
     font_size = max(12, min(24, height // 20))
@@ -260,160 +259,13 @@ def side_by_side(images: list[Image.Image], titles: list[str], *, pad: int = 8) 
     width = sum(im.width for im in imgs) + pad * (len(imgs) + 1)
     canvas = Image.new("RGB", (width, height + band + pad), "white")
     draw = ImageDraw.Draw(canvas)
-    font = _font(font_size)
+    font = label_font(font_size)
     x = pad
     for im, title in zip(imgs, titles):
         canvas.paste(im, (x, band))
         draw.text((x, pad), str(title), fill=(30, 30, 30), font=font)
         x += im.width + pad
     return canvas
-
-
-def _check_boxes(boxes, size: tuple[int, int]) -> np.ndarray:
-    arr = _as_numpy(boxes, "boxes").astype(np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"boxes: expected shape (M, 4) as (left, top, right, bottom), got "
-                         f"{arr.shape}.")
-    if not np.isfinite(arr).all():
-        raise ValueError("boxes: expected finite pixel coordinates, got NaN/Inf.")
-    w, h = size
-    arr[:, [0, 2]] = np.clip(arr[:, [0, 2]], 0, w)
-    arr[:, [1, 3]] = np.clip(arr[:, [1, 3]], 0, h)
-    return arr
-
-
-def _outline(box: np.ndarray) -> tuple[float, float, float, float]:
-    """Exclusive right/bottom (PIL crop) -> the inclusive corners ImageDraw.rectangle wants."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)
-
-
-def _dashed_rect(draw: ImageDraw.ImageDraw, box, fill, width: int, dash: int) -> None:
-    x0, y0, x1, y1 = box
-    for a, b, horizontal, fixed in ((x0, x1, True, y0), (x0, x1, True, y1),
-                                    (y0, y1, False, x0), (y0, y1, False, x1)):
-        for s in np.arange(a, b, 2 * dash):
-            e = min(s + dash, b)
-            seg = (s, fixed, e, fixed) if horizontal else (fixed, s, fixed, e)
-            draw.line(seg, fill=fill, width=width)
-
-
-def crop_view(image: Image.Image, boxes, *, highlight: list[int] | None = None,
-              labels: list[str] | None = None, kept=None) -> Image.Image:
-    """Draw LaZSL crop boxes on an image.
-
-    Kept crops get a thin light outline, crops dropped by vision selection a faint dashed one, and
-    highlighted crops (those that explain an attribute) a thick coloured box with a short label.
-
-    Parameters
-    ----------
-    boxes : array or Tensor, shape (M, 4)
-        Pixel ``(left, top, right, bottom)``, right/bottom exclusive (PIL's crop convention, as
-        ``core.methods.lazsl.crop_boxes`` returns); clipped to the image.
-    highlight : list of int, optional
-        Crops to emphasise; ``highlight[i]`` gets colour ``class_colors(...)[i]``.
-    labels : list of str, optional, one short text per highlighted crop (cut at 28 chars);
-        placed where it overlaps no other label (inside a corner of its box, else just outside),
-        else shortened to its rank number
-    kept : array or Tensor, shape (M,), bool, optional, vision-selection mask (None: all kept)
-
-    Returns
-    -------
-    view : PIL.Image, RGB, same size as ``image``
-    """
-    img = _check_image(image)
-    arr = _check_boxes(boxes, img.size)
-    m = arr.shape[0]
-    kept_mask = np.ones(m, dtype=bool) if kept is None else _as_numpy(kept, "kept").astype(bool)
-    if kept_mask.shape != (m,):
-        raise ValueError(f"kept: expected shape ({m},) to match boxes, got {kept_mask.shape}.")
-    highlight = [] if highlight is None else [int(i) for i in highlight]
-    if any(not 0 <= i < m for i in highlight):
-        raise ValueError(f"highlight: expected crop indices in [0, {m - 1}], got {highlight}.")
-    if labels is not None and len(labels) != len(highlight):
-        raise ValueError(f"labels: expected one label per highlighted crop ({len(highlight)}), "
-                         f"got {len(labels)}.")
-
-    base = img.convert("RGBA")
-    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    unit = max(1, round(min(img.size) / 250))
-    special = set(highlight)
-    for i in np.flatnonzero(~kept_mask):
-        if i not in special:
-            _dashed_rect(draw, _outline(arr[i]), (200, 200, 200, 150), unit, 4 * unit)
-    for i in np.flatnonzero(kept_mask):
-        if i not in special:
-            draw.rectangle(_outline(arr[i]), outline=(255, 255, 255, 170), width=unit)
-    out = Image.alpha_composite(base, layer)
-
-    draw = ImageDraw.Draw(out)
-    font = _font(max(11, min(20, min(img.size) // 22)))
-    palette = [hex_to_rgb(c) for c in class_colors(len(highlight))]
-    for i, rgb in zip(highlight, palette):
-        draw.rectangle(_outline(arr[i]), outline=rgb, width=3 * unit)
-    texts = []
-    for rank, i in enumerate(highlight):
-        text = str(labels[rank]) if labels is not None else f"#{i}"
-        texts.append(text if len(text) <= 28 else text[:27] + "...")
-    for rgb, (text, tag) in zip(palette,
-                                _label_boxes(draw, font, arr, highlight, texts, img.size, unit)):
-        draw.rectangle(tag, fill=rgb)
-        luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-        left, top = draw.textbbox((0, 0), text, font=font)[:2]
-        draw.text((tag[0] + 2 - left, tag[1] + 2 - top), text, font=font,
-                  fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
-    return out.convert("RGB")
-
-
-def _label_boxes(draw, font, arr: np.ndarray, highlight: list[int], texts: list[str],
-                 size: tuple[int, int], unit: int) -> list[tuple[str, tuple]]:
-    """(text, tag box) per highlighted crop, tags overlapping no other tag: each label tries the
-    four inside corners of its box, then just above and below it; a label with no room is
-    shortened to its rank ("2"), which tries the same spots around the tags already placed."""
-
-    def candidates(rank: int, text: str) -> np.ndarray:  # (6, 4) tag boxes
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left + 4, bottom - top + 4
-        x0, y0, x1, y1 = (float(v) for v in arr[highlight[rank]])
-        o = 3 * unit
-        corners = ((x0 + o, y0 + o), (x1 - o - tw, y0 + o), (x0 + o, y1 - o - th),
-                   (x1 - o - tw, y1 - o - th), (x0, y0 - th - 1), (x0, y1 + 1))
-        return np.array([(x, y, x + tw, y + th) for x, y in corners])
-
-    bounds = (0, 0, *size)
-    full = np.stack([candidates(r, t) for r, t in enumerate(texts)])  # (M, 6, 4)
-    picks = place_labels(full, bounds=bounds)
-    out: list[tuple[str, tuple] | None] = [
-        None if p is None else (texts[r], tuple(full[r, p])) for r, p in enumerate(picks)]
-    missing = [r for r, p in enumerate(picks) if p is None]
-    if missing:
-        placed = np.array([tag for _, tag in filter(None, out)]).reshape(-1, 4)
-        short = np.stack([candidates(r, str(r + 1)) for r in missing])
-        for j, p in enumerate(place_labels(short, obstacles=placed, bounds=bounds)):
-            # Still no room: the number goes in its first spot (overlap beats losing it).
-            out[missing[j]] = (str(missing[j] + 1), tuple(short[j, 0 if p is None else p]))
-    return out
-
-
-def crop_thumbnails(image: Image.Image, boxes, indices, size: int = 112) -> list[Image.Image]:
-    """Cut crops out of an image for a gallery, each padded to a ``size`` x ``size`` square.
-
-    ``boxes`` (M, 4) as in ``crop_view``; ``indices``: which crops, in order.
-    """
-    img = _check_image(image)
-    arr = _check_boxes(boxes, img.size)
-    if int(size) < 1:
-        raise ValueError(f"size: expected a positive integer, got {size}.")
-    thumbs = []
-    for i in indices:
-        i = int(i)
-        if not 0 <= i < arr.shape[0]:
-            raise ValueError(f"indices: crop {i} out of range for {arr.shape[0]} boxes.")
-        x0, y0, x1, y1 = (int(round(v)) for v in arr[i])
-        crop = img.crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
-        thumbs.append(ImageOps.pad(crop, (int(size), int(size)), Image.BICUBIC, color="white"))
-    return thumbs
 
 
 def topk(probs, class_names: list[str], k: int = 3) -> list[list[tuple[str, float]]]:
@@ -432,26 +284,3 @@ def topk(probs, class_names: list[str], k: int = 3) -> list[list[tuple[str, floa
         [(class_names[j], float(v)) for v, j in zip(vrow, irow)]
         for vrow, irow in zip(values.tolist(), idx.tolist())
     ]
-
-
-def mark_changed_caption(name: str, baseline_topk: list[tuple[str, float]],
-                         method_topk: list[tuple[str, float]], label: str | None = None, *,
-                         baseline_name: str = "CLIP", method_name: str = "OTFusion") -> str:
-    """One-line caption comparing the baseline's and the method's top-1 for an image.
-
-    ``"cat.jpg | CLIP: dog 62% -> OTFusion: cat 71% ✓ (changed)"`` when the prediction moved,
-    ``"cat.jpg | CLIP: cat 62% | OTFusion: cat 71% ✓"`` when it did not. The mark (✓ / ✗) appears
-    only with a ground-truth ``label``.
-    """
-    if not baseline_topk or not method_topk:
-        raise ValueError("baseline_topk/method_topk: expected at least one (class, prob) each.")
-    b_cls, b_p = baseline_topk[0]
-    m_cls, m_p = method_topk[0]
-    changed = b_cls != m_cls
-    sep = " -> " if changed else " | "
-    text = f"{name} | {baseline_name}: {b_cls} {b_p:.0%}{sep}{method_name}: {m_cls} {m_p:.0%}"
-    if label is not None:
-        text += " ✓" if m_cls == label else f" ✗ (true: {label})"
-    if changed:
-        text += " (changed)"
-    return text

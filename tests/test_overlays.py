@@ -1,4 +1,5 @@
-"""Tests for demo/overlays.py: palette, segmentation blend, legend, crop views, captions."""
+"""Tests for demo/overlays.py and demo/crop_views.py: palette, segmentation blend, legend,
+crop views, top-k."""
 
 import numpy as np
 import pytest
@@ -6,16 +7,14 @@ import torch
 from PIL import Image
 
 from core.pipeline import NOT_SEEN
+from demo.crop_views import crop_thumbnails, crop_view
 from demo.overlays import (
     NOT_SEEN_DARKEN,
     NOT_SEEN_STRIPE,
     UNKNOWN_COLOR,
     class_colors,
-    crop_thumbnails,
-    crop_view,
     hex_to_rgb,
     legend_html,
-    mark_changed_caption,
     segmentation_overlay,
     side_by_side,
     topk,
@@ -267,16 +266,3 @@ def test_topk_matches_torch_topk():
     assert len(topk(probs.numpy(), names, k=10)[0]) == 5  # k clipped to K
     with pytest.raises(ValueError, match="match class_names"):
         topk(probs, names[:4])
-
-
-def test_mark_changed_caption():
-    base = [("dog", 0.62), ("cat", 0.30)]
-    fused = [("cat", 0.71), ("dog", 0.2)]
-    changed = mark_changed_caption("cat.jpg", base, fused, "cat")
-    assert changed == "cat.jpg | CLIP: dog 62% -> OTFusion: cat 71% ✓ (changed)"
-    same = mark_changed_caption("a.png", fused, fused, "dog", method_name="GPUA")
-    assert same == "a.png | CLIP: cat 71% | GPUA: cat 71% ✗ (true: dog)"
-    unlabeled = mark_changed_caption("x", base, base)
-    assert "✓" not in unlabeled and "✗" not in unlabeled and "changed" not in unlabeled
-    with pytest.raises(ValueError):
-        mark_changed_caption("x", [], fused)

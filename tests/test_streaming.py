@@ -84,7 +84,8 @@ def test_a_slider_landing_while_a_stage_is_solved_is_kept(keys, upload, tmp_path
     def slider_lands_meanwhile(*args, **kwargs):
         out = finish(*args, **kwargs)
         if "moved" not in held and "now" in held:
-            held["now"] = held["moved"] = flow.resolve("otfusion", held["now"], {"lam": 0.3}).session
+            moved = flow.resolve("otfusion", held["now"], {"lam": 0.3}).session
+            held["now"] = held["moved"] = moved
         return out
 
     monkeypatch.setattr(flow, "_finish_session", slider_lands_meanwhile)
