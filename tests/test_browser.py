@@ -163,8 +163,8 @@ def _error_badges(page) -> int:
 
 
 def _all_tabs(page, prefix: str) -> None:
-    for tab in ("Predictions", "Metrics", "Embedding", "Dynamics", "Segmentation", "LaZSL",
-                "Playground"):
+    for tab in ("Predictions", "Metrics", "Compare", "Embedding", "Dynamics", "Segmentation",
+                "LaZSL", "Playground"):
         button = page.get_by_role("tab", name=tab, exact=True)
         if not button.is_visible():  # narrow screens move some tabs into Gradio's overflow menu
             page.locator("#tabs .overflow-menu > button").first.click(timeout=10_000)
