@@ -463,6 +463,7 @@ def _tabs(c) -> None:
             low, high, step = ui_range(OTFusionSettings, "lam")
             c["play_lam"] = gr.Slider(low, high, d["lam"], step=step, label="OTFusion λ", scale=1)
             c["play_button"] = gr.Button("Generate", variant="primary", scale=0)
+        c["play_shown"] = gr.State(None)  # what the plots show (demo.playground)
         c["play_note"] = gr.Markdown(elem_id="play-note")
         with gr.Row():
             c["play_accuracy"] = gr.Plot(label="Accuracy")
@@ -570,22 +571,20 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
           keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_name="explain",
           concurrency_id="solve", trigger_mode="always_last")
 
-    # The playground's inputs by its parameter names (its API), each from "play_<name>".
+    # The playground's inputs by its parameter names (its API), each from "play_<name>". One
+    # event for every control (the preset too: the handler sets the knobs), so one session's
+    # moves never overlap and ``play_shown`` always says what the page shows; unchanged figures
+    # are skipped, and the old plots stay up (no progress overlay) while the new ones compute.
     play_in = {name: c[_PLAY_INPUTS.get(name, f"play_{name}")]
                for name in playground.PLAYGROUND_DEFAULTS}
-    play_out = _out(c, playground.PlaygroundOutputs._fields)
     play_triggers = [c["play_button"].click, demo.load] + [
         x.release if isinstance(x, gr.Slider) else x.input
-        for x in play_in.values() if x is not c["play_preset"]]
-    gr.on(play_triggers, playground.playground, inputs_kwargs=play_in, outputs=play_out,
-          api_name="playground", concurrency_id="heavy", trigger_mode="always_last")
+        for x in play_in.values() if not isinstance(x, gr.State)]
+    gr.on(play_triggers, playground.playground, inputs_kwargs=play_in,
+          outputs=_out(c, playground.PlaygroundOutputs._fields), api_name="playground",
+          concurrency_id="heavy", trigger_mode="always_last", show_progress="minimal")
     c["play_recipe"].input(playground.lam_slider, c["play_recipe"], c["play_lam"], queue=False,
                            api_visibility="private")
-    c["play_preset"].input(playground.preset_knobs, c["play_preset"],
-                           _out(c, playground.PresetKnobs._fields),
-                           api_visibility="private").then(
-        playground.playground, inputs_kwargs=play_in, outputs=play_out,
-        api_visibility="private", concurrency_id="heavy", trigger_mode="always_last")
     # The banner names the chosen models whose weights are missing; one click picks the
     # official code's sources.
     gr.on([c["vlm"].change, c["vfm"].change], inputs.models_banner, [c["vlm"], c["vfm"]],
