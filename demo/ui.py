@@ -461,7 +461,8 @@ def _tabs(c) -> None:
                 embedding.PROJECTIONS[:1] + embedding.PROJECTIONS[2:],
                 value=d["projection"], label="Projection", scale=2)
             low, high, step = ui_range(OTFusionSettings, "lam")
-            c["play_lam"] = gr.Slider(low, high, d["lam"], step=step, label="OTFusion λ", scale=1)
+            c["play_lam"] = gr.Slider(low, high, d["lam"], step=step, label="OTFusion λ", scale=1,
+                                      elem_id="play-lam")
             c["play_button"] = gr.Button("Generate", variant="primary", scale=0)
         c["play_shown"] = gr.State(None)  # what the plots show (demo.playground)
         c["play_note"] = gr.Markdown(elem_id="play-note")
