@@ -50,7 +50,17 @@ from core.config import (
 )
 from core.data import PRESETS
 from core.models import get_spec, model_choices
-from demo import dynamics, embedding, inputs, lazsl, linking, playground, predictions, segmentation
+from demo import (
+    dynamics,
+    embedding,
+    inputs,
+    lazsl,
+    linking,
+    playground,
+    predictions,
+    segmentation,
+    warmup,
+)
 from demo import run as flow
 from demo.controls import name_input_errors
 from demo.examples import EXAMPLES_DIR, example_rows
@@ -642,15 +652,11 @@ def _resolver(method: str, handler=None):
     return resolve
 
 
-def _warm_imports() -> None:
-    # The first torch.optim optimizer in a process imports torch._dynamo (~0.7 s on 2 cores);
-    # do it while the server starts rather than inside the first user's GPUA fit.
-    import torch._dynamo  # noqa: F401
-
-
 def launch(demo: gr.Blocks, **overrides):
     """Launch with the production settings; ``overrides`` for tests (port, thread lock...)."""
-    threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+    # The first GPUA fit and UMAP map of a process pay imports and JIT compilation: pay them
+    # while the server starts (demo.warmup), not in the first user's click.
+    threading.Thread(target=warmup.warm_up, name="warm-up", daemon=True).start()
     store = getattr(demo, "session_store", None)
     options = dict(
         max_file_size=os.environ.get("FUSIONLAB_MAX_FILE_SIZE", "200mb"),
