@@ -124,3 +124,13 @@ def test_the_app_wires_one_playground_event_that_keeps_the_old_plots_up():
     plots = {o._id for o in fn.outputs[4:]}
     assert [f for f in demo.fns.values() if f is not fn and plots & {o._id for o in f.outputs}] \
         == []
+
+
+def test_time_hints_are_measured_not_promised(calls):
+    import re
+
+    from demo import embedding
+
+    assert not re.search(r"\d", embedding.PROJECTION_INFO)  # no fixed number of seconds
+    note = playground.playground(**SMALL).play_note
+    assert re.search(r"The two PCA maps took \d+\.\d s", note)
