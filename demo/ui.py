@@ -8,6 +8,9 @@ them. Components are kept
 in a dict keyed by the field names of the handlers' output tuples, so each event's outputs are
 ``[c[f] for f in Outputs._fields]``.
 
+``launch`` starts ``demo.warmup.warm_up`` in a background thread: the first UMAP map and GPUA fit
+of the process then cost what later ones do.
+
 Environment switches (all off by default):
 
 - ``FUSIONLAB_TEST_MODELS=1``: register the tiny random-initialised test models
