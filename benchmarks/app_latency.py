@@ -12,7 +12,7 @@ The server runs ``demo.warmup`` before it opens (``demo.ui.launch`` runs it in t
 here it is done first so it does not compete with the timed moves).
 
 - Main app: ``/resolve`` (the handler the λ / ε / iteration sliders call) is timed through
-  gradio_client for a sequence of λ values: OTFusion re-solved from the cached features,
+  gradio_client for a sequence of distinct λ values: OTFusion re-solved from the cached features,
   captions, the gallery page, metrics figures, convergence curve and the CSV / JSON downloads
   rewritten, all returned. The client does not download the returned files
   (``download_files=False``): a browser fetches gallery thumbnails lazily and the CSV only on
@@ -100,7 +100,8 @@ def main() -> None:
 
     from gradio_client import Client
 
-    lams = [0.3 + 0.1 * (i % 12) for i in range(args.repeats + 1)]
+    # Distinct λ values on the slider's 0.05 grid: no move reuses a solve cached by an earlier one.
+    lams = [round(0.3 + 0.05 * i, 2) for i in range(args.repeats + 1)]
     port = free_port()
     with tempfile.TemporaryDirectory() as work:
         proc = start_app(port, Path(work), env={"FUSIONLAB_DEV_API": "1"}, server=SERVER,
