@@ -12,6 +12,7 @@ Modes alternate (cold, warm, cold, warm...) so load on a shared machine hits bot
 
     python benchmarks/warmup.py              # 1 round
     python benchmarks/warmup.py --rounds 2
+    python benchmarks/warmup.py --rounds 3 --parts gpua --threads 1   # GPUA alone, one thread
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
+import torch
+if {threads}:
+    torch.set_num_threads({threads})
 import core.synthetic as synthetic
 from core.methods import FeatureSet, run_method
 from demo.maps import project_2d
@@ -52,14 +56,16 @@ def umap_map(seed):
     project_2d(x, method="umap")
     return time.perf_counter() - start
 
-out["gpua_first_s"], out["gpua_second_s"] = gpua(1), gpua(2)
-out["umap_first_s"], out["umap_second_s"] = umap_map(1), umap_map(2)
+if "gpua" in {parts!r}:
+    out["gpua_first_s"], out["gpua_second_s"] = gpua(1), gpua(2)
+if "umap" in {parts!r}:
+    out["umap_first_s"], out["umap_second_s"] = umap_map(1), umap_map(2)
 print("RESULT " + json.dumps(out))
 """
 
 
-def _child(warm: bool) -> dict:
-    code = CHILD.format(root=str(ROOT), warm=warm)
+def _child(warm: bool, parts: tuple[str, ...], threads: int) -> dict:
+    code = CHILD.format(root=str(ROOT), warm=warm, parts=parts, threads=threads)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, check=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
@@ -69,12 +75,15 @@ def _child(warm: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--parts", nargs="+", default=["gpua", "umap"], choices=["gpua", "umap"])
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads in the children (0: torch's default)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
     runs = {"cold": [], "warm": []}
     for _ in range(args.rounds):
         for mode in runs:
-            runs[mode].append(_child(mode == "warm"))
+            runs[mode].append(_child(mode == "warm", tuple(args.parts), args.threads))
             print(mode, runs[mode][-1], flush=True)
     summary = {mode: {k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0]}
                for mode, rows in runs.items()}
