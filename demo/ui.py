@@ -9,7 +9,7 @@ in a dict keyed by the field names of the handlers' output tuples, so each event
 ``[c[f] for f in Outputs._fields]``.
 
 ``launch`` starts ``demo.warmup.warm_up`` in a background thread: the first UMAP map and GPUA fit
-of the process then cost what later ones do.
+of the process then cost what later ones do (``FUSIONLAB_WARM_UP=0``: no warm-up; tests).
 
 Environment switches (all off by default):
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -659,7 +658,7 @@ def launch(demo: gr.Blocks, **overrides):
     """Launch with the production settings; ``overrides`` for tests (port, thread lock...)."""
     # The first GPUA fit and UMAP map of a process pay imports and JIT compilation: pay them
     # while the server starts (demo.warmup), not in the first user's click.
-    threading.Thread(target=warmup.warm_up, name="warm-up", daemon=True).start()
+    warmup.start()
     store = getattr(demo, "session_store", None)
     options = dict(
         max_file_size=os.environ.get("FUSIONLAB_MAX_FILE_SIZE", "200mb"),

@@ -15,12 +15,16 @@ second, with and without it). Three one-off costs:
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 import time
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+_STOP = threading.Event()  # set at exit: no further warm-up step starts
 
 WARM_SAMPLES = 40  # synthetic samples of the tiny GPUA fit
 WARM_CLASSES = 4
@@ -52,6 +56,8 @@ def warm_up(parts=("gpua", "umap")) -> dict[str, float]:
     steps = {"gpua": warm_gpua, "umap": warm_umap}
     seconds = {}
     for part in parts:
+        if _STOP.is_set():
+            break
         start = time.perf_counter()
         try:
             steps[part]()
@@ -60,3 +66,22 @@ def warm_up(parts=("gpua", "umap")) -> dict[str, float]:
         seconds[part] = time.perf_counter() - start
     log.info("warm-up done: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return seconds
+
+
+def start() -> threading.Thread | None:
+    """``warm_up`` in a daemon thread, unless ``FUSIONLAB_WARM_UP=0`` (tests: their app processes
+    are short and the warm-up would only take their CPU). At exit the step in progress ends and
+    no other starts."""
+    if os.environ.get("FUSIONLAB_WARM_UP", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    thread = threading.Thread(target=warm_up, name="warm-up", daemon=True)
+    thread.start()
+    atexit.register(_finish, thread)
+    return thread
+
+
+def _finish(thread: threading.Thread) -> None:
+    # A daemon thread still inside torch or numba while the interpreter finalises aborts the
+    # process ("terminate called without an active exception", exit code 134).
+    _STOP.set()
+    thread.join()
