@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import time
 from typing import Any, NamedTuple
 
 import gradio as gr
@@ -25,8 +26,10 @@ from demo.predictions import compare_method, md_cell, subset_indices, true_label
 from demo.state import Session, need_session, user_errors
 
 PROJECTIONS = (("PCA", "pca"), ("t-SNE", "tsne"), ("UMAP", "umap"))
-PROJECTION_INFO = ("PCA is instant; t-SNE takes a few seconds per 1,000 images; UMAP ~10 s "
-                   "the first time (it compiles), then a few seconds.")
+# No fixed promise of a time: t-SNE and UMAP grow with the images and the server's load; the
+# note under the maps says what they took (measured).
+PROJECTION_INFO = ("PCA is instant; t-SNE and UMAP take longer, more with more images (the note "
+                   "under the maps gives the time they took).")
 TRUE_CLASS = "true class"
 # Colour modes: radio value -> label. Right / wrong and prediction use the map's method.
 COLOR_MODES = {TRUE_CLASS: "true class", "prediction": "prediction", "correctness":
@@ -58,10 +61,12 @@ def _projection(session: Session, which: str, method: str):
         image = feats.vlm_image if which == "before" else mapped_features(session)
         stacked = torch.cat([torch.nn.functional.normalize(image, dim=1),
                              torch.nn.functional.normalize(feats.text, dim=1)])
-        session.memo[key] = plots.project_2d(stacked, method=method)
-    xy = session.memo[key]
+        start = time.perf_counter()
+        xy = plots.project_2d(stacked, method=method)
+        session.memo[key] = (xy, time.perf_counter() - start)  # the time: for the note
+    xy, seconds = session.memo[key]
     n = feats.n_images
-    return xy[:n], xy[n:]
+    return xy[:n], xy[n:], seconds
 
 
 def is_drawn(session, projection: str) -> bool:
@@ -177,11 +182,12 @@ def embedding_views(session: Session, projection: str, color_by: str, highlight:
     gap_after = modality_gap(mapped, feats.text)
     if highlight is not None and not 0 <= int(highlight) < feats.n_images:
         highlight = None
-    figs = []
+    figs, seconds = [], 0.0
     for which, title, gaps in (("before", "Before: CLIP image vs text", f"{gap_before:.2f}"),
                                ("after", "After: GPUA-mapped VFM vs text",
                                 f"{gap_before:.2f} -> {gap_after:.2f}")):
-        img_xy, txt_xy = _projection(session, which, projection)
+        img_xy, txt_xy, took = _projection(session, which, projection)
+        seconds += took
         fig = plots.embedding_figure(
             img_xy, txt_xy, image_color_labels=groups, class_names=session.class_names,
             hover=hover, title=title,
@@ -199,7 +205,8 @@ def embedding_views(session: Session, projection: str, color_by: str, highlight:
             "(double-click the map to clear); hover for the file, its true class and every "
             f"method's answer{' with a thumbnail' if thumbs else ''}. Mean cosine of each image "
             f"to its {session.title(method)} class prototype: {cos_before:.3f} before, "
-            f"{cos_after:.3f} after GPUA's map.")
+            f"{cos_after:.3f} after GPUA's map. The {projection.upper()} projections took "
+            f"{seconds:.1f} s (once per Run; redraws reuse them).")
     if highlight is not None:
         note += f" The ringed point is **{md_cell(session.names[int(highlight)])}**."
     return figs[0], figs[1], gap_fig, note

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 import torch
 
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13, color="#222")
@@ -18,6 +19,12 @@ TITLE_SIZE = 16
 # (tests/test_plots.py checks every figure's title against it).
 TITLE_MAX_CHARS = 36
 TITLE_TOP = 40  # px above the title: room for the label Gradio puts over a plot
+TEMPLATE = "plotly_white"
+# Every figure of the app starts from TEMPLATE as Plotly's default: a figure takes the default
+# template without validating it, while setting one on a figure validates and copies all of it
+# (measured under load 13 on 2 cores: 190 ms per figure, against 12 ms with the default; the
+# Playground's λ move redraws two figures).
+pio.templates.default = TEMPLATE
 
 
 def theme(fig: go.Figure, *, title: str, height: int, subtitle: str | None = None) -> go.Figure:
@@ -29,7 +36,9 @@ def theme(fig: go.Figure, *, title: str, height: int, subtitle: str | None = Non
                 yref="container", yanchor="top", pad=dict(t=TITLE_TOP))
     if subtitle:
         head["subtitle"] = dict(text=subtitle, font=dict(size=12, color="#555"))
-    fig.update_layout(template="plotly_white", font=FONT, height=height, title=head,
+    if fig.layout.template.layout.paper_bgcolor != "white":  # made before the default was set
+        fig.update_layout(template=TEMPLATE)
+    fig.update_layout(font=FONT, height=height, title=head,
                       margin=dict(l=60, r=30, t=TITLE_TOP + (64 if subtitle else 44), b=50),
                       hoverlabel=dict(font_size=12))
     return fig

@@ -41,7 +41,7 @@ def project_2d(features, *, method: str = "pca", seed: int = 0) -> np.ndarray:
     ``features`` (P, d) array or Tensor, P >= 3, d >= 2; returns ``xy`` (P, 2) float64.
     ``method``: "pca"; "tsne" (perplexity ``min(30, (P - 1) / 3)``, at least 1, PCA init, exact
     gradients up to 200 points, Barnes-Hut above); "umap" (``n_neighbors = min(15, P - 1)``;
-    imported lazily, it JIT-compiles for ~10 s on first use in a process).
+    imported lazily; its first fit in a process JIT-compiles (``demo.warmup`` does that at start).
     """
     x = to_numpy(features, "features")
     if x.ndim != 2 or x.shape[0] < 3 or x.shape[1] < 2:
@@ -222,6 +222,34 @@ def embedding_figure(image_xy, text_xy, *, image_color_labels: list[str], class_
     return fig
 
 
+def project_panel(image, text, *, method: str = "pca", seed: int = 0,
+                  name: str = "panel") -> tuple[np.ndarray, np.ndarray, float]:
+    """One map panel: images and text prototypes projected jointly (one ``project_2d`` call on
+    the stacked, L2-normalised features), so the gap between the two clouds stays visible.
+
+    ``image`` (N, d), ``text`` (K, d) in one space; returns ``image_xy`` (N, 2), ``text_xy``
+    (K, 2) and the modality gap (distance between the normalised centroids, core.metrics' gap).
+    ``name`` words the error message (e.g. "before").
+    """
+    img = normalise(to_numpy(image, f"{name}_image"))
+    txt = normalise(to_numpy(text, f"{name}_text"))
+    if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
+        raise ValueError(f"{name}_image/{name}_text: expected (N, d) and (K, d) in one "
+                         f"space, got {img.shape} and {txt.shape}.")
+    xy = project_2d(np.concatenate([img, txt]), method=method, seed=seed)  # (N + K, 2)
+    gap = float(np.linalg.norm(img.mean(axis=0) - txt.mean(axis=0)))
+    return xy[: len(img)], xy[len(img):], gap
+
+
+def map_heads(method: str, gap_before: float, gap_after: float, *,
+              before_name: str = "CLIP image", after_name: str = "GPUA-mapped VFM"):
+    """((title, subtitle) of the "before" map, (title, subtitle) of the "after" map)."""
+    axis = method.upper()
+    return ((f"Before: {before_name} vs text", f"{axis} · modality gap {gap_before:.2f}"),
+            (f"After: {after_name} vs text",
+             f"{axis} · modality gap {gap_before:.2f} -> {gap_after:.2f}"))
+
+
 def embedding_maps(before_image, before_text, after_image, after_text, *,
                    image_color_labels: list[str], class_names: list[str],
                    hover: list[str] | None = None, method: str = "pca", seed: int = 0,
@@ -230,10 +258,9 @@ def embedding_maps(before_image, before_text, after_image, after_text, *,
                    after_name: str = "GPUA-mapped VFM") -> tuple[go.Figure, go.Figure]:
     """The "before / after" pair of embedding maps, with the modality gap in both titles.
 
-    Each panel projects its images and text prototypes jointly (one ``project_2d`` call on the
-    stacked, L2-normalised features), so the gap between the two clouds stays visible. Two separate
-    figures are returned rather than subplots: each keeps its own legend and zoom, and the app can
-    put them side by side or stack them on narrow screens.
+    Each panel is one ``project_panel``. Two separate figures are returned rather than subplots:
+    each keeps its own legend and zoom, and the app can put them side by side or stack them on
+    narrow screens.
 
     Parameters
     ----------
@@ -245,22 +272,12 @@ def embedding_maps(before_image, before_text, after_image, after_text, *,
         features (the DESIGN.md definition). Other options go to ``project_2d`` /
         ``embedding_figure``. Returns the (before, after) figures.
     """
-    panels = []
-    for img, txt, which in ((before_image, before_text, "before"),
-                            (after_image, after_text, "after")):
-        img = normalise(to_numpy(img, f"{which}_image"))
-        txt = normalise(to_numpy(txt, f"{which}_text"))
-        if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
-            raise ValueError(f"{which}_image/{which}_text: expected (N, d) and (K, d) in one "
-                             f"space, got {img.shape} and {txt.shape}.")
-        xy = project_2d(np.concatenate([img, txt]), method=method, seed=seed)  # (N + K, 2)
-        gap = float(np.linalg.norm(img.mean(axis=0) - txt.mean(axis=0)))  # core.metrics' gap
-        panels.append((xy[: len(img)], xy[len(img):], gap))
+    panels = [project_panel(img, txt, method=method, seed=seed, name=which)
+              for img, txt, which in ((before_image, before_text, "before"),
+                                      (after_image, after_text, "after"))]
     g0 = panels[0][2] if gap_before is None else float(gap_before)
     g1 = panels[1][2] if gap_after is None else float(gap_after)
-    axis = method.upper()
-    heads = ((f"Before: {before_name} vs text", f"{axis} · modality gap {g0:.2f}"),
-             (f"After: {after_name} vs text", f"{axis} · modality gap {g0:.2f} -> {g1:.2f}"))
+    heads = map_heads(method, g0, g1, before_name=before_name, after_name=after_name)
     before, after = (
         embedding_figure(ixy, txy, image_color_labels=image_color_labels,
                          class_names=class_names, hover=hover, title=t, subtitle=s,

@@ -23,7 +23,9 @@ from demo.maps import (  # noqa: F401 (re-exported: the maps are figures like th
     METHODS_2D,
     embedding_figure,
     embedding_maps,
+    map_heads,
     project_2d,
+    project_panel,
 )
 from demo.overlays import UNKNOWN_COLOR, class_colors
 

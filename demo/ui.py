@@ -9,6 +9,9 @@ them. Components are kept
 in a dict keyed by the field names of the handlers' output tuples, so each event's outputs are
 ``[c[f] for f in Outputs._fields]``.
 
+``launch`` starts ``demo.warmup.warm_up`` in a background thread: the first UMAP map and GPUA fit
+of the process then cost what later ones do (``FUSIONLAB_WARM_UP=0``: no warm-up; tests).
+
 Environment switches (all off by default):
 
 - ``FUSIONLAB_TEST_MODELS=1``: register the tiny random-initialised test models
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +63,7 @@ from demo import (
     playground,
     predictions,
     segmentation,
+    warmup,
 )
 from demo import run as flow
 from demo.controls import name_input_errors
@@ -490,8 +493,10 @@ def _tabs(c) -> None:
                 embedding.PROJECTIONS[:1] + embedding.PROJECTIONS[2:],
                 value=d["projection"], label="Projection", scale=2)
             low, high, step = ui_range(OTFusionSettings, "lam")
-            c["play_lam"] = gr.Slider(low, high, d["lam"], step=step, label="OTFusion λ", scale=1)
+            c["play_lam"] = gr.Slider(low, high, d["lam"], step=step, label="OTFusion λ", scale=1,
+                                      elem_id="play-lam")
             c["play_button"] = gr.Button("Generate", variant="primary", scale=0)
+        c["play_shown"] = gr.State(None)  # what the plots show (demo.playground)
         c["play_note"] = gr.Markdown(elem_id="play-note")
         with gr.Row():
             c["play_accuracy"] = gr.Plot(label="Accuracy")
@@ -603,22 +608,20 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
           keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_name="explain",
           concurrency_id="solve", trigger_mode="always_last")
 
-    # The playground's inputs by its parameter names (its API), each from "play_<name>".
+    # The playground's inputs by its parameter names (its API), each from "play_<name>". One
+    # event for every control (the preset too: the handler sets the knobs), so one session's
+    # moves never overlap and ``play_shown`` always says what the page shows; unchanged figures
+    # are skipped, and the old plots stay up (no progress overlay) while the new ones compute.
     play_in = {name: c[_PLAY_INPUTS.get(name, f"play_{name}")]
                for name in playground.PLAYGROUND_DEFAULTS}
-    play_out = _out(c, playground.PlaygroundOutputs._fields)
     play_triggers = [c["play_button"].click, demo.load] + [
         x.release if isinstance(x, gr.Slider) else x.input
-        for x in play_in.values() if x is not c["play_preset"]]
-    gr.on(play_triggers, playground.playground, inputs_kwargs=play_in, outputs=play_out,
-          api_name="playground", concurrency_id="heavy", trigger_mode="always_last")
+        for x in play_in.values() if not isinstance(x, gr.State)]
+    gr.on(play_triggers, playground.playground, inputs_kwargs=play_in,
+          outputs=_out(c, playground.PlaygroundOutputs._fields), api_name="playground",
+          concurrency_id="heavy", trigger_mode="always_last", show_progress="minimal")
     c["play_recipe"].input(playground.lam_slider, c["play_recipe"], c["play_lam"], queue=False,
                            api_visibility="private")
-    c["play_preset"].input(playground.preset_knobs, c["play_preset"],
-                           _out(c, playground.PresetKnobs._fields),
-                           api_visibility="private").then(
-        playground.playground, inputs_kwargs=play_in, outputs=play_out,
-        api_visibility="private", concurrency_id="heavy", trigger_mode="always_last")
     # The banner names the chosen models whose weights are missing; one click picks the
     # official code's sources.
     gr.on([c["vlm"].change, c["vfm"].change], inputs.models_banner, [c["vlm"], c["vfm"]],
@@ -675,15 +678,11 @@ def _resolver(method: str, handler=None):
     return resolve
 
 
-def _warm_imports() -> None:
-    # The first torch.optim optimizer in a process imports torch._dynamo (~0.7 s on 2 cores);
-    # do it while the server starts rather than inside the first user's GPUA fit.
-    import torch._dynamo  # noqa: F401
-
-
 def launch(demo: gr.Blocks, **overrides):
     """Launch with the production settings; ``overrides`` for tests (port, thread lock...)."""
-    threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+    # The first GPUA fit and UMAP map of a process pay imports and JIT compilation: pay them
+    # while the server starts (demo.warmup), not in the first user's click.
+    warmup.start()
     store = getattr(demo, "session_store", None)
     options = dict(
         max_file_size=os.environ.get("FUSIONLAB_MAX_FILE_SIZE", "200mb"),

@@ -1,0 +1,87 @@
+"""Warm-up at start: what the first map and the first GPUA fit of a process would otherwise pay.
+
+``demo.ui.launch`` runs ``warm_up`` in a daemon thread while the server starts, so the first
+user's UMAP map and GPUA fit cost what later ones do (``benchmarks/warmup.py`` measures first vs
+second, with and without it). Three one-off costs:
+
+- torch's optimiser: the first ``torch.optim`` optimiser of a process imports ``torch._dynamo``
+  (GPUA's THS refinement runs AdamW);
+- the first GPUA fit's own first calls (autograd, the linear-algebra kernels of the Procrustes
+  and THS steps): a fit on a few synthetic samples runs them;
+- UMAP: importing umap-learn (numba, pynndescent) and the numba JIT compilation of its fit,
+  which a fit on a few hundred random points triggers (the compiled code does not depend on the
+  number of points).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+_STOP = threading.Event()  # set at exit: no further warm-up step starts
+
+WARM_SAMPLES = 40  # synthetic samples of the tiny GPUA fit
+WARM_CLASSES = 4
+WARM_MAP_POINTS = 300  # random points of the tiny UMAP fit (its exact-neighbour path, as maps'
+WARM_MAP_DIM = 64  # of up to 4,096 points take)
+
+
+def warm_gpua() -> None:
+    """A GPUA fit on ``WARM_SAMPLES`` synthetic samples (imports torch.optim / torch._dynamo)."""
+    import core.synthetic as synthetic
+    from core.methods import FeatureSet, run_method
+
+    data = synthetic.make_synthetic(WARM_SAMPLES, WARM_CLASSES, seed=0)
+    run_method("gpua", FeatureSet(vlm_image=data.vlm_image, text=data.vlm_text,
+                                  vfm_image=data.vfm_image))
+
+
+def warm_umap() -> None:
+    """A UMAP map of ``WARM_MAP_POINTS`` random points (imports umap-learn, JIT-compiles it)."""
+    from demo.maps import project_2d
+
+    x = np.random.default_rng(0).standard_normal((WARM_MAP_POINTS, WARM_MAP_DIM))
+    project_2d(x.astype(np.float32), method="umap")
+
+
+def warm_up(parts=("gpua", "umap")) -> dict[str, float]:
+    """Run the warm-ups named in ``parts`` ("gpua", "umap"); returns the seconds each took. A
+    failure is logged, never raised: a warm-up only saves time."""
+    steps = {"gpua": warm_gpua, "umap": warm_umap}
+    seconds = {}
+    for part in parts:
+        if _STOP.is_set():
+            break
+        start = time.perf_counter()
+        try:
+            steps[part]()
+        except Exception:  # e.g. umap-learn missing: the map then says so when asked for
+            log.exception("warm-up of %s failed", part)
+        seconds[part] = time.perf_counter() - start
+    log.info("warm-up done: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    return seconds
+
+
+def start() -> threading.Thread | None:
+    """``warm_up`` in a daemon thread, unless ``FUSIONLAB_WARM_UP=0`` (tests: their app processes
+    are short and the warm-up would only take their CPU). At exit the step in progress ends and
+    no other starts."""
+    if os.environ.get("FUSIONLAB_WARM_UP", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    thread = threading.Thread(target=warm_up, name="warm-up", daemon=True)
+    thread.start()
+    atexit.register(_finish, thread)
+    return thread
+
+
+def _finish(thread: threading.Thread) -> None:
+    # A daemon thread still inside torch or numba while the interpreter finalises aborts the
+    # process ("terminate called without an active exception", exit code 134).
+    _STOP.set()
+    thread.join()
