@@ -71,7 +71,9 @@ def _expected(key: str, root: Path) -> str:
     return (f"{spec['display']}: {where}, holding either one folder per class "
             f"(<class>/<image>) or the images themselves named <class>_<n>"
             f"{'/'.join(IMAGE_SUFFIXES[:3])} (RS-TransCLIP's formatted images/); classes: "
-            + ", ".join(spec["classes"]))
+            + ", ".join(spec["classes"])
+            + (f" (the release's folder names {', '.join(spec['aliases'])} too)"
+               if spec["aliases"] else ""))
 
 
 def _labeller(key: str, root: Path):

@@ -219,10 +219,12 @@ def _changes(settings: dict) -> str:
 
 
 def table_markdown(report: TableReport) -> str:
+    cells_are = ("ours / paper (Δ = ours - paper), accuracy in %; the last columns average "
+                 "ours and the paper's over the datasets both have, then the paper's printed "
+                 "average" if any(s != NO_PAPER for s in report.paper_sources.values()) else
+                 f"ours, accuracy in % ({NO_PAPER}: we do not have this paper's numbers)")
     lines = [f"## {report.paper} {report.table}: {report.title} ({report.table_id})", "",
-             f"Command: `{report.command}`. Cells: ours / paper (Δ = ours - paper), accuracy "
-             "in %; the last columns average ours and the paper's over the datasets both have, "
-             "then the paper's printed average.", "",
+             f"Command: `{report.command}`. Cells: {cells_are}.", "",
              "| Row | " + " | ".join(report.datasets) + " | Avg ours / paper | Paper avg |",
              "|---|" + "---:|" * (len(report.datasets) + 2)]
     for row in report.rows:
