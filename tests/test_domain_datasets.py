@@ -105,6 +105,21 @@ def test_eurosat_rs_reads_the_release_folders_with_rs_names(tmp_path):
     assert open_benchmark("eurosat_rs", tmp_path).folder.name == "images"
 
 
+def test_category_folders_above_the_class_folders_are_looked_through(tmp_path):
+    """RSI-CB256's release: <category>/<class>/ (transportation/airport_runway/...)."""
+    make_domain(tmp_path / "t", "rsicb256", classes=["airport runway", "avenue"])
+    make_domain(tmp_path / "w", "rsicb256", classes=["river", "dam"])
+    (tmp_path / "RSICB256").mkdir()
+    for cat in ("t", "w"):  # the category folders
+        (tmp_path / cat / "RSICB256").rename(tmp_path / "RSICB256" / cat)
+    data = open_domain_dataset("rsicb256", tmp_path)
+    got = {e.name: e.label for e in data.splits["test"]}
+    names = data.class_names
+    assert got == {"t/airport_runway/0.png": names.index("airport runway"),
+                   "t/avenue/0.png": names.index("avenue"), "w/river/0.png": names.index("river"),
+                   "w/dam/0.png": names.index("dam")}
+
+
 def test_missing_classes_stay_candidates_with_a_note(tmp_path):
     make_domain(tmp_path, "nct_crc", classes=["Adipose", "Debris"])
     data = open_domain_dataset("nct_crc", tmp_path)

@@ -6,7 +6,8 @@ looked for under ``--root`` in the folders its entry lists (``dirs``, first foun
 in one of three layouts:
 
     folder-per-class  <dir>/<class folder>/*.jpg   (the public releases: AID/Airport/...,
-                      NCT-CRC-HE-100K/CRC-VAL-HE-7K/ADI/..., LC25000/.../lung_image_sets/lung_n/)
+                      NCT-CRC-HE-100K/CRC-VAL-HE-7K/ADI/..., LC25000/.../lung_image_sets/lung_n/;
+                      RSI-CB's <category>/<class folder>/ too)
     flat, named       <dir>/<class>_<n>.<ext>      (RS-TransCLIP's formatted ``<Name>/images/``:
                       the class name without spaces, e.g. baseballfield_12.tif)
     csv               <dir>/<csv file> with path, class and split columns (skin cancer:
@@ -17,6 +18,8 @@ A folder or file-name prefix names a class when it equals the class name or one 
 letters and digits only. The test split is what the authors evaluate on (every image of a
 remote-sensing set; NCT's CRC-VAL-HE-7K; all LC25000 lung tiles; skin cancer's Test rows); the
 prompts are ensembled (22 histopathology templates; RS-TransCLIP's 106 averaged prompts).
+TIFF files (NCT, RSI-CB) are not decoded (``core.data.decode.ALLOWED_FORMATS``): a folder of
+them is refused with the conversion to PNG to run.
 """
 
 from __future__ import annotations
@@ -76,11 +79,17 @@ def _expected(key: str, root: Path) -> str:
                if spec["aliases"] else ""))
 
 
-def _labeller(key: str, root: Path):
-    """``name -> class index`` by class name or alias (DatasetError naming the classes)."""
+def _index(key: str) -> dict[str, int]:
+    """Normalised class name or alias -> class index."""
     spec = domain_spec(key)
     index = {_norm(c): i for i, c in enumerate(spec["classes"])}
     index.update({_norm(a): spec["classes"].index(c) for a, c in spec["aliases"].items()})
+    return index
+
+
+def _labeller(key: str, root: Path):
+    """``name -> class index`` by class name or alias (DatasetError naming the classes)."""
+    spec, index = domain_spec(key), _index(key)
 
     def label(name: str, what: str) -> int:
         if _norm(name) not in index:
@@ -93,8 +102,11 @@ def _labeller(key: str, root: Path):
 
 
 def _read_folder(key: str, root: Path, folder: Path) -> list[SplitEntry]:
-    label = _labeller(key, root)
-    per_class = [(d, image_files(d)) for d in class_dirs(folder)]
+    label, dirs = _labeller(key, root), class_dirs(folder)
+    if dirs and not any(_norm(d.name) in _index(key) for d in dirs):
+        # RSI-CB's releases group the class folders in category folders (transportation/...)
+        dirs = [sub for d in dirs for sub in class_dirs(d)] or dirs
+    per_class = [(d, image_files(d)) for d in dirs]
     if any(files for _, files in per_class):  # folder-per-class
         return [SplitEntry(p, rel_name(p, folder), label(d.name, "class folder"))
                 for d, files in per_class if files for p in files]

@@ -10,8 +10,10 @@ paper) times its ``datasets``. Each row is one run of the evaluation harness per
 ``config`` (``methods`` = the row's method; CLIP zero-shot always runs too) and the solver
 settings ``MethodSettings().replace(**row.solver)``; the paper's number
 is the one in ``core.eval.paper_numbers.TABLES`` of that paper, table, method and protocol (and
-VFM, where a table has several), so every number exists once. Rows the harness cannot run yet are
-listed with ``runnable=False`` and what they need, never run.
+VFM, where a table has several), so every number exists once; a table whose paper numbers we
+do not hold (``paper_numbers=False``: the CVPR successor's domains) reports ours with "no paper
+number held". Rows the harness cannot run yet are listed with ``runnable=False`` and what they
+need, never run.
 """
 
 from __future__ import annotations
