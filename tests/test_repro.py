@@ -139,6 +139,7 @@ def test_listing_says_what_each_table_needs(capsys):
         assert t in text
     assert "[not yet runnable]" in text and "CUB-200-2011 and Places365" in text
     assert "needs: ImageNet in the CoOp layout" in text
+    assert "none of these domain models is in our model registry" in text  # otf-cvpr-domains
     assert cli_main(["repro", "--tables"]) == 0 and "gpua-t7" in capsys.readouterr().out
 
 
