@@ -32,6 +32,7 @@ from core.data.coop import (  # noqa: F401  (re-exported: the harness's dataset 
     rel_name,
 )
 from core.data.decode import BadImageError, SkippedFile
+from core.data.domain_datasets import DOMAIN_DATASETS, open_domain_dataset
 from core.data.imagenet_variants import VARIANTS, open_imagenet_variant
 from core.data.images import ImageItem
 from core.data.lazsl_datasets import LAZSL_DATASETS, open_lazsl_dataset
@@ -45,7 +46,9 @@ def open_benchmark(name: str, root: str | os.PathLike | None, *, split_file=None
 
     name : a preset key or display name ("oxford_pets", "DTD"), an ImageNet variant
         (``core.data.imagenet_variants``: "imagenet_a", ...), "cub" or "places365"
-        (``core.data.lazsl_datasets``), a folder under ``root``, or a path.
+        (``core.data.lazsl_datasets``), a remote-sensing or histopathology set
+        (``core.data.domain_datasets``: "aid", "nct_crc", ...), a folder under ``root``, or a
+        path.
     split_file : another CoOp-format split JSON for a CoOp dataset.
     layout : "auto", "coop" or "folder" (a preset's folder read as folder-per-class).
     Raises ``DatasetError`` naming what was expected.
@@ -57,6 +60,8 @@ def open_benchmark(name: str, root: str | os.PathLike | None, *, split_file=None
         return open_imagenet_variant(variant, root)
     if variant in LAZSL_DATASETS:  # CUB-200-2011, Places365: their release layouts
         return open_lazsl_dataset(variant, root)
+    if variant in DOMAIN_DATASETS:  # remote sensing, histopathology (OTFusion's successor)
+        return open_domain_dataset(variant, root)
     root_path = Path(root) if root is not None else None
     preset = None
     try:

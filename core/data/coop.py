@@ -108,6 +108,7 @@ class BenchmarkData:
     layout: str  # "coop" or "folder"
     is_preset: bool
     notes: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()  # a prompt ensemble that replaces ``template`` when given
 
 
 def norm_name(name: str) -> str:

@@ -223,6 +223,8 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
     notes = list(data.notes)
     solver = config.solver.replace(gpua={"seed": config.seed})
     template = config.template or data.template
+    # a dataset's own prompt ensemble (the domain datasets) unless --template overrides it
+    templates = (template,) if config.template or not data.templates else data.templates
     if config.template and data.is_preset:
         notes.append(f"prompt overridden with {config.template!r}: not the paper protocol.")
 
@@ -237,7 +239,7 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
             notes.append(f"LaZSL with {config.n_crops} crops per image (paper: "
                          f"{LAZSL_CROPS_PAPER}; --n-crops).")
     base = ExtractSettings(vlm=config.vlm, vfm=config.vfm, extra_vlms=config.extra_vlms,
-                           extra_vfms=config.extra_vfms, templates=(template,),
+                           extra_vfms=config.extra_vfms, templates=templates,
                            batch_size=config.batch_size, device=config.device,
                            precision=config.precision, lazsl_recipe=solver.lazsl.recipe)
     test_entries = data.splits["test"]
@@ -285,7 +287,7 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
                                         settings=solver))
     settings = {
         "vlm": config.vlm, "vfm": config.vfm, "vlms": list(base.vlms), "vfms": list(base.vfms),
-        "template": template, "methods": list(config.methods),
+        "template": template, "templates": list(templates), "methods": list(config.methods),
         "otfusion_recipes": list(config.otfusion_recipes),
         "otfusion_shots": config.otfusion_shots, "gpua_shots": config.gpua_shots,
         "gpua_fit": config.gpua_fit, "seed": config.seed, "max_images": config.max_images,

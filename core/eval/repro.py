@@ -27,10 +27,11 @@ from core.eval.harness import evaluate_dataset
 from core.eval.records import EvalConfig, MethodRow
 from core.eval.tables import ReproRow, ReproTable, paper_row
 
-__all__ = ["Cell", "TableReport", "check_runnable", "run_table", "table_markdown",
+__all__ = ["NO_PAPER", "Cell", "TableReport", "check_runnable", "run_table", "table_markdown",
            "write_table_report"]
 
 _EVAL_FIELDS = {f.name for f in fields(EvalConfig)} - {"solver"}
+NO_PAPER = "no paper number held"  # a table (row) whose paper numbers we do not have
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def run_table(table: ReproTable, root, *, overrides: dict | None = None,
                          f"{', '.join(table.datasets)}.")
     configs = {row.label: _row_config(table, row, {**options, **overrides}, solver)
                for row in table.rows}
-    papers = {row.label: paper_row(table, row) for row in table.rows}
+    papers = {row.label: paper_row(table, row) for row in table.rows}  # None: none held
+    printed = {k: {} if p is None else p.values for k, p in papers.items()}
     cells, notes = [], []
     for ds in wanted:
         try:
@@ -136,7 +138,7 @@ def run_table(table: ReproTable, root, *, overrides: dict | None = None,
             first = str(exc).splitlines()[0].removesuffix(" Expected:")
             first += " (the expected layout is in the notes)"
             notes.append(f"{ds}: not evaluated: {exc}")
-            cells += [Cell(r.label, ds, "missing", paper=papers[r.label].values.get(ds),
+            cells += [Cell(r.label, ds, "missing", paper=printed[r.label].get(ds),
                            note=first) for r in table.rows]
             continue
         notes += [f"{ds}: {n}" for n in data.notes]  # the reader's, once per dataset
@@ -151,7 +153,7 @@ def run_table(table: ReproTable, root, *, overrides: dict | None = None,
                         + note).rstrip("; ")
             cells.append(Cell(row.label, ds, "failed" if got is None else got.status,
                               None if got is None else got.accuracy,
-                              papers[row.label].values.get(ds),
+                              printed[row.label].get(ds),
                               "" if got is None else got.protocol,
                               0 if got is None else got.n_images, note))
     if overrides or solver:
@@ -164,8 +166,10 @@ def run_table(table: ReproTable, root, *, overrides: dict | None = None,
     return TableReport(
         table_id=table.id, paper=table.paper, table=table.table, title=table.title,
         command=table.command, datasets=wanted, rows=tuple(r.label for r in table.rows),
-        cells=tuple(cells), paper_averages={k: p.average for k, p in papers.items()},
-        paper_sources={k: p.source for k, p in papers.items()}, settings=settings,
+        cells=tuple(cells),
+        paper_averages={k: None if p is None else p.average for k, p in papers.items()},
+        paper_sources={k: NO_PAPER if p is None else p.source for k, p in papers.items()},
+        settings=settings,
         overrides={**overrides, **{f"solver.{k}": v for k, v in solver.items()}},
         notes=tuple(dict.fromkeys(notes)))
 
@@ -181,10 +185,10 @@ def _paper(x: float | None) -> str:
     return "–" if x is None else f"{x:g}"  # as printed (66.6, 74.95)
 
 
-def _cell_text(c: Cell) -> str:
+def _cell_text(c: Cell, held: bool) -> str:
     ours = _fmt(c.ours) if c.status == "ok" else c.status
     if c.paper is None:
-        return ours
+        return ours if held else f"{ours} / no paper number"
     diff = "" if c.diff is None else f" ({c.diff:+.2f})"
     return f"{ours} / {_paper(c.paper)}{diff}"
 
@@ -215,14 +219,17 @@ def _changes(settings: dict) -> str:
 
 
 def table_markdown(report: TableReport) -> str:
+    cells_are = ("ours / paper (Δ = ours - paper), accuracy in %; the last columns average "
+                 "ours and the paper's over the datasets both have, then the paper's printed "
+                 "average" if any(s != NO_PAPER for s in report.paper_sources.values()) else
+                 f"ours, accuracy in % ({NO_PAPER}: we do not have this paper's numbers)")
     lines = [f"## {report.paper} {report.table}: {report.title} ({report.table_id})", "",
-             f"Command: `{report.command}`. Cells: ours / paper (Δ = ours - paper), accuracy "
-             "in %; the last columns average ours and the paper's over the datasets both have, "
-             "then the paper's printed average.", "",
+             f"Command: `{report.command}`. Cells: {cells_are}.", "",
              "| Row | " + " | ".join(report.datasets) + " | Avg ours / paper | Paper avg |",
              "|---|" + "---:|" * (len(report.datasets) + 2)]
     for row in report.rows:
-        cells = [_cell_text(report.cell(row, d)) for d in report.datasets]
+        held = report.paper_sources[row] != NO_PAPER
+        cells = [_cell_text(report.cell(row, d), held) for d in report.datasets]
         ours, paper = _averages(report, row)
         avg = "–" if ours is None else f"{ours:.2f} / {paper:.2f}"
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {avg} | "

@@ -37,7 +37,7 @@ def tables_listing() -> str:
             lines.append(f"{'':18s} needs: {need}")
         if t.runnable:
             lines.append(f"{'':18s} run: {t.command}")
-        elif t.note:
+        if t.note:  # a runnable table's note says how it departs from the paper
             lines.append(f"{'':18s} {t.note}")
     return "\n".join(lines)
 

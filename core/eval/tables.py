@@ -10,8 +10,10 @@ paper) times its ``datasets``. Each row is one run of the evaluation harness per
 ``config`` (``methods`` = the row's method; CLIP zero-shot always runs too) and the solver
 settings ``MethodSettings().replace(**row.solver)``; the paper's number
 is the one in ``core.eval.paper_numbers.TABLES`` of that paper, table, method and protocol (and
-VFM, where a table has several), so every number exists once. Rows the harness cannot run yet are
-listed with ``runnable=False`` and what they need, never run.
+VFM, where a table has several), so every number exists once; a table whose paper numbers we
+do not hold (``paper_numbers=False``: the CVPR successor's domains) reports ours with "no paper
+number held". Rows the harness cannot run yet are listed with ``runnable=False`` and what they
+need, never run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from core.config import LAZSL_CROPS_PAPER
+from core.data.domain_datasets import DOMAIN_DATASETS
 from core.eval.paper_numbers import (
     _GPUA_ORDER,
     _OTF_ORDER,
@@ -71,6 +74,7 @@ class ReproTable:
     runnable: bool = True
     note: str = ""
     own_command: str = ""  # a table run by another subcommand (segmentation: ``seg-eval``)
+    paper_numbers: bool = True  # False: we hold none of the paper's numbers for it
 
     @property
     def command(self) -> str:
@@ -81,8 +85,11 @@ class ReproTable:
         return f"python -m core repro {self.id} --root DATA{extra} --out results/{self.id}"
 
 
-def paper_row(table: ReproTable, row: ReproRow) -> PaperRow:
-    """The ``paper_numbers.TABLES`` entry of ``row`` (exactly one; ValueError otherwise)."""
+def paper_row(table: ReproTable, row: ReproRow) -> PaperRow | None:
+    """The ``paper_numbers.TABLES`` entry of ``row`` (exactly one; ValueError otherwise), or
+    None for a table whose paper numbers we do not hold (``paper_numbers=False``)."""
+    if not table.paper_numbers:
+        return None
     found = [r for r in TABLES if r.paper == table.paper and r.table == table.table
              and r.method == row.method and r.protocol == row.protocol
              and (row.paper_vfm is None
@@ -225,18 +232,27 @@ CLASSIFICATION_TABLES: tuple[ReproTable, ...] = (
              " the LaZSL text we hold does not give it."),
 )
 
-# The CVPR 2026 successor of OTFusion adds remote-sensing and histopathology domains; we hold
-# none of its numbers and read none of those datasets yet.
-_PLANNED: tuple[ReproTable, ...] = (
+# The CVPR 2026 successor of OTFusion ("SOTA", same authors) adds remote-sensing and
+# histopathology datasets (core.data.domain_datasets); we hold none of its numbers.
+_SOTA_MODELS = (
+    "The authors fuse domain VLMs with their self-adaptive OT solver: histopathology CLIP "
+    "ViT-B/16 + CONCH (+ PLIP, MUSK), remote sensing CLIP ViT-B/32 + GeoRSCLIP, RemoteCLIP and "
+    "SkyCLIP-50; none of these domain models is in our model registry and their solver is not "
+    "implemented here, so this table runs CLIP zero-shot and OTFusion (paper recipe) with "
+    "OTFusion's own backbones (CLIP ViT-B/16 + DINOv2 ViT-L/14), with the authors' datasets, "
+    "class names, test splits and prompt ensembles. No paper number held: the paper's tables "
+    "are not in /work/shared/papers. Not read: SICAP-MIL, SICAPv2, WSSS4LUAD, PanNuke "
+    "(Excel / absolute-path CSV splits).")
+_DOMAINS: tuple[ReproTable, ...] = (
     ReproTable(
         "otf-cvpr-domains", "SOTA (OTFusion, CVPR 2026)", "extra domains",
-        "Remote sensing and histopathology", (), (),
-        ("folder-per-class readers with class lists and prompts for its remote-sensing and "
-         "histopathology datasets", "the paper's table (not in /work/shared/papers)"),
-        runnable=False,
-        note="not yet runnable: we hold neither its dataset list nor its numbers; meanwhile "
-             "any such dataset runs through `python -m core eval --dataset FOLDER` "
-             "(folder-per-class, generic prompt), with no paper number beside it."),
+        "Remote sensing and histopathology, transductive zero-shot", tuple(DOMAIN_DATASETS),
+        (_otf("CLIP", "zero-shot", "clip"), _otf("OTFusion", "joint")),
+        ("each dataset in its release layout or RS-TransCLIP's formatted one under --root "
+         "(core.data.domain_datasets; absent ones are listed as missing)",
+         "weights: CLIP ViT-B/16, DINOv2 ViT-L/14"),
+        {"vlm": _CLIP_B16, "vfm": _DINOV2, "otfusion_recipes": ("paper",)},
+        note=_SOTA_MODELS, paper_numbers=False),
 )
 
 # ---------------------------------------------------------------- segmentation (GPUA Tables 2, 8)
@@ -257,7 +273,7 @@ def _segmentation_table(t: Mapping) -> ReproTable:
 SEGMENTATION: tuple[ReproTable, ...] = tuple(map(_segmentation_table, SEGMENTATION_TABLES))
 
 # id -> table, in listing order
-_ALL = CLASSIFICATION_TABLES + _PLANNED + SEGMENTATION
+_ALL = CLASSIFICATION_TABLES + _DOMAINS + SEGMENTATION
 REPRO_TABLES: dict[str, ReproTable] = {t.id: t for t in _ALL}
 assert len(REPRO_TABLES) == len(_ALL), "two tables share an id"
 
