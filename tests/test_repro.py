@@ -111,9 +111,9 @@ def test_registry_ids_are_unique_and_every_row_has_its_paper_row():
                               if t.runnable and t.kind == "classification"}
     # GPUA's segmentation tables are listed, each pointing at its own seg-eval command
     seg = {t.id: t for t in registry.SEGMENTATION}
-    assert set(seg) == {"gpua-table2", "gpua-table8"}
+    assert set(seg) == {"gpua-t2", "gpua-t8"}
     assert all(t.command.startswith("python -m core seg-eval") for t in seg.values())
-    assert seg["gpua-table2"].runnable and not seg["gpua-table8"].runnable
+    assert seg["gpua-t2"].runnable and not seg["gpua-t8"].runnable
     with pytest.raises(ValueError, match="unknown table 'gpua-t9'; known: otf-t1a"):
         get_table("gpua-t9")
 
@@ -144,7 +144,7 @@ def test_listing_says_what_each_table_needs(capsys):
 
 
 def test_a_table_that_cannot_run_says_what_it_needs(tmp_path, capsys):
-    assert cli_main(["repro", "gpua-table8", "--root", str(tmp_path)]) == 2
+    assert cli_main(["repro", "gpua-t8", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "not run by `repro`" in err and "cityscapes" in err.lower()
 

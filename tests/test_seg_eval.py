@@ -282,7 +282,7 @@ def test_seg_eval_command_reports_a_wrong_layout(models, tmp_path, capsys):
 
 def test_segmentation_tables_describe_both_tables():
     ids = [t["id"] for t in SEGMENTATION_TABLES]
-    assert ids == ["gpua-table2", "gpua-table8"]
+    assert ids == ["gpua-t2", "gpua-t8"]
     t8 = SEGMENTATION_TABLES[1]
     assert set(t8["datasets"]) == set(KEYS) and set(t8["needs"]) == set(KEYS)
     assert "seg-eval" in t8["command"] and "SC-CLIP" in t8["not_available"]

@@ -49,7 +49,7 @@ def _command(table_sets) -> str:
 
 
 SEGMENTATION_TABLES = (
-    {"id": "gpua-table2", "paper": "GPUA", "table": "Table 2",
+    {"id": "gpua-t2", "paper": "GPUA", "table": "Table 2",
      "title": "Open-vocabulary segmentation mIoU: MaskCLIP / SCLIP / SC-CLIP with and without "
               "GPUA (DINOv3)",
      "datasets": _TABLE2_SETS,
@@ -57,7 +57,7 @@ SEGMENTATION_TABLES = (
      "command": _command(_TABLE2_SETS),
      "reproducible_rows": tuple(SEG_METHOD_ROWS.values()),
      "not_available": tuple(r for r in _NOT_AVAILABLE if r in SEGMENTATION)},
-    {"id": "gpua-table8", "paper": "GPUA", "table": "Table 8",
+    {"id": "gpua-t8", "paper": "GPUA", "table": "Table 8",
      "title": "Segmentation on five benchmarks incl. Cityscapes and COCO-Stuff-164k: SC-CLIP "
               "with and without GPUA, Talk2DINO",
      "datasets": _TABLE8_SETS,
