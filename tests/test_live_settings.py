@@ -50,7 +50,8 @@ CUSTOM = MethodSettings(
     lazsl=LaZSLSettings(theta=0.6, eps=0.2, recipe="official"),
 )
 GPUA_KEYWORDS = {"vfm_features", "vlm_features", "text_features", "recipe", "lam", "eps",
-                 "n_ucm_iter", "targets", "ths_steps", "ths_k", "reorthogonalize", "generator"}
+                 "n_ucm_iter", "targets", "ths_steps", "ths_k", "reorthogonalize", "generator",
+                 "loss", "mining"}
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 200, 30)}
 
 
