@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead: fp32 eager vs int8 / channels-last / torch.compile / ONNX "
                              "Runtime (fp32, int8) at --threads (default 2 and 1), interleaved, "
                              "with worst cosine to fp32 on natural images")
-    parser.add_argument("--candidates", default="int8 dynamic,fp32 channels-last,torch.compile,onnx",
+    parser.add_argument("--candidates",
+                        default="int8 dynamic,fp32 channels-last,torch.compile,onnx",
                         help="--fast-paths candidates, a comma list")
     parser.add_argument("--onnx-dir", default=None,
                         help="--fast-paths: where ONNX exports are kept between runs "

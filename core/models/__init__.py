@@ -24,6 +24,7 @@ from core.models.tiny import tiny_test_models
 __all__ = [
     "MODELS", "ModelSpec", "Encoder", "WeightsUnavailableError", "register_model", "get_spec",
     "list_models", "model_choices", "load_encoder", "download_models",
-    "preload_from_hub_lines", "resolve_device", "resolve_precision", "ensure_weights", "tiny_test_models",
+    "preload_from_hub_lines", "resolve_device", "resolve_precision", "ensure_weights",
+    "tiny_test_models",
     "CropGeometry", "crop_box", "crop_geometry", "hf_cache_dir",
 ]
