@@ -20,6 +20,7 @@ Weights are random (timing does not depend on them): a real-size architecture th
     python benchmarks/encode.py                                   # ViT-B/16 + tiny, defaults
     python benchmarks/encode.py --model clip-vit-b32 --n-images 128 --batch-size 32
     python benchmarks/encode.py --fast-paths --batch-size 16 --repeats 3   # CPU candidates
+    python benchmarks/encode.py --fast-paths --threads 2 --candidates "int8 dynamic,onnx"
 """
 
 from __future__ import annotations
@@ -126,6 +127,12 @@ def bench_cache(key: str, n_images: int) -> dict:
             "rerun_s": read_s, "size_mb": size_mb}
 
 
+def _print_rows(rows: list[dict]) -> None:
+    for row in rows:
+        print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in row.items()), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", nargs="+", default=["clip-vit-b16", "test-tiny-clip-vit"],
@@ -139,18 +146,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--fast-paths", action="store_true",
-                        help="instead: fp32 / int8 / channels-last x 2 and 1 threads, "
-                             "interleaved, with worst cosine to fp32 on natural images")
+                        help="instead: fp32 eager vs int8 / channels-last / torch.compile / ONNX "
+                             "Runtime (fp32, int8) at --threads (default 2 and 1), interleaved, "
+                             "with worst cosine to fp32 on natural images")
+    parser.add_argument("--candidates",
+                        default="int8 dynamic,fp32 channels-last,torch.compile,onnx",
+                        help="--fast-paths candidates, a comma list")
+    parser.add_argument("--onnx-dir", default=None,
+                        help="--fast-paths: where ONNX exports are kept between runs "
+                             "(default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.fast_paths:
         from benchmarks.fast_paths import bench_fast_paths
         from core.models.realsize import realsize_models
 
-        for key in realsize_models().values():
-            for row in bench_fast_paths(key, batch_size=args.batch_size, repeats=args.repeats,
-                                        threads=[2, 1]):
-                print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in row.items()), flush=True)
+        names = {n.strip() for n in args.candidates.split(",") if n.strip()}
+        with tempfile.TemporaryDirectory() as scratch:
+            for role, key in realsize_models().items():
+                folder = Path(args.onnx_dir or scratch) / role
+                folder.mkdir(parents=True, exist_ok=True)
+                rows = bench_fast_paths(key, batch_size=args.batch_size, repeats=args.repeats,
+                                        threads=[args.threads] if args.threads else [2, 1],
+                                        names=names, onnx_folder=folder)
+                _print_rows(rows)
         return
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -59,27 +59,102 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def candidates(key: str) -> dict:
-    """name -> forward(pixels (B, 3, S, S)) -> (B, d), L2-normalised features."""
-    fp32 = load_encoder(key, device="cpu")
-    int8 = load_encoder(key, device="cpu", precision="int8")
-    found = {
-        "fp32 eager": lambda x: fp32.encode_pixels(x, batch_size=len(x)),
-        "int8 dynamic": lambda x: int8.encode_pixels(x, batch_size=len(x)),
-        "fp32 channels-last": lambda x: fp32.encode_pixels(
-            x.contiguous(memory_format=torch.channels_last), batch_size=len(x)),
-    }
-    # channels-last only changes the patch-embedding conv's input layout (one layer of a ViT).
+class _Global(torch.nn.Module):
+    """The encoder's global image forward as a module (for torch.compile and ONNX export)."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.model = encoder.model  # registered, so export sees the weights
+        self.forward_global = encoder._forward_global
+
+    def forward(self, x):  # (B, 3, S, S) -> (B, d), not normalised
+        return self.forward_global(x)
+
+
+def _onnx_sessions(encoder, example, folder: Path, threads: int) -> dict:
+    """ONNX Runtime sessions of the image tower: fp32, int8 per tensor and int8 per channel.
+
+    Exported with torch.onnx (dynamo exporter, dynamic batch) and quantised with ORT's dynamic
+    int8 (MatMul / Gemm weights only), once per folder. Empty when onnxruntime is missing.
+    """
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        print("onnxruntime is not installed: ONNX Runtime candidates skipped "
+              "(pip install onnxruntime onnx onnxscript)")
+        return {}
+    fp32_path = folder / "fp32.onnx"
+    if not fp32_path.exists():
+        start = time.perf_counter()
+        torch.onnx.export(_Global(encoder).eval(), (example,), str(fp32_path), dynamo=True,
+                          input_names=["pixels"], output_names=["features"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+        print(f"ONNX export: {time.perf_counter() - start:.1f} s", flush=True)
+    paths = {"ORT fp32": fp32_path}
+    for name, per_channel in (("ORT int8 per tensor", False), ("ORT int8 per channel", True)):
+        paths[name] = folder / f"int8_{'channel' if per_channel else 'tensor'}.onnx"
+        if not paths[name].exists():
+            quantize_dynamic(str(fp32_path), str(paths[name]), weight_type=QuantType.QInt8,
+                             per_channel=per_channel)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Spinning worker threads steal the cores of a shared machine (measured 0.6x when on).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    found = {}
+    for name, path in paths.items():
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        found[name] = lambda x, s=session: torch.nn.functional.normalize(
+            torch.from_numpy(s.run(None, {"pixels": x.numpy()})[0]), dim=-1)
     return found
 
 
-def bench_fast_paths(key: str, *, batch_size: int, repeats: int, threads: list[int]) -> list[dict]:
-    """Interleaved throughput of each candidate and its worst cosine to fp32 on natural images."""
+def candidates(key: str, example: torch.Tensor, *, names: set[str] | None = None,
+               onnx_folder: Path | None = None, threads: int = 2) -> dict:
+    """name -> forward(pixels (B, 3, S, S)) -> (B, d), L2-normalised features.
+
+    ``names`` picks among "fp32 eager" (always), "int8 dynamic", "fp32 channels-last",
+    "torch.compile" and "onnx" (the ORT sessions, exported to ``onnx_folder``).
+    """
+    names = set(names or {"int8 dynamic", "fp32 channels-last", "torch.compile", "onnx"})
+    fp32 = load_encoder(key, device="cpu")
+    found = {"fp32 eager": lambda x: fp32.encode_pixels(x, batch_size=len(x))}
+    if "int8 dynamic" in names:
+        int8 = load_encoder(key, device="cpu", precision="int8")
+        found["int8 dynamic"] = lambda x: int8.encode_pixels(x, batch_size=len(x))
+    if "fp32 channels-last" in names:
+        # channels-last only changes the patch-embedding conv's input layout (one layer of a ViT).
+        found["fp32 channels-last"] = lambda x: fp32.encode_pixels(
+            x.contiguous(memory_format=torch.channels_last), batch_size=len(x))
+    if "torch.compile" in names:
+        compiled = torch.compile(_Global(fp32).eval())
+        start = time.perf_counter()
+        with torch.inference_mode():
+            compiled(example)
+        print(f"torch.compile (inductor) first call: {time.perf_counter() - start:.1f} s",
+              flush=True)
+
+        def run_compiled(x):
+            with torch.inference_mode():
+                return torch.nn.functional.normalize(compiled(x), dim=-1)
+
+        found["torch.compile"] = run_compiled
+    if "onnx" in names and onnx_folder is not None:
+        found.update(_onnx_sessions(fp32, example, onnx_folder, threads))
+    return found
+
+
+def bench_fast_paths(key: str, *, batch_size: int, repeats: int, threads: list[int],
+                     names: set[str] | None = None, onnx_folder: Path | None = None) -> list[dict]:
+    """Interleaved throughput of each candidate and its worst cosine to fp32 on natural images.
+
+    ONNX Runtime sessions use ``max(threads)`` threads whatever the row's torch threads.
+    """
     fp32 = load_encoder(key, device="cpu")
     images = natural_images()
     pixels = torch.stack([fp32.preprocess(im) for im in images])  # (n, 3, S, S)
     timing = pixels[:batch_size]
-    found = candidates(key)
+    found = candidates(key, timing, names=names, onnx_folder=onnx_folder, threads=max(threads))
     reference = found["fp32 eager"](pixels)
     default_threads = torch.get_num_threads()
     runs = [(name, t) for name in found for t in threads]
@@ -95,7 +170,9 @@ def bench_fast_paths(key: str, *, batch_size: int, repeats: int, threads: list[i
             loads.append(os.getloadavg()[0])
     torch.set_num_threads(default_threads)
     base = times[("fp32 eager", max(threads))]
-    cosines = {name: (found[name](pixels) * reference).sum(-1) for name in found}
+    cosines = {name: (torch.cat([found[name](pixels[i:i + batch_size])  # batches: ORT memory
+                                 for i in range(0, len(pixels), batch_size)]) * reference).sum(-1)
+               for name in found}
     rows = []
     for name, t in runs:
         cos = cosines[name]
@@ -106,27 +183,3 @@ def bench_fast_paths(key: str, *, batch_size: int, repeats: int, threads: list[i
                      "worst_cos": float(cos.min()), "mean_cos": float(cos.mean()),
                      "n_images": len(images), "load": float(np.mean(loads))})
     return rows
-
-
-def bench_compile(key: str, *, batch_size: int, repeats: int) -> dict:
-    """torch.compile of the image tower: compile seconds, then interleaved speed vs eager."""
-    fp32 = load_encoder(key, device="cpu")
-    x = torch.stack([fp32.preprocess(im) for im in natural_images(4)][:batch_size])
-    model = fp32.model.visual if hasattr(fp32.model, "visual") else fp32.model
-    compiled = torch.compile(model)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        compiled(x) if hasattr(fp32.model, "visual") else compiled(pixel_values=x)
-    compile_s = time.perf_counter() - start
-
-    def run(m):
-        with torch.inference_mode():
-            return m(x) if hasattr(fp32.model, "visual") else m(pixel_values=x)
-
-    eager_t, comp_t = [], []
-    for _ in range(repeats):
-        eager_t.append(_timed(lambda: run(model)))
-        comp_t.append(_timed(lambda: run(compiled)))
-    return {"model": key, "compile_s": compile_s,
-            "speedup_median": float(np.median([e / c for e, c in zip(eager_t, comp_t)])),
-            "load": os.getloadavg()[0]}

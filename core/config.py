@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 __all__ = [
-    "APP_CPU_PRECISION", "PRECISION", "PRECISIONS",
+    "APP_CPU_PRECISION", "PRECISION", "PRECISIONS", "FAST_PATH_MIN_COSINE",
     "BATCH_SIZE", "DEFAULT_TEMPLATE", "DEFAULT_VFM", "DEFAULT_VLM", "EVAL_CHUNK_SIZE",
     "GPUA_LOSSES", "GPUA_MININGS", "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS",
     "GPUA_TRIPLET_MARGIN", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
@@ -61,13 +61,19 @@ LAZSL_CROP_SCALE = (0.6, 0.9)  # crop side as a fraction of the short edge, U(al
 # ----------------------------------------------------------------------------- runs
 
 BATCH_SIZE = 32  # images per model forward
-# core.models.load_encoder's precisions (int8: CPU only; bf16 / fp16: CUDA only)
-PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+# core.models.load_encoder's precisions (int8: CPU only; bf16 / fp16: CUDA only; "auto": per
+# model, int8 on a CPU where its measured cosine passes FAST_PATH_MIN_COSINE, else fp32)
+PRECISIONS = ("fp32", "auto", "int8", "bf16", "fp16")
+# The worst cosine to the fp32 features a fast path must keep on natural images (issue 12) for
+# "auto" to use it; per model, measured by benchmarks/encode.py --fast-paths and recorded in the
+# registry (ModelSpec.int8_worst_cos).
+FAST_PATH_MIN_COSINE = 0.999
 PRECISION = "fp32"  # CLI and eval: exact features (the papers' numbers are fp32)
 # The app's default on a CPU. int8 (dynamic quantisation of the Linear layers) is offered, not the
 # default: measured on the real-size architectures (benchmarks/README.md, "Real-size CPU fast
 # paths") it is 1.4x faster on CLIP ViT-B/16 at a worst cosine of 0.9999 to fp32, but DINOv2-B's
-# worst cosine is 0.9973, below the 0.999 the project requires of a fast path.
+# worst cosine is 0.9973, below the 0.999 the project requires of a fast path. "auto" (int8 for
+# CLIP ViT-B/16 only) is offered too; fp32 stays the default so that the app's numbers are exact.
 APP_CPU_PRECISION = "fp32"
 EVAL_CHUNK_SIZE = 2048  # images the eval harness reads and encodes at once (bounds memory)
 SEED = 0  # GPUA's THS minibatches, eval subsets

@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from core.cli import build_parser
+from core.config import FAST_PATH_MIN_COSINE
 from core.data import load_image_set
-from core.models import get_spec, load_encoder
+from core.models import get_spec, load_encoder, register_model, resolve_precision
 from core.models.encoders import _encode_text_trimmed
 from core.models.tiny import tiny_test_models
 from core.pipeline.cache import FeatureCache, model_key
@@ -149,3 +151,56 @@ def test_int8_features_never_mix_with_fp32_in_the_cache(tmp_path):
     again = extract(image_set, ["a", "b"], replace(settings, precision="int8"), cache=cache)
     assert again.stats["forward_passes"] == 0
     torch.testing.assert_close(again.features.vlm_image, fast.features.vlm_image)
+
+
+def _int8_twin(role: str, worst_cos: float | None) -> str:
+    """A tiny entry registered with a measured int8 cosine (what `int8_worst_cos` records)."""
+    spec = get_spec(TINY[role])
+    return register_model(replace(spec, key=f"{spec.key}-int8-{worst_cos}",
+                                  int8_worst_cos=worst_cos)).key
+
+
+def test_auto_precision_is_int8_only_where_the_measured_cosine_passes():
+    passes, fails, unmeasured = (_int8_twin("clip_vit", FAST_PATH_MIN_COSINE + 5e-4),
+                                 _int8_twin("dinov2", FAST_PATH_MIN_COSINE - 1e-3),
+                                 _int8_twin("dinov2", None))
+    assert resolve_precision(passes, "auto", "cpu") == "int8"
+    assert resolve_precision(fails, "auto", "cpu") == "fp32"
+    assert resolve_precision(unmeasured, "auto", "cpu") == "fp32"
+    assert resolve_precision(passes, "auto", "cuda") == "fp32"  # int8 is a CPU path
+    assert resolve_precision(fails, "int8", "cpu") == "int8"  # explicit precisions stay
+    assert load_encoder(passes, device="cpu", precision="auto") is load_encoder(
+        passes, device="cpu", precision="int8")
+    assert load_encoder(fails, device="cpu", precision="auto") is load_encoder(fails,
+                                                                               device="cpu")
+    # the recorded measurement is not part of the features' identity (the cache key's digest)
+    digest = model_key(get_spec(passes)).rsplit("-", 1)[1]
+    assert digest == model_key(get_spec(TINY["clip_vit"])).rsplit("-", 1)[1]
+    # the real entries: CLIP ViT-B/16 passes the bar, DINOv2-B does not (benchmarks/README.md)
+    assert resolve_precision("clip-vit-b16", "auto", "cpu") == "int8"
+    assert resolve_precision("dinov2-base", "auto", "cpu") == "fp32"
+
+
+def test_auto_precision_is_honoured_end_to_end(tmp_path):
+    image_set = load_image_set(_zip(tmp_path, n=3))
+    cache = FeatureCache(tmp_path / "cache")
+    vlm, vfm = _int8_twin("clip_vit", 0.9999), _int8_twin("dinov2", 0.99)
+    settings = ExtractSettings(vlm=vlm, vfm=vfm)
+    exact = extract(image_set, ["a", "b"], settings, cache=cache)
+    int8 = extract(image_set, ["a", "b"], replace(settings, precision="int8"), cache=None)
+    auto = extract(image_set, ["a", "b"], replace(settings, precision="auto"), cache=cache)
+    # CLIP runs int8 (its own cache entries), the DINOv2 features are the exact ones, from cache
+    torch.testing.assert_close(auto.features.vlm_image, int8.features.vlm_image, atol=0, rtol=0)
+    assert not torch.equal(auto.features.vlm_image, exact.features.vlm_image)
+    cos = (auto.features.vlm_image * exact.features.vlm_image).sum(-1)
+    assert cos.min() > INT8_COS
+    torch.testing.assert_close(auto.features.vfm_image, exact.features.vfm_image, atol=0, rtol=0)
+    assert not torch.equal(int8.features.vfm_image, exact.features.vfm_image)
+    # the DINOv2 pass was a cache hit (the fp32 run's entries): fewer passes than all-int8
+    assert 0 < auto.stats["forward_passes"] < int8.stats["forward_passes"]
+
+
+def test_cli_accepts_auto_precision():
+    args = build_parser().parse_args(["run", "--images", "x", "--classes", "a,b",
+                                      "--precision", "auto"])
+    assert args.precision == "auto"

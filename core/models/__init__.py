@@ -3,7 +3,13 @@ preprocessing, dense CLIP features, and tiny random-initialised test models."""
 
 from core.models.encoders import Encoder
 from core.models.hub import WeightsUnavailableError, ensure_weights, hf_cache_dir
-from core.models.load import download_models, load_encoder, preload_from_hub_lines, resolve_device
+from core.models.load import (
+    download_models,
+    load_encoder,
+    preload_from_hub_lines,
+    resolve_device,
+    resolve_precision,
+)
 from core.models.preprocess import CropGeometry, crop_box, crop_geometry
 from core.models.registry import (
     MODELS,
@@ -18,6 +24,7 @@ from core.models.tiny import tiny_test_models
 __all__ = [
     "MODELS", "ModelSpec", "Encoder", "WeightsUnavailableError", "register_model", "get_spec",
     "list_models", "model_choices", "load_encoder", "download_models",
-    "preload_from_hub_lines", "resolve_device", "ensure_weights", "tiny_test_models",
+    "preload_from_hub_lines", "resolve_device", "resolve_precision", "ensure_weights",
+    "tiny_test_models",
     "CropGeometry", "crop_box", "crop_geometry", "hf_cache_dir",
 ]

@@ -25,6 +25,7 @@ import warnings
 import torch
 from safetensors import SafetensorError
 
+from core.config import FAST_PATH_MIN_COSINE
 from core.models.encoders import Encoder, OpenClipEncoder, TransformersEncoder
 from core.models.hub import (
     INCOMPLETE,
@@ -41,14 +42,15 @@ from core.models.registry import ModelSpec, get_spec
 
 __all__ = [
     "load_encoder", "download_models", "preload_from_hub_lines", "resolve_device", "PRECISIONS",
-    "check_precision",
+    "check_precision", "resolve_precision",
 ]
 
 # Encoder precisions and the devices they run on. "fp32" is exact and the default; "int8"
 # (Linear layers dynamically quantised) is the fast CPU path, see benchmarks/README.md; the half
-# precisions autocast on CUDA (on this project's 2-core CPU bf16 autocast was 0.6x fp32).
-PRECISIONS = {"fp32": ("cpu", "cuda", "mps"), "int8": ("cpu",), "bf16": ("cuda",),
-              "fp16": ("cuda",)}
+# precisions autocast on CUDA (on this project's 2-core CPU bf16 autocast was 0.6x fp32). "auto"
+# is one of the others, chosen per model by `resolve_precision`.
+PRECISIONS = {"fp32": ("cpu", "cuda", "mps"), "auto": ("cpu", "cuda", "mps"), "int8": ("cpu",),
+              "bf16": ("cuda",), "fp16": ("cuda",)}
 
 _LOADED: dict[tuple[ModelSpec, str], Encoder] = {}  # shared read-only models, never user data
 _LOADED_FAST: dict[tuple[ModelSpec, str, str], Encoder] = {}  # their non-fp32 twins
@@ -77,7 +79,8 @@ def load_encoder(
     ``precision``: "fp32" (exact, default), "int8" (CPU: every ``nn.Linear`` dynamically
     quantised to int8, `torch.ao.quantization.quantize_dynamic`; opt-in: its speed and cosine
     to fp32 are measured by ``benchmarks/encode.py --fast-paths``), "bf16" or "fp16" (CUDA
-    autocast). Features of different precisions are cached apart.
+    autocast), "auto" (per model, see `resolve_precision`; the encoder returned says which).
+    Features of different precisions are cached apart.
 
     Raises
     ------
@@ -90,6 +93,7 @@ def load_encoder(
     spec = get_spec(key)
     dev = resolve_device(device)
     check_precision(precision, dev)
+    precision = resolve_precision(spec, precision, dev)
     with _LOAD_LOCK:
         encoder = _LOADED.get((spec, str(dev)))
         if encoder is None:
@@ -114,6 +118,23 @@ def check_precision(precision: str, device: torch.device) -> None:
             f"precision {precision!r} runs on {' / '.join(PRECISIONS[precision])}, not on "
             f"{device.type}; pick one of {fits} for this device."
         )
+
+
+def resolve_precision(key: str | ModelSpec, precision: str,
+                      device: str | torch.device | None = None) -> str:
+    """The precision model ``key`` really runs in for ``precision`` on ``device``.
+
+    "auto" is "int8" on a CPU for a model whose measured int8 cosine
+    (``ModelSpec.int8_worst_cos``) reaches ``core.config.FAST_PATH_MIN_COSINE``, and "fp32"
+    otherwise (unmeasured models, other devices); every other precision is returned as given.
+    """
+    if precision != "auto":
+        return precision
+    measured = get_spec(key).int8_worst_cos
+    if resolve_device(device).type == "cpu" and measured is not None \
+            and measured >= FAST_PATH_MIN_COSINE:
+        return "int8"
+    return "fp32"
 
 
 def _with_precision(encoder: Encoder, precision: str) -> Encoder:

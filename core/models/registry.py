@@ -64,6 +64,10 @@ class ModelSpec:
     # Explicit architecture for random-init entries: open_clip CLIP kwargs (embed_dim, vision_cfg,
     # text_cfg) or transformers config kwargs including "model_type". Excluded from the hash.
     arch_config: Mapping | None = field(default=None, hash=False)
+    # Worst cosine of int8 (dynamic Linear) image features to fp32 on natural images, measured by
+    # benchmarks/encode.py --fast-paths (None: not measured). Precision "auto" uses int8 only
+    # where it reaches core.config.FAST_PATH_MIN_COSINE. Not part of the cache identity.
+    int8_worst_cos: float | None = None
 
     def __post_init__(self):
         problems = []
@@ -110,22 +114,23 @@ class ModelSpec:
     def identity(self) -> dict:
         """The fields that decide the features (for cache keys): weights + preprocessing."""
         out = asdict(self)
-        for name in ("key", "display_name", "kind", "gated", "hidden"):
+        for name in ("key", "display_name", "kind", "gated", "hidden", "int8_worst_cos"):
             out.pop(name)
         out["arch_config"] = copy.deepcopy(dict(self.arch_config)) if self.arch_config else None
         return out
 
 
-def _clip(key, name, arch, repo, *, size, patch, dim, dense=True):
+def _clip(key, name, arch, repo, *, size, patch, dim, dense=True, int8_worst_cos=None):
     return ModelSpec(
         key=key, display_name=name, kind="vlm", library="open_clip", model_id=arch,
         pretrained="openai", hf_repo=repo, image_size=size, mean=CLIP_MEAN, std=CLIP_STD,
         interpolation="bicubic", resize_size=size, patch_size=patch,
         n_prefix_tokens=1 if patch else 0, output_dim=dim, quick_gelu=True, dense=dense,
+        int8_worst_cos=int8_worst_cos,
     )
 
 
-def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False):
+def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False, int8_worst_cos=None):
     # DINOv2 and DINOv3 alike: their repositories' classification eval transform (short side 256,
     # bicubic, center crop 224), which is also the papers' center-crop-224 protocol. (The
     # transformers DINOv3 processor squashes to 224 x 224 bilinear instead; it distorts the aspect
@@ -134,15 +139,18 @@ def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False):
         key=key, display_name=name, kind="vfm", library="transformers", model_id=repo,
         pretrained=None, hf_repo=repo, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         interpolation="bicubic", resize_size=256, patch_size=patch, n_prefix_tokens=n_prefix,
-        output_dim=dim, gated=gated,
+        output_dim=dim, gated=gated, int8_worst_cos=int8_worst_cos,
     )
 
 
 _BUILTIN = [
     _clip("clip-vit-b32", "CLIP ViT-B/32 (OpenAI)", "ViT-B-32",
           "timm/vit_base_patch32_clip_224.openai", size=224, patch=32, dim=512),
+    # int8_worst_cos: measured on the real-size architecture with random weights
+    # (benchmarks/README.md, "Real-size CPU fast paths"), not on the released weights.
     _clip("clip-vit-b16", "CLIP ViT-B/16 (OpenAI)", "ViT-B-16",
-          "timm/vit_base_patch16_clip_224.openai", size=224, patch=16, dim=512),
+          "timm/vit_base_patch16_clip_224.openai", size=224, patch=16, dim=512,
+          int8_worst_cos=0.9999),
     _clip("clip-vit-l14", "CLIP ViT-L/14 (OpenAI)", "ViT-L-14",
           "timm/vit_large_patch14_clip_224.openai", size=224, patch=14, dim=768),
     _clip("clip-rn50", "CLIP ResNet-50 (OpenAI)", "RN50", "timm/resnet50_clip.openai",
@@ -157,7 +165,7 @@ _BUILTIN = [
     _dino("dinov2-small", "DINOv2 ViT-S/14", "facebook/dinov2-small",
           patch=14, dim=384, n_prefix=1),
     _dino("dinov2-base", "DINOv2 ViT-B/14", "facebook/dinov2-base",
-          patch=14, dim=768, n_prefix=1),
+          patch=14, dim=768, n_prefix=1, int8_worst_cos=0.9973),
     _dino("dinov2-large", "DINOv2 ViT-L/14", "facebook/dinov2-large",
           patch=14, dim=1024, n_prefix=1),
     _dino("dinov2-giant", "DINOv2 ViT-g/14", "facebook/dinov2-giant",

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from core.models import get_spec, load_encoder
+from core.models import get_spec, load_encoder, resolve_device, resolve_precision
 from core.pipeline.cache import FeatureCache, feature_shape, kind_key, model_key
 
 
@@ -36,7 +36,8 @@ class LazyEncoder:
     def __init__(self, key: str, device: str | None, *, precision: str = "fp32"):
         self.spec = get_spec(key)
         self._device = device
-        self.precision = precision
+        # "auto" is resolved now: the cache key (before any load) needs the real precision.
+        self.precision = resolve_precision(self.spec, precision, resolve_device(device))
         self._encoder = None
         self._baseline = 0
 
