@@ -4,7 +4,7 @@ preprocessing, dense CLIP features, and tiny random-initialised test models."""
 from core.models.encoders import Encoder
 from core.models.hub import WeightsUnavailableError, ensure_weights, hf_cache_dir
 from core.models.load import download_models, load_encoder, preload_from_hub_lines, resolve_device
-from core.models.preprocess import CropGeometry, crop_box, crop_geometry
+from core.models.preprocess import CropGeometry, crop_box, crop_geometry, to_uint8
 from core.models.registry import (
     MODELS,
     ModelSpec,
@@ -19,5 +19,5 @@ __all__ = [
     "MODELS", "ModelSpec", "Encoder", "WeightsUnavailableError", "register_model", "get_spec",
     "list_models", "model_choices", "load_encoder", "download_models",
     "preload_from_hub_lines", "resolve_device", "ensure_weights", "tiny_test_models",
-    "CropGeometry", "crop_box", "crop_geometry", "hf_cache_dir",
+    "CropGeometry", "crop_box", "crop_geometry", "hf_cache_dir", "to_uint8",
 ]
