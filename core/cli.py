@@ -144,7 +144,8 @@ def method_settings(args) -> config.MethodSettings:
 def _cache(args):
     from core.pipeline.cache import FeatureCache
 
-    return None if args.no_cache else FeatureCache(args.cache_dir)
+    return None if args.no_cache else FeatureCache(args.cache_dir,
+                                                   store=getattr(args, "store", None))
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -348,7 +349,7 @@ def cmd_eval(args) -> int:
         try:
             report = evaluate_dataset(name, args.root, config, cache=cache,
                                       progress=_PROGRESS, split_file=args.split_file,
-                                      layout=args.layout)
+                                      layout=args.layout, prefetch=getattr(args, "prefetch", None))
         except DatasetError as exc:
             if not args.all:
                 raise
@@ -403,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     _add_shared_args(p)
     p.set_defaults(func=cmd_eval)
+    from core.pipeline.extract_cmd import add_parser  # extract; eval --engine / --store
+
+    add_parser(sub)
     return parser
 
 
