@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 __all__ = [
     "APP_CPU_PRECISION", "PRECISION", "PRECISIONS",
-    "BATCH_SIZE", "DECODE_BATCH", "ENGINES", "RAY_ACTOR_CPUS", "RAY_REQUIREMENTS", "RAY_WORKERS",
+    "BATCH_SIZE", "DECODE_BATCH", "ENGINES", "RAY_ACTOR_CPUS", "RAY_DECODE_CPUS", "RAY_REQUIREMENTS", "RAY_WORKERS",
     "STORE_DIR_ENV", "DEFAULT_TEMPLATE", "DEFAULT_VFM", "DEFAULT_VLM", "EVAL_CHUNK_SIZE",
     "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
     "LAZSL_CROPS_UI", "LAZSL_CROP_SCALE", "LAZSL_RECIPES", "LaZSLSettings", "MethodSettings",
@@ -78,6 +78,7 @@ DECODE_BATCH = 64  # files per CPU decode + preprocess task batch (memory: ~64 d
 # CPUs each model actor asks for where there is no GPU: a fraction, so decode tasks still get a
 # core on a 2-core machine (actors holding every CPU would starve the decoders: a deadlock).
 RAY_ACTOR_CPUS = 0.5
+RAY_DECODE_CPUS = 1.0  # CPUs per read + decode task (Pillow decodes on one core)
 RAY_WORKERS = 1  # model actors per model without GPUs (with GPUs: one per GPU share)
 SEED = 0  # GPUA's THS minibatches, eval subsets
 SWEEP_LAMS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0)  # OTFusion sensitivity grid (paper Fig. 2)

@@ -48,6 +48,7 @@ from core.config import STORE_DIR_ENV
 logger = logging.getLogger(__name__)
 
 STORE_FORMAT = "fusionlab-store-1"
+SPARSE_READ = 4  # read rows one by one when fewer than 1 / SPARSE_READ of a shard is wanted
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _SHARD_RE = re.compile(r"[0-9]{13}-[0-9a-f]{12}\.safetensors")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -165,15 +166,13 @@ class FeatureStore:
         found: dict[str, Tensor] = {}
         for path, picks in by_shard.items():
             try:
-                with safe_open(str(path), framework="pt") as handle:
-                    features = handle.get_tensor("features")  # (n, ...) float32
+                taken = _read_rows(path, [row for _, row in picks], expected_shape)  # (m, ...)
             except Exception as exc:
                 logger.warning("feature store: cannot read %s (%s); recomputing its rows",
                                path, exc)
                 continue
-            if expected_shape is not None and tuple(features.shape[1:]) != tuple(expected_shape):
+            if taken is None:  # a shard of another shape: those rows are recomputed
                 continue
-            taken = features[torch.tensor([row for _, row in picks])]  # (m, ...)
             finite = torch.isfinite(taken.reshape(len(picks), -1)).all(dim=1)
             for (sha, _), tensor, ok in zip(picks, taken, finite.tolist()):
                 if ok:
@@ -234,6 +233,22 @@ class FeatureStore:
         """Every row of (model, kind) as ``{sha: Tensor}`` (tests and exports)."""
         hashes = sorted(self.present(model, kind))
         return self.get_many(model, kind, hashes)[0]
+
+
+def _read_rows(path: Path, rows: list[int], expected_shape) -> Tensor | None:
+    """Rows of a shard's features, (m, ...); None when its row shape is not ``expected_shape``.
+
+    A few rows of a big shard are read one slice each (memory-mapped, only their bytes); many
+    rows, the whole tensor at once.
+    """
+    with safe_open(str(path), framework="pt") as handle:
+        part = handle.get_slice("features")
+        shape = tuple(part.get_shape())
+        if expected_shape is not None and shape[1:] != tuple(expected_shape):
+            return None
+        if len(rows) * SPARSE_READ < shape[0]:
+            return torch.stack([part[row:row + 1][0] for row in rows])
+        return handle.get_tensor("features")[torch.tensor(rows)]
 
 
 def _subfolders(path: Path) -> Iterable[str]:
