@@ -85,8 +85,6 @@ def test_ray_store_equals_the_single_process_path_bit_for_bit(models, job, image
     rows = _rows(store, job)
     for key, feats in zip(job.store_keys, (alone.features.vlm_image, alone.features.vfm_image)):
         assert torch.equal(torch.stack([rows[key][it.sha256] for it in alone.items]), feats)
-    again = run_ray(str(images), job, store)  # everything there: nothing decoded or encoded
-    assert again.stored == 40 and again.encoded == {key: 0 for key in job.store_keys}
 
 
 def _wait_for_cpus(n: float = 2.0, seconds: float = 60.0) -> None:

@@ -16,7 +16,8 @@ from core.data.decode import BadImageError, DecodeResult, SkippedFile, decode_im
 from core.data.images import ImageItem, ImageSet, NoImagesError, load_image_set
 
 __all__ = [
-    "ARCHIVE_SUFFIXES", "IMAGE_SUFFIXES", "PRESETS", "ClassList", "DatasetPreset", "get_preset", "load_attributes",
+    "ARCHIVE_SUFFIXES", "IMAGE_SUFFIXES", "PRESETS", "ClassList", "DatasetPreset", "get_preset",
+    "load_attributes",
     "load_classes_file", "parse_classes", "BadImageError", "DecodeResult", "SkippedFile",
     "decode_image", "decode_many", "ImageItem", "ImageSet", "NoImagesError", "load_image_set",
 ]
