@@ -172,3 +172,12 @@ def test_cli_extract_local_and_a_clear_error_without_ray(models, images, tmp_pat
     assert cli_main(["extract", "--images", str(images), "--vlm", models["clip_vit"],
                      "--vfm", "none"]) == 2
     assert "--store: give the store folder" in capsys.readouterr().err
+
+
+def test_ray_actors_leave_the_decode_tasks_a_cpu():
+    from core.config import RAY_ACTOR_CPUS, RAY_DECODE_CPUS
+    from core.pipeline.ray_engine import actor_cpus
+
+    assert actor_cpus(64, 16) == RAY_ACTOR_CPUS  # a big node: the configured share
+    for cpus, n in ((2, 2), (2, 4), (4, 16), (1, 2)):  # 2 models x 2 workers on 2 cores hung
+        assert 0 < actor_cpus(cpus, n) * n <= max(cpus - RAY_DECODE_CPUS, 0.01 * n)

@@ -54,6 +54,13 @@ def prepare_batch(batch: Mapping[str, np.ndarray], job: StoreJob, present, root:
     return Prepare(job, ray.get(present), root)(batch)
 
 
+def actor_cpus(cpus: float, n_actors: int) -> float:
+    """CPUs each model actor asks for: ``RAY_ACTOR_CPUS``, less when the actors would leave the
+    read + decode tasks under ``RAY_DECODE_CPUS``: actors holding every CPU wait forever for
+    decoded batches that no task can run to make (2 cores, 2 models x 2 workers at 0.5 did)."""
+    return min(RAY_ACTOR_CPUS, max(cpus - RAY_DECODE_CPUS, 0.01 * n_actors) / n_actors)
+
+
 def _filesystem(source: str | Sequence[str]):
     """A pyarrow filesystem for an fsspec URL pyarrow cannot open itself (None otherwise)."""
     first = source if isinstance(source, str) else (source[0] if source else "")
@@ -66,7 +73,7 @@ def _filesystem(source: str | Sequence[str]):
     return PyFileSystem(FSSpecHandler(fsspec.filesystem(scheme)))
 
 
-def run_ray(source: str | Sequence[str], job: StoreJob, store: FeatureStore, *,
+def run_ray(source: str | Sequence[str | os.PathLike], job: StoreJob, store: FeatureStore, *,
             address: str | None = None, workers: int | None = None,
             progress: Progress | None = None,
             fail_after: tuple[int, str] | None = None) -> Summary:
@@ -91,6 +98,8 @@ def run_ray(source: str | Sequence[str], job: StoreJob, store: FeatureStore, *,
         ray.init(address=address, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": here}})
     start, summary = time.perf_counter(), Summary()
+    if not isinstance(source, str):
+        source = [str(p) for p in source]
     root = source if isinstance(source, str) else ""
     paths = source if isinstance(source, str) else list(source)
     if not isinstance(source, str) and not paths:
@@ -109,11 +118,13 @@ def run_ray(source: str | Sequence[str], job: StoreJob, store: FeatureStore, *,
                         fn_kwargs={"job": job, "present": ray.put(present_hashes(store, job)),
                                    "root": root.rstrip("/")})
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    n_models = len(job.models)
+    n_models, size = len(job.models), workers or gpus or RAY_WORKERS
+    resources = {"num_cpus": actor_cpus(ray.cluster_resources().get("CPU", 1), n_models * size)}
+    if gpus:
+        resources["num_gpus"] = 1 / n_models
     for i, spec in enumerate(job.models):
-        resources = ({"num_gpus": 1 / n_models} if gpus else {"num_cpus": RAY_ACTOR_CPUS})
         ds = ds.map_batches(Encode, batch_size=spec.batch_size,
-                            compute=ray.data.ActorPoolStrategy(size=workers or gpus or RAY_WORKERS),
+                            compute=ray.data.ActorPoolStrategy(size=size),
                             fn_constructor_kwargs={"job": job, "index": i,
                                                    "store_root": str(store.root),
                                                    "fail_after": fail_after},
