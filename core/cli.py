@@ -1,4 +1,4 @@
-"""Command line: ``python -m core run | eval | download | models``.
+"""Command line: ``python -m core run | eval | extract | download | models``.
 
 python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip,otfusion
 python -m core download clip-vit-b16 dinov2-large

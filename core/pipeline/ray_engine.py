@@ -104,16 +104,20 @@ def run_ray(source: str | Sequence[str | os.PathLike], job: StoreJob, store: Fea
     paths = source if isinstance(source, str) else list(source)
     if not isinstance(source, str) and not paths:
         return summary
-    # Reading and decoding ask for the same CPUs, so Ray fuses them into one task per block:
-    # one task operator beside the actor pools (on 2 cores: 1 CPU for it, 2 x 0.5 for actors).
-    ds = ray.data.read_binary_files(
-        paths, include_paths=True, filesystem=_filesystem(source), num_cpus=RAY_DECODE_CPUS,
-        file_extensions=[s.lstrip(".") for s in IMAGE_SUFFIXES]
-        + [s.lstrip(".").upper() for s in IMAGE_SUFFIXES])
-    total = len(ds.input_files())
+    def read(where, blocks=None):
+        return ray.data.read_binary_files(
+            where, include_paths=True, filesystem=_filesystem(source), num_cpus=RAY_DECODE_CPUS,
+            override_num_blocks=blocks, file_extensions=[s.lstrip(".") for s in IMAGE_SUFFIXES]
+            + [s.lstrip(".").upper() for s in IMAGE_SUFFIXES])
+
+    files = read(paths).input_files()  # lists the folder (metadata only)
+    total = len(files)
     if total == 0:
         raise ValueError(f"--images: no image file ({', '.join(IMAGE_SUFFIXES)}) under "
                          f"{source}.")
+    # One block per DECODE_BATCH files: Ray's default packs small files into one block, which
+    # one actor would then encode alone however many workers there are.
+    ds = read(files, -(-total // DECODE_BATCH))
     ds = ds.map_batches(prepare_batch, batch_size=DECODE_BATCH, num_cpus=RAY_DECODE_CPUS,
                         fn_kwargs={"job": job, "present": ray.put(present_hashes(store, job)),
                                    "root": root.rstrip("/")})
