@@ -1,4 +1,4 @@
-"""Command line: ``python -m core run | eval | repro | seg-eval | download | models``.
+"""Command line: ``python -m core run | eval | repro | seg-eval | extract | download | models``.
 
 python -m core run --images photos.zip --classes "cat, dog, bird" --methods clip,otfusion
 python -m core download clip-vit-b16 dinov2-large
@@ -150,7 +150,8 @@ def method_settings(args) -> config.MethodSettings:
 def _cache(args):
     from core.pipeline.cache import FeatureCache
 
-    return None if args.no_cache else FeatureCache(args.cache_dir)
+    return None if args.no_cache else FeatureCache(args.cache_dir,
+                                                   store=getattr(args, "store", None))
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -354,7 +355,7 @@ def cmd_eval(args) -> int:
         try:
             report = evaluate_dataset(name, args.root, config, cache=cache,
                                       progress=_PROGRESS, split_file=args.split_file,
-                                      layout=args.layout)
+                                      layout=args.layout, prefetch=getattr(args, "prefetch", None))
         except DatasetError as exc:
             if not args.all:
                 raise
@@ -412,9 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from core.eval.repro_cli import add_parser as add_repro_parser  # python -m core repro
     from core.eval.seg_command import add_parser as add_seg_eval  # GPUA Tables 2 and 8
+    from core.pipeline.extract_cmd import add_parser as add_extract  # extract; eval --engine
 
     add_seg_eval(sub)
     add_repro_parser(sub)
+    add_extract(sub)
     return parser
 
 

@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 __all__ = [
     "APP_CPU_PRECISION", "PRECISION", "PRECISIONS", "FAST_PATH_MIN_COSINE",
-    "BATCH_SIZE", "DEFAULT_TEMPLATE", "DEFAULT_VFM", "DEFAULT_VLM", "EVAL_CHUNK_SIZE",
+    "BATCH_SIZE", "DECODE_BATCH", "ENGINES", "RAY_ACTOR_CPUS", "RAY_DECODE_CPUS",
+    "RAY_REQUIREMENTS", "RAY_WORKERS", "STORE_DIR_ENV", "DEFAULT_TEMPLATE", "DEFAULT_VFM",
+    "DEFAULT_VLM", "EVAL_CHUNK_SIZE",
     "GPUA_LOSSES", "GPUA_MININGS", "GPUA_RECIPES", "GPUASettings", "GPUA_TARGETS",
     "GPUA_TRIPLET_MARGIN", "LAZSL_CROPS", "LAZSL_CROPS_PAPER",
     "LAZSL_CROPS_UI", "LAZSL_CROP_SCALE", "LAZSL_RECIPES", "LaZSLSettings", "MethodSettings",
@@ -76,6 +78,19 @@ PRECISION = "fp32"  # CLI and eval: exact features (the papers' numbers are fp32
 # CLIP ViT-B/16 only) is offered too; fp32 stays the default so that the app's numbers are exact.
 APP_CPU_PRECISION = "fp32"
 EVAL_CHUNK_SIZE = 2048  # images the eval harness reads and encodes at once (bounds memory)
+
+# ----------------------------------------------------------------------------- scale-out
+# The sharded feature store (core.pipeline.store) and the Ray Data extraction
+# (core.pipeline.distributed, ``python -m core extract``).
+STORE_DIR_ENV = "FUSIONLAB_STORE_DIR"  # a store the single-machine path also reads, when set
+RAY_REQUIREMENTS = "requirements-ray.txt"  # the optional extra: pip install -r it
+ENGINES = ("local", "ray")  # --engine of extract and eval
+DECODE_BATCH = 64  # files per CPU decode + preprocess task batch (memory: ~64 decoded images)
+# CPUs each model actor asks for where there is no GPU: a fraction, so decode tasks still get a
+# core on a 2-core machine (actors holding every CPU would starve the decoders: a deadlock).
+RAY_ACTOR_CPUS = 0.5
+RAY_DECODE_CPUS = 1.0  # CPUs per read + decode task (Pillow decodes on one core)
+RAY_WORKERS = 1  # model actors per model without GPUs (with GPUs: one per GPU share)
 SEED = 0  # GPUA's THS minibatches, eval subsets
 SWEEP_LAMS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0)  # OTFusion sensitivity grid (paper Fig. 2)
 SWEEP_EPSS = (0.005, 0.01, 0.05, 0.1)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_evaluate import _png, make_eurosat
 from test_domain_datasets import make_domain
+from test_evaluate import _png, make_eurosat
 from test_imagenet_variants import SHARED, WNIDS, make_imagenet, make_variant
 from test_lazsl_datasets import make_cub, make_places
 

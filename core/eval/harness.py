@@ -212,8 +212,11 @@ def _solve(run: _Run, test: FeatureSet, paper: Callable, notes: list[str]) -> Me
 
 def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig | None = None,
                      *, cache=None, progress: Progress | None = None,
-                     split_file=None, layout: str = "auto") -> DatasetReport:
-    """Run every method of ``config`` on one dataset (the Python API of ``python -m core eval``)."""
+                     split_file=None, layout: str = "auto", prefetch=None) -> DatasetReport:
+    """Run every method of ``config`` on one dataset (the Python API of ``python -m core eval``).
+
+    ``prefetch``: see ``core.eval.splits.extract_split`` (``eval --engine ray``).
+    """
     from core.methods.run import sensitivity_sweep
     from core.pipeline.extraction import ExtractSettings
 
@@ -250,13 +253,15 @@ def evaluate_dataset(dataset: str | BenchmarkData, root=None, config: EvalConfig
     split = extract_split(
         test_entries, data.class_names,
         replace(base, n_crops=config.n_crops if run_lazsl else 0, attributes=attrs),
-        cache=cache, chunk_size=config.chunk_size, progress=progress, desc=f"{data.key} test")
+        cache=cache, chunk_size=config.chunk_size, progress=progress, desc=f"{data.key} test",
+        prefetch=prefetch)
     test, skipped = split.features, list(split.skipped)
     extraction, seconds = {"test": split.describe()}, {"test": round(split.seconds, 3)}
 
     def pool(shots: int, settings, name: str, desc: str) -> FeatureSet:
         part = train_pool(data, settings, shots, seed=config.seed, max_images=config.max_images,
-                          chunk_size=config.chunk_size, cache=cache, progress=progress, desc=desc)
+                          chunk_size=config.chunk_size, cache=cache, progress=progress, desc=desc,
+                          prefetch=prefetch)
         skipped.extend(part.skipped)
         extraction[name], seconds[name] = part.describe(), round(part.seconds, 3)
         return part.features

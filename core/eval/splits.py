@@ -38,10 +38,17 @@ class SplitFeatures:
 
 def extract_split(entries: Sequence[SplitEntry], class_names, settings, *, cache=None,
                   chunk_size: int = EVAL_CHUNK_SIZE, progress: Progress | None = None,
-                  desc: str = "images") -> SplitFeatures:
-    """Features of a split, ``chunk_size`` files at a time (see the module note on memory)."""
+                  desc: str = "images", prefetch=None) -> SplitFeatures:
+    """Features of a split, ``chunk_size`` files at a time (see the module note on memory).
+
+    ``prefetch(paths, settings)``, when given, first puts the split's image features into the
+    store ``cache`` reads (``core.pipeline.distributed.prefetcher``: e.g. on Ray); what it
+    leaves out is computed here as usual.
+    """
     from core.pipeline.extraction import extract
 
+    if prefetch is not None and entries:
+        prefetch([e.path for e in entries], settings)
     start, parts, skipped = time.perf_counter(), [], []
     label_of = {e.name: e.label for e in entries}
     done = hits = encoded = 0
@@ -83,7 +90,8 @@ def extract_split(entries: Sequence[SplitEntry], class_names, settings, *, cache
 
 def train_pool(data: BenchmarkData, settings, shots: int, *, seed: int,
                max_images: int | None = None, chunk_size: int = EVAL_CHUNK_SIZE, cache=None,
-               progress: Progress | None = None, desc: str = "train") -> SplitFeatures:
+               progress: Progress | None = None, desc: str = "train",
+               prefetch=None) -> SplitFeatures:
     """The train split's features: ``shots`` unlabeled images per class (``seed``; the labels
     only pick a balanced pool, as GPUA* does) or all of it (0), then at most ``max_images``."""
     train: tuple[SplitEntry, ...] = data.splits.get("train", ())
@@ -92,4 +100,4 @@ def train_pool(data: BenchmarkData, settings, shots: int, *, seed: int,
     if max_images:
         train = balanced_subset(train, max_images, seed=seed)
     return extract_split(train, data.class_names, settings, cache=cache, chunk_size=chunk_size,
-                         progress=progress, desc=desc)
+                         progress=progress, desc=desc, prefetch=prefetch)

@@ -10,7 +10,7 @@ from core.models.load import (
     resolve_device,
     resolve_precision,
 )
-from core.models.preprocess import CropGeometry, crop_box, crop_geometry
+from core.models.preprocess import CropGeometry, crop_box, crop_geometry, to_uint8
 from core.models.registry import (
     MODELS,
     ModelSpec,
@@ -26,5 +26,5 @@ __all__ = [
     "list_models", "model_choices", "load_encoder", "download_models",
     "preload_from_hub_lines", "resolve_device", "resolve_precision", "ensure_weights",
     "tiny_test_models",
-    "CropGeometry", "crop_box", "crop_geometry", "hf_cache_dir",
+    "CropGeometry", "crop_box", "crop_geometry", "hf_cache_dir", "to_uint8",
 ]

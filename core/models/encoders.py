@@ -115,10 +115,13 @@ class Encoder:
     ) -> Tensor:
         """Global features of already preprocessed images.
 
-        pixels : Tensor, shape (N, 3, image_size, image_size), normalised as `preprocess` does.
+        pixels : Tensor, shape (N, 3, image_size, image_size): float, normalised as
+            `preprocess` does, or uint8 as ``core.models.preprocess.to_uint8`` makes (normalised
+            here, on the model's device, as `encode_images` does: the same features bit for bit).
         Returns Tensor, shape (N, output_dim), L2-normalised.
         """
-        pixels = as_float_tensor(pixels, "pixels")
+        if not (isinstance(pixels, Tensor) and pixels.dtype == torch.uint8):
+            pixels = as_float_tensor(pixels, "pixels")
         side = self.spec.image_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, side, side) or len(pixels) == 0:
             raise ValueError(
@@ -294,7 +297,11 @@ class Encoder:
                 if batch.dtype == torch.uint8:  # images: normalised here, on the model's device
                     batch = self._normalize(batch)
                 with torch.inference_mode(), self._autocast():
-                    out = forward(batch).float().cpu()
+                    # A batch of one runs as two: at one row BLAS takes a matrix-vector kernel
+                    # whose sums round differently (2e-7), and features must not depend on how
+                    # the images were batched (the Ray path batches them otherwise).
+                    out = forward(batch.repeat(2, *[1] * (batch.ndim - 1)) if len(batch) == 1
+                                  else batch)[: len(batch)].float().cpu()
                 self.n_forward += 1
                 outputs.append(out.clone())  # an ordinary tensor, not an inference tensor
                 done += len(batch)

@@ -15,6 +15,8 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
+from core.config import BATCH_SIZE
+
 __all__ = [
     "MODELS", "ModelSpec", "register_model", "get_spec", "list_models", "model_choices",
 ]
@@ -68,6 +70,10 @@ class ModelSpec:
     # benchmarks/encode.py --fast-paths (None: not measured). Precision "auto" uses int8 only
     # where it reaches core.config.FAST_PATH_MIN_COSINE. Not part of the cache identity.
     int8_worst_cos: float | None = None
+    # Images per forward on the scale-out path (core.pipeline.distributed: one GPU actor per
+    # model); sized for a GPU with >= 24 GB at fp32. Not part of the identity: batching does not
+    # change the features (core.models.encoders runs a batch of one as two for that).
+    batch_size: int = BATCH_SIZE
 
     def __post_init__(self):
         problems = []
@@ -99,6 +105,8 @@ class ModelSpec:
             problems.append("image_size must be a multiple of patch_size")
         if self.dense and (self.library != "open_clip" or self.patch_size is None):
             problems.append("dense=True needs an open_clip ViT (a patch_size)")
+        if self.batch_size < 1:
+            problems.append("batch_size must be >= 1")
         if self.n_prefix_tokens < 0 or self.output_dim < 1:
             problems.append("need n_prefix_tokens >= 0 and output_dim >= 1")
         if problems:
@@ -114,23 +122,26 @@ class ModelSpec:
     def identity(self) -> dict:
         """The fields that decide the features (for cache keys): weights + preprocessing."""
         out = asdict(self)
-        for name in ("key", "display_name", "kind", "gated", "hidden", "int8_worst_cos"):
+        for name in ("key", "display_name", "kind", "gated", "hidden", "int8_worst_cos",
+                     "batch_size"):
             out.pop(name)
         out["arch_config"] = copy.deepcopy(dict(self.arch_config)) if self.arch_config else None
         return out
 
 
-def _clip(key, name, arch, repo, *, size, patch, dim, dense=True, int8_worst_cos=None):
+def _clip(key, name, arch, repo, *, size, patch, dim, dense=True, int8_worst_cos=None,
+          batch=256):
     return ModelSpec(
         key=key, display_name=name, kind="vlm", library="open_clip", model_id=arch,
         pretrained="openai", hf_repo=repo, image_size=size, mean=CLIP_MEAN, std=CLIP_STD,
         interpolation="bicubic", resize_size=size, patch_size=patch,
         n_prefix_tokens=1 if patch else 0, output_dim=dim, quick_gelu=True, dense=dense,
-        int8_worst_cos=int8_worst_cos,
+        int8_worst_cos=int8_worst_cos, batch_size=batch,
     )
 
 
-def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False, int8_worst_cos=None):
+def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False, int8_worst_cos=None,
+          batch=256):
     # DINOv2 and DINOv3 alike: their repositories' classification eval transform (short side 256,
     # bicubic, center crop 224), which is also the papers' center-crop-224 protocol. (The
     # transformers DINOv3 processor squashes to 224 x 224 bilinear instead; it distorts the aspect
@@ -139,7 +150,7 @@ def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False, int8_worst_cos=
         key=key, display_name=name, kind="vfm", library="transformers", model_id=repo,
         pretrained=None, hf_repo=repo, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         interpolation="bicubic", resize_size=256, patch_size=patch, n_prefix_tokens=n_prefix,
-        output_dim=dim, gated=gated, int8_worst_cos=int8_worst_cos,
+        output_dim=dim, gated=gated, int8_worst_cos=int8_worst_cos, batch_size=batch,
     )
 
 
@@ -152,7 +163,7 @@ _BUILTIN = [
           "timm/vit_base_patch16_clip_224.openai", size=224, patch=16, dim=512,
           int8_worst_cos=0.9999),
     _clip("clip-vit-l14", "CLIP ViT-L/14 (OpenAI)", "ViT-L-14",
-          "timm/vit_large_patch14_clip_224.openai", size=224, patch=14, dim=768),
+          "timm/vit_large_patch14_clip_224.openai", size=224, patch=14, dim=768, batch=128),
     _clip("clip-rn50", "CLIP ResNet-50 (OpenAI)", "RN50", "timm/resnet50_clip.openai",
           size=224, patch=None, dim=1024, dense=False),
     ModelSpec(
@@ -160,24 +171,24 @@ _BUILTIN = [
         library="open_clip", model_id="ViT-B-16-SigLIP", pretrained="webli",
         hf_repo="timm/ViT-B-16-SigLIP", image_size=224, mean=SIGLIP_MEAN, std=SIGLIP_STD,
         interpolation="bicubic", resize_size=224, resize_mode="squash", patch_size=16,
-        n_prefix_tokens=0, output_dim=768, tokenizer_repo="timm/ViT-B-16-SigLIP",
+        n_prefix_tokens=0, output_dim=768, tokenizer_repo="timm/ViT-B-16-SigLIP", batch_size=256,
     ),
     _dino("dinov2-small", "DINOv2 ViT-S/14", "facebook/dinov2-small",
           patch=14, dim=384, n_prefix=1),
     _dino("dinov2-base", "DINOv2 ViT-B/14", "facebook/dinov2-base",
           patch=14, dim=768, n_prefix=1, int8_worst_cos=0.9973),
     _dino("dinov2-large", "DINOv2 ViT-L/14", "facebook/dinov2-large",
-          patch=14, dim=1024, n_prefix=1),
+          patch=14, dim=1024, n_prefix=1, batch=128),
     _dino("dinov2-giant", "DINOv2 ViT-g/14", "facebook/dinov2-giant",
-          patch=14, dim=1536, n_prefix=1),
+          patch=14, dim=1536, n_prefix=1, batch=64),
     _dino("dinov2-reg-small", "DINOv2 ViT-S/14 + registers",
           "facebook/dinov2-with-registers-small", patch=14, dim=384, n_prefix=5),
     _dino("dinov2-reg-base", "DINOv2 ViT-B/14 + registers",
           "facebook/dinov2-with-registers-base", patch=14, dim=768, n_prefix=5),
     _dino("dinov2-reg-large", "DINOv2 ViT-L/14 + registers",
-          "facebook/dinov2-with-registers-large", patch=14, dim=1024, n_prefix=5),
+          "facebook/dinov2-with-registers-large", patch=14, dim=1024, n_prefix=5, batch=128),
     _dino("dinov2-reg-giant", "DINOv2 ViT-g/14 + registers",
-          "facebook/dinov2-with-registers-giant", patch=14, dim=1536, n_prefix=5),
+          "facebook/dinov2-with-registers-giant", patch=14, dim=1536, n_prefix=5, batch=64),
     _dino("dinov3-vits16", "DINOv3 ViT-S/16 (gated)", "facebook/dinov3-vits16-pretrain-lvd1689m",
           patch=16, dim=384, n_prefix=5, gated=True),
     _dino("dinov3-vitb16", "DINOv3 ViT-B/16 (gated)", "facebook/dinov3-vitb16-pretrain-lvd1689m",
@@ -187,7 +198,7 @@ _BUILTIN = [
     # n_storage_tokens=4; the checkpoints' config.json sets num_register_tokens 4, although
     # transformers' DINOv3ViTConfig defaults to 0). The loader checks it against the config.
     _dino("dinov3-vitl16", "DINOv3 ViT-L/16 (gated)", "facebook/dinov3-vitl16-pretrain-lvd1689m",
-          patch=16, dim=1024, n_prefix=5, gated=True),
+          patch=16, dim=1024, n_prefix=5, gated=True, batch=128),
 ]
 
 MODELS: dict[str, ModelSpec] = {spec.key: spec for spec in _BUILTIN}

@@ -35,10 +35,10 @@ _TINY_DINO = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 
 def _tiny_specs() -> dict[str, ModelSpec]:
     clip = dict(kind="vlm", library="open_clip", pretrained=None, hf_repo=None, mean=CLIP_MEAN,
                 std=CLIP_STD, interpolation="bicubic", quick_gelu=True, hidden=True,
-                random_init=True)
+                random_init=True, batch_size=16)
     dino = dict(kind="vfm", library="transformers", pretrained=None, hf_repo=None,
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic", hidden=True,
-                random_init=True)
+                random_init=True, batch_size=16)
     return {
         "clip_vit": ModelSpec(
             key="test-tiny-clip-vit", display_name="Tiny CLIP ViT (test)", model_id="tiny-vit-p16",

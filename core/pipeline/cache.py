@@ -16,6 +16,10 @@ Root: ``FUSIONLAB_CACHE_DIR`` or ``~/.cache/fusionlab/features``. A corrupt entr
 wrong shape, NaN) is deleted and recomputed. An unwritable or unreadable root disables the cache
 with one warning; encoding goes on without it.
 
+Sharded store: ``store`` (a ``core.pipeline.store.FeatureStore``, a folder, or by default
+``$FUSIONLAB_STORE_DIR`` when set) is read first; only the hashes it lacks are looked up here.
+What the cache computes is written here, never to the store (``python -m core extract`` fills it).
+
 Size cap: ``max_bytes`` (default ``FUSIONLAB_CACHE_MAX_BYTES``, else ``DEFAULT_MAX_BYTES`` = 4 GiB;
 0 means no cap). A hit refreshes its entry's modification time, so that time is the last access;
 when a write takes the entries' total over the cap, the least recently used entries are deleted
@@ -46,6 +50,7 @@ from torch import Tensor
 
 import core.config as config
 from core.pipeline.cache_size import entry_files, evict_lru, parse_size
+from core.pipeline.store import FeatureStore, default_store_dir
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +119,21 @@ class FeatureCache:
     max_bytes : int, optional
         Size cap of the entries under ``root`` (least recently used evicted); 0 for no cap.
         Defaults to `default_max_bytes`.
+    store : FeatureStore, str or Path, optional
+        A sharded store read before the per-file entries (see the module docstring); defaults to
+        ``$FUSIONLAB_STORE_DIR`` when set. Pass False for none.
 
     Attributes
     ----------
     enabled : bool
         False after the root proved unwritable or unreadable (one warning was issued).
     n_hits, n_misses, n_corrupt, n_written, n_evicted : int
-        Running counters over this object's lifetime.
+        Running counters over this object's lifetime (``n_hits`` includes the store's hits,
+        ``store.n_hits``).
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, *, max_bytes: int | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, *, max_bytes: int | None = None,
+                 store: FeatureStore | str | os.PathLike | None | bool = None):
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.max_bytes = default_max_bytes() if max_bytes is None else int(max_bytes)
         if self.max_bytes < 0:
@@ -134,6 +144,12 @@ class FeatureCache:
         self._lock = threading.Lock()
         self._evict_lock = threading.Lock()
         self._total: int | None = None  # bytes of the entries under root; scanned on first write
+        if store is None:
+            store = default_store_dir()
+        if store is False or store is None or isinstance(store, FeatureStore):
+            self.store = store or None
+        else:
+            self.store = FeatureStore(store)
 
     def __repr__(self) -> str:
         return f"FeatureCache(root={str(self.root)!r}, enabled={self.enabled})"
@@ -171,9 +187,13 @@ class FeatureCache:
         """
         paths = {sha: self.path_for(model, kind, sha) for sha in dict.fromkeys(hashes)}
         found: dict[str, Tensor] = {}
+        if self.store is not None and paths:
+            found, _ = self.store.get_many(model, kind, list(paths), expected_shape=expected_shape)
         missing: list[str] = []
         corrupt = 0
         for sha, path in paths.items():
+            if sha in found:
+                continue
             tensor = self._read(path, model, kind, sha, expected_shape) if self.enabled else None
             if isinstance(tensor, Tensor):
                 found[sha] = tensor
