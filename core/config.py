@@ -64,8 +64,10 @@ LAZSL_CROP_SCALE = (0.6, 0.9)  # crop side as a fraction of the short edge, U(al
 
 BATCH_SIZE = 32  # images per model forward
 # core.models.load_encoder's precisions (int8: CPU only; bf16 / fp16: CUDA only; "auto": per
-# model, int8 on a CPU where its measured cosine passes FAST_PATH_MIN_COSINE, else fp32)
-PRECISIONS = ("fp32", "auto", "int8", "bf16", "fp16")
+# model, int8 on a CPU where its measured cosine passes FAST_PATH_MIN_COSINE, else fp32;
+# "onnx-int8": CPU only, global image features in ONNX Runtime with per-channel int8 weights,
+# optional onnxruntime + onnx, benchmarks/README.md)
+PRECISIONS = ("fp32", "auto", "int8", "bf16", "fp16", "onnx-int8")
 # The worst cosine to the fp32 features a fast path must keep on natural images (issue 12) for
 # "auto" to use it; per model, measured by benchmarks/encode.py --fast-paths and recorded in the
 # registry (ModelSpec.int8_worst_cos).

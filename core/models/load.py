@@ -27,6 +27,8 @@ from safetensors import SafetensorError
 
 from core.config import FAST_PATH_MIN_COSINE
 from core.models.encoders import Encoder, OpenClipEncoder, TransformersEncoder
+from core.models.onnx_runtime import PRECISION as ONNX_INT8
+from core.models.onnx_runtime import onnx_int8_forward
 from core.models.hub import (
     INCOMPLETE,
     TOKENIZER_FILES,
@@ -49,8 +51,10 @@ __all__ = [
 # (Linear layers dynamically quantised) is the fast CPU path, see benchmarks/README.md; the half
 # precisions autocast on CUDA (on this project's 2-core CPU bf16 autocast was 0.6x fp32). "auto"
 # is one of the others, chosen per model by `resolve_precision`.
+# "onnx-int8" runs the global image forward in ONNX Runtime with per-channel int8 weights
+# (`core.models.onnx_runtime`; needs the optional onnxruntime and onnx).
 PRECISIONS = {"fp32": ("cpu", "cuda", "mps"), "auto": ("cpu", "cuda", "mps"), "int8": ("cpu",),
-              "bf16": ("cuda",), "fp16": ("cuda",)}
+              "bf16": ("cuda",), "fp16": ("cuda",), "onnx-int8": ("cpu",)}
 
 _LOADED: dict[tuple[ModelSpec, str], Encoder] = {}  # shared read-only models, never user data
 _LOADED_FAST: dict[tuple[ModelSpec, str, str], Encoder] = {}  # their non-fp32 twins
@@ -79,13 +83,18 @@ def load_encoder(
     ``precision``: "fp32" (exact, default), "int8" (CPU: every ``nn.Linear`` dynamically
     quantised to int8, `torch.ao.quantization.quantize_dynamic`; opt-in: its speed and cosine
     to fp32 are measured by ``benchmarks/encode.py --fast-paths``), "bf16" or "fp16" (CUDA
-    autocast), "auto" (per model, see `resolve_precision`; the encoder returned says which).
+    autocast), "auto" (per model, see `resolve_precision`; the encoder returned says which),
+    "onnx-int8" (CPU: global image features through ONNX Runtime with per-channel int8 weights,
+    exported once and kept on disk; patches, dense features and text stay torch fp32; see
+    `core.models.onnx_runtime`).
     Features of different precisions are cached apart.
 
     Raises
     ------
     ValueError
         Unknown key (the message lists the valid ones), or a precision the device cannot run.
+    ImportError
+        "onnx-int8" without onnxruntime / onnx installed (the message names the pip command).
     WeightsUnavailableError
         Weights not cached and not downloadable now; raised within seconds, never replaced by
         random weights.
@@ -158,6 +167,10 @@ def _with_precision(encoder: Encoder, precision: str) -> Encoder:
             twin.model = torch.ao.quantization.quantize_dynamic(
                 encoder.model, names, dtype=torch.qint8
             )
+    elif precision == ONNX_INT8:
+        # Only the global forward is swapped (an instance attribute shadows the method); the
+        # twin shares the exact fp32 model for patches, dense features and text.
+        twin._forward_global = onnx_int8_forward(encoder)
     return twin
 
 
