@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
+import core.models.onnx_runtime as onnx_runtime
 from core.models import load_encoder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -59,53 +60,31 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-class _Global(torch.nn.Module):
-    """The encoder's global image forward as a module (for torch.compile and ONNX export)."""
-
-    def __init__(self, encoder):
-        super().__init__()
-        self.model = encoder.model  # registered, so export sees the weights
-        self.forward_global = encoder._forward_global
-
-    def forward(self, x):  # (B, 3, S, S) -> (B, d), not normalised
-        return self.forward_global(x)
-
-
 def _onnx_sessions(encoder, example, folder: Path, threads: int) -> dict:
     """ONNX Runtime sessions of the image tower: fp32, int8 per tensor and int8 per channel.
 
-    Exported with torch.onnx (dynamo exporter, dynamic batch) and quantised with ORT's dynamic
-    int8 (MatMul / Gemm weights only), once per folder. Empty when onnxruntime is missing.
+    Exported and quantised with the product's code (`core.models.onnx_runtime`, which the
+    "onnx-int8" precision runs: the per-channel session here), once per folder. Empty when
+    onnxruntime is missing.
     """
     try:
-        import onnxruntime as ort
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        print("onnxruntime is not installed: ONNX Runtime candidates skipped "
-              "(pip install onnxruntime onnx onnxscript)")
+        onnx_runtime.require_onnxruntime()
+    except ImportError as exc:
+        print(f"ONNX Runtime candidates skipped: {exc}")
         return {}
     fp32_path = folder / "fp32.onnx"
     if not fp32_path.exists():
-        start = time.perf_counter()
-        torch.onnx.export(_Global(encoder).eval(), (example,), str(fp32_path), dynamo=True,
-                          input_names=["pixels"], output_names=["features"],
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-        print(f"ONNX export: {time.perf_counter() - start:.1f} s", flush=True)
+        seconds = onnx_runtime.export_image_tower(encoder, example, fp32_path)
+        print(f"ONNX export: {seconds:.1f} s", flush=True)
     paths = {"ORT fp32": fp32_path}
     for name, per_channel in (("ORT int8 per tensor", False), ("ORT int8 per channel", True)):
         paths[name] = folder / f"int8_{'channel' if per_channel else 'tensor'}.onnx"
         if not paths[name].exists():
-            quantize_dynamic(str(fp32_path), str(paths[name]), weight_type=QuantType.QInt8,
-                             per_channel=per_channel)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    # Spinning worker threads steal the cores of a shared machine (measured 0.6x when on).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            onnx_runtime.quantize_image_tower(fp32_path, paths[name], per_channel=per_channel)
     found = {}
     for name, path in paths.items():
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        found[name] = lambda x, s=session: torch.nn.functional.normalize(
-            torch.from_numpy(s.run(None, {"pixels": x.numpy()})[0]), dim=-1)
+        forward = onnx_runtime.session_forward(onnx_runtime.ort_session(path, threads))
+        found[name] = lambda x, f=forward: torch.nn.functional.normalize(f(x), dim=-1)
     return found
 
 
@@ -127,7 +106,7 @@ def candidates(key: str, example: torch.Tensor, *, names: set[str] | None = None
         found["fp32 channels-last"] = lambda x: fp32.encode_pixels(
             x.contiguous(memory_format=torch.channels_last), batch_size=len(x))
     if "torch.compile" in names:
-        compiled = torch.compile(_Global(fp32).eval())
+        compiled = torch.compile(onnx_runtime.GlobalImageForward(fp32).eval())
         start = time.perf_counter()
         with torch.inference_mode():
             compiled(example)

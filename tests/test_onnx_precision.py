@@ -24,10 +24,10 @@ pytest.importorskip("onnxruntime")
 
 TINY = tiny_test_models()
 ROOT = Path(__file__).resolve().parents[1]
-# Worst cosine to fp32 of the tiny random models' int8 towers. Per-channel int8 weights with
-# activations quantised per batch at run time keep ~2 significant digits per product; measured
-# here: worst 0.99994-0.99995 on all five tiny models (32 random images), cf. real size (0.9992-0.9998, benchmarks/README.md). 0.999 is
-# the bar the precision was adopted at; a broken export or wrong input would give ~0 or < 0.9.
+# Worst cosine to fp32 of the tiny random models' int8 towers: measured 0.99994-0.99995 on all
+# five tiny models (32 random images), 0.9992-0.9998 at real size (benchmarks/README.md). 0.999
+# is the bar the precision was adopted at; a wrong export, input layout or normalisation gives
+# cosines far below it.
 ONNX_COS = 0.999
 
 

@@ -27,8 +27,6 @@ from safetensors import SafetensorError
 
 from core.config import FAST_PATH_MIN_COSINE
 from core.models.encoders import Encoder, OpenClipEncoder, TransformersEncoder
-from core.models.onnx_runtime import PRECISION as ONNX_INT8
-from core.models.onnx_runtime import onnx_int8_forward
 from core.models.hub import (
     INCOMPLETE,
     TOKENIZER_FILES,
@@ -40,6 +38,8 @@ from core.models.hub import (
     hf_cache_dir,
     unavailable,
 )
+from core.models.onnx_runtime import PRECISION as ONNX_INT8
+from core.models.onnx_runtime import onnx_int8_forward
 from core.models.registry import ModelSpec, get_spec
 
 __all__ = [
