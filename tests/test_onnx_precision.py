@@ -20,8 +20,6 @@ from core.models.tiny import tiny_test_models
 from core.pipeline.cache import FeatureCache, model_key
 from core.pipeline.extraction import ExtractSettings, extract
 
-pytest.importorskip("onnxruntime")
-
 TINY = tiny_test_models()
 ROOT = Path(__file__).resolve().parents[1]
 # Worst cosine to fp32 of the tiny random models' int8 towers: measured 0.99994-0.99995 on all
@@ -34,6 +32,7 @@ ONNX_COS = 0.999
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """A fresh on-disk cache for the module, no onnx-int8 twins in memory, export calls counted."""
+    pytest.importorskip("onnxruntime")
     calls = []
     real_export = onnx_runtime.export_image_tower
 
@@ -79,6 +78,12 @@ def test_onnx_int8_tower_is_exported_once_cached_on_disk_and_reused(exports, mon
     # with its batch mates (as with torch's int8): within the tolerance, never bit for bit.
     alone = again.encode_pixels(x[:1])
     assert (alone * first[:1]).sum() > ONNX_COS
+    # A file ORT cannot open is rebuilt (once), not a dead end.
+    path.write_bytes(b"not an onnx model")
+    monkeypatch.setattr(load, "_LOADED_FAST", {})
+    rebuilt = load_encoder(key, device="cpu", precision="onnx-int8")
+    assert exports == [key, key]
+    torch.testing.assert_close(rebuilt.encode_pixels(x), first, atol=0, rtol=0)
     sentences = ["a photo of a cat.", "a dog"]
     torch.testing.assert_close(fast.encode_sentences(sentences),
                                fp32.encode_sentences(sentences), atol=0, rtol=0)
@@ -140,3 +145,13 @@ def test_core_imports_without_onnxruntime():
             "import core, core.models, core.pipeline, core.cli, core.models.onnx_runtime")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_unwritable_cache_dir_says_which_setting_to_change(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FUSIONLAB_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(load, "_LOADED_FAST", {})
+    with pytest.raises(OSError, match="FUSIONLAB_CACHE_DIR to a writable folder"):
+        load_encoder(TINY["clip_vit"], device="cpu", precision="onnx-int8")

@@ -22,6 +22,7 @@ feature entries, outside what the cache's size cap counts and evicts.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -34,6 +35,8 @@ PRECISION = "onnx-int8"
 # Pinned in requirements.txt; onnxscript is what torch's dynamo exporter writes ONNX with.
 PIP_COMMAND = "pip install onnxruntime==1.32.0 onnx==1.23.2 onnxscript==0.7.2"
 FILE_NAME = "image_int8.onnx"
+
+logger = logging.getLogger(__name__)
 
 
 def require_onnxruntime():
@@ -124,7 +127,13 @@ def build_int8_tower(encoder, path: str | os.PathLike) -> float:
     a temporary name and renamed over it (``os.replace``), so readers see all or nothing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(
+            f"precision {PRECISION!r} keeps its ONNX model in {path.parent}, which cannot be "
+            f"created ({exc}); set FUSIONLAB_CACHE_DIR to a writable folder."
+        ) from exc
     side = encoder.spec.image_size
     # Batch 2, not 1: the exporter would specialise a batch of one and drop the dynamic axis.
     example = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
@@ -146,10 +155,21 @@ def build_int8_tower(encoder, path: str | os.PathLike) -> float:
 def onnx_int8_forward(encoder):
     """The global forward of ``encoder`` (an fp32 CPU encoder) through its cached int8 tower.
 
-    Builds the tower on first use (tens of seconds at real size, once per model and onnxruntime
-    version), then opens it. Raises ImportError with the pip command without onnxruntime.
+    Builds the tower on first use (36-39 s at real size on 2 cores, once per model and
+    onnxruntime version), then opens it; rebuilds a file ORT cannot open. Raises ImportError
+    with the pip command without onnxruntime.
     """
     path = onnx_path(encoder.spec)
     if not path.exists():
         build_int8_tower(encoder, path)
-    return session_forward(ort_session(path))
+        return session_forward(ort_session(path))
+    try:
+        session = ort_session(path)
+    except Exception as exc:  # noqa: BLE001  ORT's load errors (InvalidProtobuf, Fail, ...)
+        # derive from Exception only. A file that ORT cannot open (damaged on disk, written by
+        # hand) is rebuilt once; an error the second time is raised as it is.
+        logger.warning("rebuilding the unreadable ONNX model %s (%s)", path, exc)
+        path.unlink(missing_ok=True)
+        build_int8_tower(encoder, path)
+        session = ort_session(path)
+    return session_forward(session)
