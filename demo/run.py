@@ -139,10 +139,29 @@ SwitchOutputs = NamedTuple("SwitchOutputs",
                            [(f, Any) for f in SolveOutputs._fields + tuple(CONTROLS)])
 
 
+# Tabs whose figures the page draws itself (:func:`tab_views`): when the tab is opened, and right
+# after each re-solve if it is the open one. A re-solve from the page (``open_tab`` given) skips
+# them, so a slider move never waits for figures that are hidden (the Plotly figures of these two
+# tabs cost ~0.2 s each at 1,000 images on 2 cores).
+TAB_FIELDS = {
+    "metrics": ("metrics_note", "accuracy_plot", "per_class_plot", "confusion_plot", "mistakes"),
+    "dynamics": ("convergence_plot", "weights_plot", "dynamics_note"),
+}
+
+
+def _tab_views(tab: str, session: Session, compare) -> dict[str, Any]:
+    """The views of ``tab`` (a :data:`TAB_FIELDS` key) read from ``session``."""
+    views = (metrics.metrics_views(session, compare) if tab == "metrics"
+             else dynamics.convergence_view(session))
+    return dict(zip(TAB_FIELDS[tab], views))
+
+
 def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1,
-                   subset=None) -> SolveOutputs:
+                   subset=None, open_tab: str | None = None) -> SolveOutputs:
     """Every view of the predictions, read from ``session`` (results and settings alike);
-    ``subset``: the gallery's map selection or search (``demo.predictions``)."""
+    ``subset``: the gallery's map selection or search (``demo.predictions``); ``open_tab``: the
+    results tab on screen, given by the page, which then draws the :data:`TAB_FIELDS` tabs itself
+    (skipped here); None (a Run, an API client): every view is drawn."""
     compare = predictions.compare_method(session, compare)
     filter_mode = filter_mode if filter_mode in predictions.FILTERS else "all"
     items, info, pages, page, shown = predictions.gallery_page(session, compare, filter_mode,
@@ -150,14 +169,30 @@ def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1,
     export = Path(session.workdir) / "export"
     downloads = [str(p) for p in write_predictions(export, session.extraction, session.results,
                                                    session.settings)]
-    note, acc, per_class, conf, mistakes = metrics.metrics_views(session, compare)
-    conv, weights, conv_note = dynamics.convergence_view(session)
+    tabs = {}
+    for tab, fields in TAB_FIELDS.items():
+        tabs.update(_tab_views(tab, session, compare) if open_tab is None
+                    else dict.fromkeys(fields, gr.skip()))
     return SolveOutputs(
         session=session, summary=predictions.summary_markdown(session), gallery=items,
         gallery_info=info, page=predictions.page_update(pages, page),
-        shown=shown, downloads=downloads, metrics_note=note, accuracy_plot=acc,
-        per_class_plot=per_class, confusion_plot=conf, mistakes=mistakes,
-        convergence_plot=conv, weights_plot=weights, dynamics_note=conv_note)
+        shown=shown, downloads=downloads, **tabs)
+
+
+TabOutputs = NamedTuple("TabOutputs", [("open_tab", Any)] + [
+    (f, Any) for fields in TAB_FIELDS.values() for f in fields])
+
+
+@user_errors
+def tab_views(session, tab: str, compare=None) -> TabOutputs:
+    """``tab`` (its label, e.g. "Metrics") was opened, or a re-solve just made a new record
+    while it is open: remember it and draw its figures from the current record."""
+    key = str(tab or "").strip().lower()
+    out = {f: gr.skip() for f in TabOutputs._fields}
+    out["open_tab"] = key
+    if key in TAB_FIELDS and isinstance(session, Session):
+        out.update(_tab_views(key, session, predictions.compare_method(session, compare)))
+    return TabOutputs(**out)
 
 
 def _notes_markdown(notes: list[str], skipped) -> str:
@@ -376,7 +411,7 @@ def run_in_app(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progr
 
 @user_errors
 def resolve(method: str, session, controls: Mapping[str, Any], compare=None, filter_mode="all",
-            page=1, subset=None) -> SolveOutputs:
+            page=1, subset=None, open_tab=None) -> SolveOutputs:
     """A control of ``method`` moved: re-solve that method only, from the cached features.
 
     ``controls`` maps keys of :data:`CONTROLS` (those of ``method``, e.g. ``{"lam": 0.5}``) to
@@ -386,12 +421,12 @@ def resolve(method: str, session, controls: Mapping[str, Any], compare=None, fil
     if not isinstance(session, Session):
         return SolveOutputs(*([gr.skip()] * len(SolveOutputs._fields)))
     settings = method_settings(controls, base=session.settings)
-    return _resolved(method, session, settings, compare, filter_mode, page, subset)
+    return _resolved(method, session, settings, compare, filter_mode, page, subset, open_tab)
 
 
 @user_errors
 def switch_recipe(method: str, session, controls: Mapping[str, Any], compare=None,
-                  filter_mode="all", page=1, subset=None) -> SwitchOutputs:
+                  filter_mode="all", page=1, subset=None, open_tab=None) -> SwitchOutputs:
     """The recipe control of ``method`` changed: the fields that recipe decides take its values
     (``core.config.with_recipe``), the others keep the controls' values; the controls show the
     result, and with a record ``method`` re-solves from the cached features (LaZSL re-encodes its
@@ -411,7 +446,7 @@ def switch_recipe(method: str, session, controls: Mapping[str, Any], compare=Non
     out = {f: gr.skip() for f in SwitchOutputs._fields}
     if has_record:
         out.update(_resolved(method, session, settings, compare, filter_mode, page,
-                             subset)._asdict())
+                             subset, open_tab)._asdict())
     out.update(control_updates(method, settings))
     return SwitchOutputs(**out)
 
@@ -425,7 +460,7 @@ def _check_method(method: str, controls: Mapping[str, Any]) -> None:
 
 
 def _resolved(method: str, session: Session, settings: MethodSettings, compare, filter_mode,
-              page, subset=None) -> SolveOutputs:
+              page, subset=None, open_tab=None) -> SolveOutputs:
     """The record with ``method`` re-solved under ``settings`` (its other methods untouched)."""
     if method == "lazsl" and settings.lazsl.recipe != session.extraction.settings.lazsl_recipe:
         session = replace(session, extraction=_reencode_sentences(session.extraction,
@@ -433,7 +468,7 @@ def _resolved(method: str, session: Session, settings: MethodSettings, compare, 
     result = (run_method(method, session.extraction.features, settings)
               if method in session.results else None)
     return _solve_outputs(session.with_method(method, settings, result), compare, filter_mode,
-                          page, subset)
+                          page, subset, open_tab)
 
 
 @gpu(duration=60)

@@ -191,6 +191,7 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
         c["shown"] = gr.State([])  # image index of each gallery position on the current page
         c["selected"] = gr.State(None)  # image picked in the gallery
         c["subset"] = gr.State(None)  # images lassoed on a map or found by its search
+        c["open_tab"] = gr.State(None)  # the results tab on screen (None: not known yet)
         # Where the page script posts map clicks and selections (demo.linking); outside the tabs
         # so it exists before the Embedding tab is first opened.
         c["map_event"] = gr.Textbox(visible="hidden", elem_id="map-event")
@@ -534,6 +535,18 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
                                 concurrency_id="models", concurrency_limit=1)
     ran.success(keep(lazsl.lazsl_explain), lazsl_in, lazsl_out, api_visibility="private")
     records = [ran]  # events that make or update a record: the Compare tab follows them
+
+    def opened(session, compare, evt: gr.SelectData):
+        return flow.tab_views(session, evt.value, compare)
+
+    # The page draws the Metrics and Dynamics figures itself (demo.run.TAB_FIELDS): when their tab
+    # is opened, and after each re-solve (below) if one is open, from the record stored by then.
+    tab_out = _out(c, flow.TabOutputs._fields)
+    c["tabs"].select(keep(opened), [c["session"], c["compare"]], tab_out,
+                     api_visibility="private")
+    redraw_open_tab = dict(fn=keep(flow.tab_views), inputs=[c["session"], c["open_tab"],
+                                                              c["compare"]],
+                           outputs=tab_out, api_visibility="private")
     solve_out = _out(c, flow.SolveOutputs._fields)
     # One re-solve per method, fired by its own controls (a radio on input, sliders on release).
     resolve_options = {
@@ -547,16 +560,18 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
         recipe_key = flow.RECIPE_CONTROLS[method]
         triggers = [c[k].release if isinstance(c[k], gr.Slider) else c[k].input
                     for k in keys if k != recipe_key]
-        event = gr.on(triggers, keep(_resolver(method)), [c["session"], *view],
+        event = gr.on(triggers, keep(_resolver(method)), [c["session"], *view, c["open_tab"]],
                       inputs_kwargs={k: c[k] for k in keys}, outputs=solve_out,
                       concurrency_id="solve", trigger_mode="always_last", **options)
         # A recipe radio sets the knobs its recipe decides (the controls show them), then solves.
         switch = c[recipe_key].input(
-            keep(_resolver(method, flow.switch_recipe)), [c["session"], *view],
+            keep(_resolver(method, flow.switch_recipe)), [c["session"], *view, c["open_tab"]],
             inputs_kwargs={k: c[k] for k in keys}, outputs=switch_out,
             api_name=f"switch_{method}_recipe", concurrency_id="solve",
             trigger_mode="always_last")
         records += [event, switch]
+        for e in (event, switch):
+            e.success(**redraw_open_tab)
         if method == "lazsl":  # the explanation shows the record's θ and sentences: redraw it
             for e in (event, switch):
                 e.success(keep(lazsl.lazsl_explain), lazsl_in, lazsl_out,
@@ -673,8 +688,8 @@ def _resolver(method: str, handler=None):
     position, its controls by name."""
     handler = handler or flow.resolve
 
-    def resolve(session, compare, filter_mode, page, subset, **controls):
-        return handler(method, session, controls, compare, filter_mode, page, subset)
+    def resolve(session, compare, filter_mode, page, subset, open_tab, **controls):
+        return handler(method, session, controls, compare, filter_mode, page, subset, open_tab)
 
     resolve.__name__ = f"{handler.__name__}_{method}"
     return resolve

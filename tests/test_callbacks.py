@@ -133,6 +133,27 @@ def test_resolve_reruns_otfusion_only_and_never_encodes(ran, keys):
     assert [e.n_forward for e in encoders] == forwards
 
 
+def test_a_page_resolve_skips_the_hidden_tabs_and_opening_one_draws_it(ran):
+    """From the page (``open_tab`` given) a re-solve skips the Metrics and Dynamics figures: the
+    page draws the open one right after from the stored record, and a hidden one when opened.
+    From the API (no ``open_tab``) every view comes back."""
+    moved = cb.resolve("otfusion", ran.session, {"lam": 0.3}, open_tab="predictions")
+    skip = gr.skip()
+    for fields in cb.TAB_FIELDS.values():
+        assert all(getattr(moved, f) == skip for f in fields)
+    assert moved.gallery and moved.summary and moved.session.settings.otfusion.lam == 0.3
+    full = cb.resolve("otfusion", ran.session, {"lam": 0.3})
+    assert isinstance(full.accuracy_plot, go.Figure) and isinstance(full.convergence_plot,
+                                                                      go.Figure)
+    opened = cb.tab_views(moved.session, "Metrics")
+    assert opened.open_tab == "metrics" and isinstance(opened.accuracy_plot, go.Figure)
+    assert opened.metrics_note == full.metrics_note and opened.convergence_plot == skip
+    dyn = cb.tab_views(moved.session, "Dynamics")
+    assert "λ = 0.3" in dyn.dynamics_note and dyn.accuracy_plot == skip
+    assert all(v == skip for k, v in cb.tab_views(moved.session, "Predictions")._asdict().items()
+               if k != "open_tab")
+
+
 def test_resolve_before_any_run_is_a_quiet_no_op():
     out = cb.resolve("otfusion", None, {"lam": 0.5, "eps": 0.01, "n_iter": 10})
     assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in out)
