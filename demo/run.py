@@ -161,7 +161,7 @@ def _solve_outputs(session: Session, compare=None, filter_mode="all", page=1,
     """Every view of the predictions, read from ``session`` (results and settings alike);
     ``subset``: the gallery's map selection or search (``demo.predictions``); ``open_tab``: the
     results tab on screen, given by the page, which then draws the :data:`TAB_FIELDS` tabs itself
-    (skipped here); None (a Run, an API client): every view is drawn."""
+    (skipped here); None (a Run, ``refresh_views``): every view is drawn."""
     compare = predictions.compare_method(session, compare)
     filter_mode = filter_mode if filter_mode in predictions.FILTERS else "all"
     items, info, pages, page, shown = predictions.gallery_page(session, compare, filter_mode,

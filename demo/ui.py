@@ -191,7 +191,10 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
         c["shown"] = gr.State([])  # image index of each gallery position on the current page
         c["selected"] = gr.State(None)  # image picked in the gallery
         c["subset"] = gr.State(None)  # images lassoed on a map or found by its search
-        c["open_tab"] = gr.State(None)  # the results tab on screen (None: not known yet)
+        # The results tab on screen, as the page's Tabs start (demo.run.TAB_FIELDS). An API
+        # client's session starts the same way: its re-solves return the summary, gallery and
+        # downloads; /refresh returns every view.
+        c["open_tab"] = gr.State("playground" if banner else "predictions")
         # Where the page script posts map clicks and selections (demo.linking); outside the tabs
         # so it exists before the Embedding tab is first opened.
         c["map_event"] = gr.Textbox(visible="hidden", elem_id="map-event")
