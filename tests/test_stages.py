@@ -85,19 +85,12 @@ def test_without_a_cache_a_temporary_one_is_used_and_removed(keys, image_set, mo
 
 
 def test_a_failing_stage_raises_after_the_earlier_ones_were_yielded(keys, image_set,
-                                                                   monkeypatch):
+                                                                   monkeypatch, fail_second_call):
     with pytest.raises(ValueError, match="no-such-model"):  # bad keys: before any stage
         next(extract_in_stages(image_set, CLASSES,
                                ExtractSettings(vlm=keys["clip_vit"], vfm="no-such-model")))
-    real, calls = stages_module.extract, []
-
-    def second_fails(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError("weights of the VFM are not on this machine")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(stages_module, "extract", second_fails)
+    monkeypatch.setattr(stages_module, "extract", fail_second_call(
+        stages_module.extract, OSError("weights of the VFM are not on this machine")))
     gen = extract_in_stages(image_set, CLASSES,
                             ExtractSettings(vlm=keys["clip_vit"], vfm=keys["dinov2"]))
     assert next(gen).name == "vlm"

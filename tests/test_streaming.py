@@ -98,17 +98,11 @@ def test_a_slider_landing_while_a_stage_is_solved_is_kept(keys, upload, tmp_path
     assert all(o.session.settings.otfusion.lam == 0.3 for o in rest)
 
 
-def test_a_failing_later_stage_keeps_the_earlier_results(keys, upload, tmp_path, monkeypatch):
+def test_a_failing_later_stage_keeps_the_earlier_results(keys, upload, tmp_path, monkeypatch,
+                                                         fail_second_call):
     real = flow._extract.__wrapped__ if hasattr(flow._extract, "__wrapped__") else flow._extract
-    calls = []
-
-    def second_fails(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise ValueError("the VFM could not run on these images")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(flow, "_extract", second_fails)
+    monkeypatch.setattr(flow, "_extract", fail_second_call(
+        real, ValueError("the VFM could not run on these images")))
     outs = list(flow.run_in_app(_inputs(keys, upload), cache_dir=str(tmp_path)))
     assert isinstance(outs[0].session, Session) and outs[0].session.methods == ("clip",)
     assert "VFM could not run" in outs[-1].status and "earlier stages" in outs[-1].status
