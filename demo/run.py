@@ -22,7 +22,6 @@ only, ``core.pipeline.with_lazsl_recipe``), never an image.
 from __future__ import annotations
 
 import html
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -79,6 +78,7 @@ from demo.state import (
     gpu,
     new_workdir,
     pipeline_progress,
+    remove_workdir,
     user_error,
     user_errors,
     warn_user,
@@ -272,7 +272,7 @@ def _finish_session(extraction: Extraction, methods, settings, notes, progress,
         results = {m: kept[m] if m in kept else solved[m] for m in methods}
     except BaseException:  # the Run failed: its folder must not wait for the 6-hour sweep
         if previous is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_workdir(workdir)
         raise
     order = tuple(results)
     return Session(extraction=extraction, methods=order, settings=settings, results=results,

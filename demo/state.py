@@ -8,8 +8,8 @@ the current record, never from widget defaults. A :class:`Session` lives in one 
 browser tab (never in module globals). Models are shared read-only through ``core.models``' loader
 cache.
 
-Storage (session time-to-live, work folders): ``new_workdir``, ``delete_session`` and
-``SESSION_ROOT`` below.
+Storage (session time-to-live, work folders): ``new_workdir``, ``remove_workdir``,
+``delete_session``, ``SESSION_ROOT`` and ``THUMBS_ROOT`` below.
 """
 
 from __future__ import annotations
@@ -41,6 +41,13 @@ THUMB_SIDE = 256  # gallery thumbnails (longer side, pixels)
 VIEW_SIDE = 768  # images decoded for overlays and crop views
 SESSION_ROOT = Path(tempfile.gettempdir()) / "fusionlab-sessions"
 SESSION_MAX_AGE_S = 6 * 3600  # work folders older than this are swept at the next Run
+# Gallery thumbnails live apart from the work folders, in one folder per Run named like its work
+# folder, because this root alone is served as Gradio static files (``serve_thumbnails``): Gradio
+# then skips its per-file allowed-path checks and cache copies, which cost ~2 ms per thumbnail on
+# every slider move (60 per gallery page; benchmarks/README.md, "App"). A thumbnail is written
+# once, under a Run's fresh folder, so a URL never changes content (browsers may cache it).
+# Exports and other files stay in the work folder and go through Gradio's cache as before.
+THUMBS_ROOT = Path(tempfile.gettempdir()) / "fusionlab-thumbs"
 
 try:  # Hugging Face ZeroGPU: the model step runs on a GPU slot; a no-op everywhere else
     import spaces
@@ -135,28 +142,54 @@ def need_session(session) -> Session:
 def delete_session(session) -> None:
     """``gr.State`` delete callback: remove the session's work folder."""
     if isinstance(session, Session):
-        shutil.rmtree(session.workdir, ignore_errors=True)
+        remove_workdir(session.workdir)
+
+
+def remove_workdir(workdir: str | os.PathLike) -> None:
+    """Remove a Run's work folder and its thumbnails folder (``THUMBS_ROOT``)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(thumbs_dir(workdir), ignore_errors=True)
+
+
+def thumbs_dir(workdir: str | os.PathLike) -> Path:
+    """Where the thumbnails of the Run whose work folder is ``workdir`` go."""
+    return THUMBS_ROOT / Path(workdir).name
+
+
+def serve_thumbnails() -> None:
+    """Serve ``THUMBS_ROOT`` as Gradio static files (process-wide; once, however many apps are
+    built in the process: Gradio appends to its list on every call)."""
+    global _THUMBS_SERVED
+    if not _THUMBS_SERVED:
+        THUMBS_ROOT.mkdir(parents=True, exist_ok=True)
+        gr.set_static_paths([THUMBS_ROOT])
+        _THUMBS_SERVED = True
+
+
+_THUMBS_SERVED = False
 
 
 def new_workdir() -> str:
     """A fresh private folder under the system temp dir (Gradio may serve files from there)."""
-    SESSION_ROOT.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    for old in SESSION_ROOT.iterdir():  # sweep folders of sessions that never said goodbye
-        try:
-            if now - old.stat().st_mtime > SESSION_MAX_AGE_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
+    for root in (SESSION_ROOT, THUMBS_ROOT):  # sweep folders of sessions that never said goodbye
+        root.mkdir(parents=True, exist_ok=True)
+        for old in root.iterdir():
+            try:
+                if now - old.stat().st_mtime > SESSION_MAX_AGE_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
     path = SESSION_ROOT / uuid.uuid4().hex
     path.mkdir()
     return str(path)
 
 
 def write_thumbnails(extraction: Extraction, workdir: str, progress=None) -> tuple[str, ...]:
-    """One small JPEG per image for the galleries (decoded once per Run)."""
-    out = Path(workdir) / "thumbs"
-    out.mkdir(exist_ok=True)
+    """One small JPEG per image for the galleries (decoded once per Run), in
+    ``thumbs_dir(workdir)``."""
+    out = thumbs_dir(workdir)
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
     n = len(extraction.items)
     for i, item in enumerate(extraction.items):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import shutil
 import threading
 import time
 import typing
@@ -48,7 +47,7 @@ import core.config as config
 from core.pipeline import parse_size
 from demo.history import RunRecord, remember
 from demo.memory import estimate_bytes, release_memory
-from demo.state import Session, user_error
+from demo.state import Session, remove_workdir, user_error
 
 log = logging.getLogger("fusionlab.app")
 
@@ -256,7 +255,7 @@ def _minutes(seconds: float) -> str:
 
 
 def _remove_workdir(session: Session) -> None:
-    shutil.rmtree(session.workdir, ignore_errors=True)
+    remove_workdir(session.workdir)
 
 
 def _start_sweeper(store: SessionStore, every_s: float) -> None:

@@ -77,7 +77,7 @@ from demo.provenance import (
     WEIGHT_LABELS,
     choices,
 )
-from demo.state import delete_session
+from demo.state import delete_session, serve_thumbnails
 from demo.store import SessionStore, StoreLimits, stored
 
 TITLE = "VLM x VFM Fusion Lab"
@@ -172,6 +172,10 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
     Sessions live in one ``demo.store.SessionStore`` (``demo.session_store``), with
     ``store_limits`` or the ``FUSIONLAB_SESSION_TTL_S`` / ``FUSIONLAB_MAX_SESSIONS`` /
     ``FUSIONLAB_SESSIONS_MAX_BYTES`` settings."""
+    serve_thumbnails()  # before any component: galleries then skip Gradio's per-file checks
+    # Gradio recomputes its monitoring summary (a pandas group-by over up to 10,000 past events)
+    # after every event by default; monitoring is off here (launch), so recompute it rarely.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
     extra = list(extra_models or [])
     if _env_flag("FUSIONLAB_TEST_MODELS"):
         extra += [k for k in _test_models() if k not in extra]
@@ -718,4 +722,5 @@ def launch(demo: gr.Blocks, **overrides):
         js=JS,
     )
     options.update(overrides)
+    warmup.freeze_heap()  # imports and the built app: never garbage, never scanned again
     return demo.launch(**options)

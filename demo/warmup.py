@@ -11,11 +11,18 @@ second, with and without it). Three one-off costs:
 - UMAP: importing umap-learn (numba, pynndescent) and the numba JIT compilation of its fit,
   which a fit on a few hundred random points triggers (the compiled code does not depend on the
   number of points).
+
+And one recurring cost: Python's full (generation-2) garbage collections scan every tracked object
+of the process, and after torch, transformers, Gradio, plotly and umap-learn are imported that is
+millions of objects: 0.4-0.9 s pauses that landed in every twelfth slider move or so
+(benchmarks/README.md, "App"). ``freeze_heap`` moves what start-up made (modules, models' code,
+the app's components) into the permanent generation, which collections skip.
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import threading
@@ -65,7 +72,16 @@ def warm_up(parts=("gpua", "umap")) -> dict[str, float]:
             log.exception("warm-up of %s failed", part)
         seconds[part] = time.perf_counter() - start
     log.info("warm-up done: %s", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    freeze_heap()  # what the warm-up imported (umap-learn, numba, torch._dynamo) too
     return seconds
+
+
+def freeze_heap() -> None:
+    """Collect garbage once, then exempt every object alive now from later collections
+    (``gc.freeze``): start-up state lives as long as the process, and scanning it made each full
+    collection a pause of up to a second. Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 def start() -> threading.Thread | None:

@@ -422,3 +422,32 @@ def test_a_handler_on_a_replaced_record_is_redone_on_the_live_one(tmp_path):
     assert seen == [s0, landed] and out.session == "k"
     live = st.get("k")
     assert live.settings.otfusion.lam == 1.6 and live.settings.gpua.ths_steps == 0
+
+
+def test_thumbnails_are_static_files_served_as_is_and_go_with_their_run(app, upload):
+    """Gallery thumbnails skip Gradio's per-file checks and cache copies (they are static files
+    under THUMBS_ROOT): the page gets their own path, the URL serves the JPEG, and a new Run
+    removes the previous Run's thumbnails with its work folder."""
+    import urllib.request
+
+    from demo.state import THUMBS_ROOT, thumbs_dir
+
+    url, demo, gc = app
+    st = demo.session_store
+    client = _client_run(gc, url, upload)
+    record = st.get(client.session_hash)
+    folder = thumbs_dir(record.workdir)
+    assert folder.parent == THUMBS_ROOT and len(record.thumbs) == 4
+    assert all(Path(t).parent == folder and Path(t).is_file() for t in record.thumbs)
+    out = client.predict(lam=0.35, eps=0.01, n_iter=5, api_name="/resolve")
+    gallery = out[1]
+    served = [item["image"] for item in gallery]
+    assert {s["path"] for s in served} <= set(record.thumbs)  # not copies in Gradio's cache
+    link = served[0]["url"]  # the client makes Gradio's "/gradio_api/file=..." absolute
+    link = link if link.startswith("http") else url.rstrip("/") + link
+    with urllib.request.urlopen(link) as response:
+        assert response.status == 200 and response.read()[:2] == b"\xff\xd8"  # a JPEG
+    client.predict(files=[gc.handle_file(str(upload))], classes_text="", attributes_file=None,
+                   labels_csv=None, methods=["otfusion"], api_name="/run")
+    assert not folder.exists() and not Path(record.workdir).exists()
+    assert thumbs_dir(st.get(client.session_hash).workdir).is_dir()
