@@ -22,7 +22,7 @@ LABELS = {
     "fp32": "fp32 (exact)",
     "auto": (f"auto: per model the fastest path at cosine ≥ {FAST_PATH_MIN_COSINE:g} to fp32, "
              "else fp32"),
-    "int8": "int8 (torch): CLIP B/16 1.4x at cosine 0.9999; DINOv2-B 0.997",
+    "int8": "int8 (torch): CLIP B/16 1.4x at cosine 0.9999, DINOv2-B 1.6x at 0.997",
     "onnx-int8": ("onnx-int8 (ONNX Runtime): CLIP B/16 3.5x at cosine 0.9998, DINOv2-B 2.2x "
                   f"at 0.9992; one-time export ~{ONNX_EXPORT_SECONDS} s per model"),
     "bf16": {"cpu": "bf16 (CPU with native bf16, AMX): DINOv2-B 4.5x at cosine 0.99996",
