@@ -43,9 +43,11 @@ def _add_shared_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--batch-size", type=int, default=config.BATCH_SIZE)
     p.add_argument("--precision", default=config.PRECISION, choices=config.PRECISIONS,
-                   help="fp32 (exact, default); auto (CPU: int8 for the models whose int8 features "
-                   "keep a cosine >= 0.999 to fp32, e.g. CLIP ViT-B/16, fp32 for the others); "
-                   "int8 (CPU, every model, 1.4-2x faster); bf16 / fp16 (CUDA)")
+                   help="fp32 (exact, default); auto (CPU: per model the fastest path whose "
+                   "measured features keep a cosine >= 0.999 to fp32, e.g. onnx-int8 for CLIP "
+                   "ViT-B/16 and DINOv2-B with onnxruntime installed, fp32 for unmeasured "
+                   "models); int8 (CPU, every model, 1.4-2x faster); onnx-int8 (CPU, ONNX "
+                   "Runtime, one-time export); bf16 / fp16 (CUDA)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FUSIONLAB_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     _add_solver_args(p)

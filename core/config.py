@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 __all__ = [
-    "APP_CPU_PRECISION", "PRECISION", "PRECISIONS", "FAST_PATH_MIN_COSINE",
+    "APP_CPU_PRECISION", "AUTO_CPU_PRECISIONS", "PRECISION", "PRECISIONS",
+    "FAST_PATH_MIN_COSINE", "ONNX_EXPORT_SECONDS",
     "BATCH_SIZE", "DECODE_BATCH", "ENGINES", "RAY_ACTOR_CPUS", "RAY_DECODE_CPUS",
     "RAY_REQUIREMENTS", "RAY_WORKERS", "STORE_DIR_ENV", "DEFAULT_TEMPLATE", "DEFAULT_VFM",
     "DEFAULT_VLM", "EVAL_CHUNK_SIZE",
@@ -64,21 +65,31 @@ LAZSL_CROP_SCALE = (0.6, 0.9)  # crop side as a fraction of the short edge, U(al
 
 BATCH_SIZE = 32  # images per model forward
 # core.models.load_encoder's precisions (int8: CPU only; bf16 / fp16: CUDA only; "auto": per
-# model, int8 on a CPU where its measured cosine passes FAST_PATH_MIN_COSINE, else fp32;
+# model, the fastest of AUTO_CPU_PRECISIONS on a CPU whose measured cosine passes
+# FAST_PATH_MIN_COSINE, else fp32;
 # "onnx-int8": CPU only, global image features in ONNX Runtime with per-channel int8 weights,
 # optional onnxruntime + onnx, benchmarks/README.md)
 PRECISIONS = ("fp32", "auto", "int8", "bf16", "fp16", "onnx-int8")
 # The worst cosine to the fp32 features a fast path must keep on natural images (issue 12) for
 # "auto" to use it; per model, measured by benchmarks/encode.py --fast-paths and recorded in the
-# registry (ModelSpec.int8_worst_cos).
+# registry (ModelSpec.int8_worst_cos, onnx_int8_worst_cos, bf16_worst_cos).
 FAST_PATH_MIN_COSINE = 0.999
+# The CPU paths "auto" tries per model, fastest first (core.models.resolve_precision): bf16 where
+# the CPU computes bf16 natively (AMX; no model has a recorded bf16 cosine yet, so "auto" does
+# not pick it yet), ONNX Runtime int8 where onnxruntime is installed (real size on 2 cores:
+# CLIP ViT-B/16 3.46x, DINOv2-B 2.22x best / best), torch int8 (CLIP ViT-B/16 1.4x);
+# benchmarks/README.md, "Real-size CPU fast paths".
+AUTO_CPU_PRECISIONS = ("bf16", "onnx-int8", "int8")
+# What the app and progress lines say the one-time ONNX export + int8 quantisation of a model
+# takes (precision "onnx-int8"): measured 36-39 s per real-size ViT-B tower on the project's
+# 2-core CPU (benchmarks/README.md, "Through the product path").
+ONNX_EXPORT_SECONDS = 40
 PRECISION = "fp32"  # CLI and eval: exact features (the papers' numbers are fp32)
-# The app's default on a CPU. int8 (dynamic quantisation of the Linear layers) is offered, not the
-# default: measured on the real-size architectures (benchmarks/README.md, "Real-size CPU fast
-# paths") it is 1.4x faster on CLIP ViT-B/16 at a worst cosine of 0.9999 to fp32, but DINOv2-B's
-# worst cosine is 0.9973, below the 0.999 the project requires of a fast path. "auto" (int8 for
-# CLIP ViT-B/16 only) is offered too; fp32 stays the default so that the app's numbers are exact.
-APP_CPU_PRECISION = "fp32"
+# The app's default on a CPU: "auto", per model the fastest path whose measured worst cosine to
+# the fp32 features is >= FAST_PATH_MIN_COSINE (0.999), exact fp32 for the models without one
+# (unmeasured ones included). The app lists exact fp32 as its first option, and the notes of
+# every Run name the precision each model ran in. On a GPU the app runs PRECISION.
+APP_CPU_PRECISION = "auto"
 EVAL_CHUNK_SIZE = 2048  # images the eval harness reads and encodes at once (bounds memory)
 
 # ----------------------------------------------------------------------------- scale-out

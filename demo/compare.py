@@ -150,7 +150,7 @@ def _setting_rows(a: RunRecord, b: RunRecord) -> list[tuple[str, str, str]]:
 
     rows = [("models", a.models, b.models), ("images", images(a), images(b)),
             ("prompt templates", " / ".join(a.templates), " / ".join(b.templates)),
-            ("precision", a.precision, b.precision)]
+            ("precision", a.precisions or a.precision, b.precisions or b.precision)]
     for m in methods_of(a, b):
         rows.append((METHOD_TITLES.get(m, m),
                      settings_text(m, a.settings) if m in a.methods else "not run",

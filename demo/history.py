@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.config import APP_RUN_HISTORY, DEFAULT_TEMPLATE, PRECISION, MethodSettings
+from core.config import APP_RUN_HISTORY, DEFAULT_TEMPLATE, MethodSettings
 from core.methods import METHOD_TITLES
+from demo.precision import app_precision, precision_text
 from demo.provenance import lam_text, models_text
 
 METHOD_ORDER = ("clip", "otfusion", "gpua", "lazsl")  # rows of every comparison
@@ -59,6 +60,9 @@ class RunRecord:
         The primary VLM (+ primary VFM), for the label.
     templates : tuple of str
     precision : str
+        As picked ("auto", "fp32", ...).
+    precisions : str
+        The precision each model ran in (``demo.precision.precision_text``).
     thumbs : tuple of str
         Thumbnail paths (gone once a later Run replaced this one's folder).
     """
@@ -78,6 +82,7 @@ class RunRecord:
     short_models: str = ""
     templates: tuple[str, ...] = ()
     precision: str = ""
+    precisions: str = ""
     thumbs: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -110,7 +115,7 @@ class RunRecord:
             text = " | ".join(self.templates)
             out.append(f"prompt “{text[:LABEL_PROMPT_CHARS]}"
                        f"{'…' if len(text) > LABEL_PROMPT_CHARS else ''}”")
-        if self.precision and self.precision != PRECISION:
+        if self.precision and self.precision != app_precision():
             out.append(self.precision)
         return out
 
@@ -158,7 +163,8 @@ def record_of(session, entry_id: int, created: float) -> RunRecord:
         names=tuple(it.name for it in ex.items), shas=tuple(it.sha256 for it in ex.items),
         truth=truth, class_names=tuple(ex.class_names), models=models_text(ex),
         short_models=short, templates=tuple(ex.settings.templates),
-        precision=str(ex.settings.precision), thumbs=tuple(session.thumbs))
+        precision=str(ex.settings.precision), precisions=precision_text(ex),
+        thumbs=tuple(session.thumbs))
 
 
 def remember(history: tuple[RunRecord, ...], session, *, now: float | None = None,

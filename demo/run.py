@@ -31,11 +31,9 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 from core.config import (
-    APP_CPU_PRECISION,
     DEFAULT_VFM,
     DEFAULT_VLM,
     LAZSL_CROPS,
-    PRECISION,
     MethodSettings,
     with_recipe,
 )
@@ -61,6 +59,7 @@ from demo.inputs import (
     resolve_classes,
 )
 from demo.messages import md_code, md_text, scrub_paths
+from demo.precision import app_precision, precision_text
 from demo.settings import (  # noqa: F401 (re-exported: the controls are part of this API)
     CONTROLS,
     RECIPE_CONTROLS,
@@ -96,14 +95,6 @@ RUN_DEFAULTS = {
     "labels_csv": None, "compare": None, "filter_mode": "all", "precision": None,
 }
 RUN_INPUTS = (*RUN_DEFAULTS, *CONTROLS)  # the components the Run button sends, by key
-
-
-def app_precision() -> str:
-    """The encoders' precision when the user picks none (``core.config``: fp32, exact; int8 is an
-    option on a CPU, see ``APP_CPU_PRECISION`` for why it is not the default)."""
-    import torch
-
-    return PRECISION if torch.cuda.is_available() else APP_CPU_PRECISION
 
 
 class SolveOutputs(NamedTuple):
@@ -356,11 +347,15 @@ def run_stages(inputs: Mapping[str, Any] | None = None, *, cache_dir=None, progr
             later = [METHOD_TITLES[m] for m in methods if m not in stage.methods]
             coming = (_NEXT[stage.name].format(methods=", ".join(later), crops=settings.n_crops)
                       + f" ({', '.join(later)} will appear here). Sliders work on what is shown.")
+        # Which precision each model ran in ("auto" resolves per model): first in the notes.
+        precisions = precision_text(extraction)
+        stage_notes = [f"Model precision: {precisions}", *notes] if precisions else notes
         base, latest = session, _moved(current_session, session)
         while True:  # until no slider re-solved the shown record while this stage was built
             if latest is not None:  # a slider moved on an earlier stage: keep its settings
                 base, solver = latest, latest.settings
-            session = _finish_session(extraction, wanted, solver, notes, progress, previous=base)
+            session = _finish_session(extraction, wanted, solver, stage_notes, progress,
+                                      previous=base)
             elapsed = time.perf_counter() - start
             status = (f"**Features ready** for {len(extraction.items)} images in {elapsed:.1f} s. "
                       "Move λ, ε, the iterations or a recipe to re-solve instantly."

@@ -10,7 +10,9 @@ in a dict keyed by the field names of the handlers' output tuples, so each event
 ``[c[f] for f in Outputs._fields]``.
 
 ``launch`` starts ``demo.warmup.warm_up`` in a background thread: the first UMAP map and GPUA fit
-of the process then cost what later ones do (``FUSIONLAB_WARM_UP=0``: no warm-up; tests).
+of the process then cost what later ones do, and the default models' int8 ONNX models (precision
+"auto" on a CPU) are prepared when their weights are cached (``FUSIONLAB_WARM_UP=0``: no
+warm-up; tests).
 
 Environment switches (all off by default):
 
@@ -36,7 +38,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
-import torch
 
 from core.config import (
     DEFAULT_TEMPLATE,
@@ -69,6 +70,7 @@ from demo import run as flow
 from demo.controls import name_input_errors
 from demo.examples import EXAMPLES_DIR, example_rows
 from demo.inputs import weights_banner
+from demo.precision import app_precision, precision_choices
 from demo.provenance import (
     LAM_LABELS,
     RECIPE_LABELS,
@@ -227,6 +229,7 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
         _wire(demo, c, dev_api, store)
     demo.queue(default_concurrency_limit=2)
     demo.session_store = store
+    demo.default_models = (vlm_default, vfm_default)  # what the start-up warm-up prepares
     store.on_drop = functools.partial(_forget_gradio_session, demo)
     return demo
 
@@ -295,15 +298,10 @@ def _inputs(c, vlm_default: str, vfm_default: str, extra: list[str]) -> None:
         c["n_crops"] = gr.Slider(low, high, LAZSL_CROPS, step=step,
                                  label=f"LaZSL crops per image (paper: {LAZSL_CROPS_PAPER})",
                                  elem_id="n-crops-slider")
-        cpu = not torch.cuda.is_available()
         c["precision"] = gr.Radio(
-            [("fp32 (exact)", "fp32")] + ([
-                ("auto (int8 only where its cosine to fp32 is >= 0.999: CLIP ViT-B/16 1.4x "
-                 "faster; DINOv2 stays fp32)", "auto"),
-                ("int8 (CPU only: CLIP 1.4x faster, DINOv2 1.6x; cosine to fp32 0.9999 / "
-                 "0.997)", "int8")] if cpu else []),
-            value=flow.app_precision(), label="Model precision",
-            info="Part of the feature cache key; a change needs a new Run.")
+            precision_choices(), value=app_precision(), label="Model precision",
+            info="Part of the feature cache key; a change needs a new Run. The notes of each "
+                 "Run say which precision each model ran in.", elem_id="precision-radio")
         c["attributes_file"] = gr.File(label="Attribute JSON {class: [descriptor, ...]}",
                                        file_types=[".json"],
                                        elem_id="attributes-upload")
@@ -704,9 +702,10 @@ def _resolver(method: str, handler=None):
 
 def launch(demo: gr.Blocks, **overrides):
     """Launch with the production settings; ``overrides`` for tests (port, thread lock...)."""
-    # The first GPUA fit and UMAP map of a process pay imports and JIT compilation: pay them
-    # while the server starts (demo.warmup), not in the first user's click.
-    warmup.start()
+    # The first GPUA fit and UMAP map of a process pay imports and JIT compilation, the first
+    # Run the int8 ONNX export of the default models: pay them while the server starts
+    # (demo.warmup), not in the first user's click.
+    warmup.start(getattr(demo, "default_models", ()))
     store = getattr(demo, "session_store", None)
     options = dict(
         max_file_size=os.environ.get("FUSIONLAB_MAX_FILE_SIZE", "200mb"),

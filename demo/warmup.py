@@ -1,9 +1,16 @@
-"""Warm-up at start: what the first map and the first GPUA fit of a process would otherwise pay.
+"""Warm-up at start: what the first Run, map and GPUA fit of a process would otherwise pay.
 
 ``demo.ui.launch`` runs ``warm_up`` in a daemon thread while the server starts, so the first
 user's UMAP map and GPUA fit cost what later ones do (``benchmarks/warmup.py`` measures first vs
-second, with and without it). Three one-off costs:
+second, with and without it). Four one-off costs:
 
+- the int8 ONNX models of the app's default VLM and VFM, where the app's default precision
+  ("auto" on a CPU) runs them in "onnx-int8": exported and quantised once (~40 s per model at
+  real size) and kept on disk (``core.models.onnx_runtime``). Only for models whose weights are
+  already in the local cache: a warm-up never downloads (models without them are skipped
+  silently; the first Run then downloads and exports). A Run that needs the same model meanwhile
+  waits for this export (``core.models.load_encoder`` builds each model once) and its progress
+  says so. At exit, the export in progress is finished first (up to ~40 s);
 - torch's optimiser: the first ``torch.optim`` optimiser of a process imports ``torch._dynamo``
   (GPUA's THS refinement runs AdamW);
 - the first GPUA fit's own first calls (autograd, the linear-algebra kernels of the Procrustes
@@ -27,6 +34,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -57,10 +65,30 @@ def warm_umap() -> None:
     project_2d(x.astype(np.float32), method="umap")
 
 
-def warm_up(parts=("gpua", "umap")) -> dict[str, float]:
-    """Run the warm-ups named in ``parts`` ("gpua", "umap"); returns the seconds each took. A
-    failure is logged, never raised: a warm-up only saves time."""
-    steps = {"gpua": warm_gpua, "umap": warm_umap}
+def warm_onnx(models: Sequence[str]) -> list[str]:
+    """Prepare the int8 ONNX model of each of ``models`` (registry keys) that the app's default
+    precision runs in "onnx-int8" and that is not on disk yet, where the model's weights are
+    already cached (never a download); returns the keys prepared."""
+    from core.models import load_encoder, one_time_setup
+    from demo.inputs import missing_weights
+    from demo.precision import app_precision
+
+    precision, prepared = app_precision(), []
+    for key in models:
+        if _STOP.is_set():
+            break
+        if one_time_setup(key, precision) is None or missing_weights([key]):
+            continue
+        load_encoder(key, precision=precision)  # exports once, under the loader's lock
+        prepared.append(key)
+    return prepared
+
+
+def warm_up(parts=("onnx", "gpua", "umap"), models: Sequence[str] = ()) -> dict[str, float]:
+    """Run the warm-ups named in ``parts`` ("onnx": the int8 ONNX models of ``models``, the
+    app's default VLM and VFM; "gpua"; "umap"); returns the seconds each took. A failure is
+    logged, never raised: a warm-up only saves time."""
+    steps = {"onnx": lambda: warm_onnx(models), "gpua": warm_gpua, "umap": warm_umap}
     seconds = {}
     for part in parts:
         if _STOP.is_set():
@@ -84,13 +112,14 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-def start() -> threading.Thread | None:
-    """``warm_up`` in a daemon thread, unless ``FUSIONLAB_WARM_UP=0`` (tests: their app processes
-    are short and the warm-up would only take their CPU). At exit the step in progress ends and
-    no other starts."""
+def start(models: Sequence[str] = ()) -> threading.Thread | None:
+    """``warm_up`` (of ``models``: the app's default VLM and VFM) in a daemon thread, unless
+    ``FUSIONLAB_WARM_UP=0`` (tests: their app processes are short and the warm-up would only take
+    their CPU). At exit the step in progress ends and no other starts."""
     if os.environ.get("FUSIONLAB_WARM_UP", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
-    thread = threading.Thread(target=warm_up, name="warm-up", daemon=True)
+    thread = threading.Thread(target=warm_up, kwargs={"models": tuple(models)}, name="warm-up",
+                              daemon=True)
     thread.start()
     atexit.register(_finish, thread)
     return thread

@@ -267,6 +267,20 @@ def test_figures_readable_when_projected(browser, app):  # noqa: F811
             outer = page.locator(box).bounding_box()
             for inner in _boxes(page, f"{box} button, {box} .wrap"):
                 assert inner["y1"] <= outer["y"] + outer["height"] + 0.5, (box, inner, outer)
+        # "Model precision": every option (demo.precision) inside the column, the app's
+        # default picked, and the notes of the Run name the precision each model ran in.
+        from demo.precision import app_precision, precision_choices
+
+        page.locator("#precision-radio").scroll_into_view_if_needed()
+        outer = page.locator("#precision-radio").bounding_box()
+        labels = _boxes(page, "#precision-radio label")
+        assert [b["text"].strip() for b in labels] == [t for t, _ in precision_choices()]
+        for b in labels:
+            assert outer["x"] - 0.5 <= b["x0"] and b["x1"] <= outer["x"] + outer["width"] + 0.5
+        picked = page.locator("#precision-radio label:has(input:checked)").inner_text()
+        assert picked.strip() == dict((v, t) for t, v in precision_choices())[app_precision()]
+        assert "Model precision: Tiny CLIP ViT (test): fp32" in \
+            page.locator(".prose.notes-panel").inner_text()
         _shot(page, "views_advanced")
     finally:
         page.close()

@@ -128,7 +128,8 @@ def fake_session(workdir: str, settings: MethodSettings | None = None, preds=(0,
                                vfms=lambda: [("DINO", None)])
     items = tuple(SimpleNamespace(name=f"{i}.png", sha256=f"{i:064x}") for i in range(n))
     extraction = SimpleNamespace(features=features, items=items, class_names=CLASSES,
-                                 settings=SimpleNamespace(templates=("a {}",), precision="fp32"))
+                                 settings=SimpleNamespace(templates=("a {}",), precision="fp32"),
+                                 precisions={})
     result = SimpleNamespace(pred=torch.tensor(preds), accuracy=None)
     return SimpleNamespace(extraction=extraction, methods=("clip", "otfusion"),
                            results={"clip": result, "otfusion": result},

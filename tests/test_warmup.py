@@ -19,7 +19,7 @@ def test_freeze_heap_moves_live_objects_to_the_permanent_generation():
 def test_warm_up_and_launch_freeze_the_heap_before_serving(monkeypatch):
     calls = []
     monkeypatch.setattr(warmup, "freeze_heap", lambda: calls.append("freeze"))
-    monkeypatch.setattr(warmup, "start", lambda: calls.append("warm-up thread"))
+    monkeypatch.setattr(warmup, "start", lambda models=(): calls.append("warm-up thread"))
     warmup.warm_up(parts=())
     assert calls == ["freeze"]
 

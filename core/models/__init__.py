@@ -4,8 +4,11 @@ preprocessing, dense CLIP features, and tiny random-initialised test models."""
 from core.models.encoders import Encoder
 from core.models.hub import WeightsUnavailableError, ensure_weights, hf_cache_dir
 from core.models.load import (
+    cpu_has_fast_bf16,
     download_models,
     load_encoder,
+    one_time_setup,
+    precision_runs_here,
     preload_from_hub_lines,
     resolve_device,
     resolve_precision,
@@ -25,6 +28,7 @@ __all__ = [
     "MODELS", "ModelSpec", "Encoder", "WeightsUnavailableError", "register_model", "get_spec",
     "list_models", "model_choices", "load_encoder", "download_models",
     "preload_from_hub_lines", "resolve_device", "resolve_precision", "ensure_weights",
+    "cpu_has_fast_bf16", "one_time_setup", "precision_runs_here",
     "tiny_test_models",
     "CropGeometry", "crop_box", "crop_geometry", "hf_cache_dir", "to_uint8",
 ]

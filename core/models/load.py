@@ -17,6 +17,7 @@ so they are baked into the image at build time (`preload_from_hub_lines` writes 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import pickle
 import threading
@@ -25,7 +26,8 @@ import warnings
 import torch
 from safetensors import SafetensorError
 
-from core.config import FAST_PATH_MIN_COSINE
+import core.models.onnx_runtime as onnx_runtime
+from core.config import AUTO_CPU_PRECISIONS, FAST_PATH_MIN_COSINE
 from core.models.encoders import Encoder, OpenClipEncoder, TransformersEncoder
 from core.models.hub import (
     INCOMPLETE,
@@ -44,7 +46,8 @@ from core.models.registry import ModelSpec, get_spec
 
 __all__ = [
     "load_encoder", "download_models", "preload_from_hub_lines", "resolve_device", "PRECISIONS",
-    "check_precision", "resolve_precision",
+    "check_precision", "resolve_precision", "cpu_has_fast_bf16", "precision_runs_here",
+    "one_time_setup",
 ]
 
 # Encoder precisions and the devices they run on. "fp32" is exact and the default; "int8"
@@ -58,7 +61,11 @@ PRECISIONS = {"fp32": ("cpu", "cuda", "mps"), "auto": ("cpu", "cuda", "mps"), "i
 
 _LOADED: dict[tuple[ModelSpec, str], Encoder] = {}  # shared read-only models, never user data
 _LOADED_FAST: dict[tuple[ModelSpec, str, str], Encoder] = {}  # their non-fp32 twins
+# One lock per (model, device[, precision]) being built, so that a second caller of the same one
+# (a Run while the start-up warm-up exports its ONNX model) waits for it instead of building it
+# twice, while other models load meanwhile. _LOAD_LOCK only guards the lock table.
 _LOAD_LOCK = threading.Lock()
+_BUILD_LOCKS: dict[tuple, threading.Lock] = {}
 # What reading a damaged checkpoint file raises (torch.load, safetensors).
 _UNREADABLE = (OSError, RuntimeError, ValueError, EOFError, SafetensorError, pickle.UnpicklingError)
 
@@ -103,18 +110,39 @@ def load_encoder(
     dev = resolve_device(device)
     check_precision(precision, dev)
     precision = resolve_precision(spec, precision, dev)
-    with _LOAD_LOCK:
+    with _build_lock((spec, str(dev))):
         encoder = _LOADED.get((spec, str(dev)))
         if encoder is None:
             encoder = _build(spec, dev)
             _LOADED[(spec, str(dev))] = encoder
-        if precision != "fp32":
-            fast = _LOADED_FAST.get((spec, str(dev), precision))
-            if fast is None:
-                fast = _with_precision(encoder, precision)
-                _LOADED_FAST[(spec, str(dev), precision)] = fast
-            return fast
-    return encoder
+    if precision == "fp32":
+        return encoder
+    with _build_lock((spec, str(dev), precision)):
+        fast = _LOADED_FAST.get((spec, str(dev), precision))
+        if fast is None:
+            fast = _with_precision(encoder, precision)
+            _LOADED_FAST[(spec, str(dev), precision)] = fast
+    return fast
+
+
+def _build_lock(key: tuple) -> threading.Lock:
+    with _LOAD_LOCK:
+        return _BUILD_LOCKS.setdefault(key, threading.Lock())
+
+
+def one_time_setup(key: str | ModelSpec, precision: str,
+                   device: str | torch.device | None = None) -> str | None:
+    """What loading ``key`` in ``precision`` on ``device`` must do once before its first forward,
+    in words for a progress line, or None when nothing slow is pending: "onnx-int8" (also as
+    "auto" resolves it) whose int8 ONNX model is neither loaded nor on disk yet needs its export
+    and quantisation (``core.models.onnx_runtime``, ~40 s at real size)."""
+    spec = get_spec(key)
+    dev = resolve_device(device)
+    if resolve_precision(spec, precision, dev) != ONNX_INT8:
+        return None
+    if (spec, str(dev), ONNX_INT8) in _LOADED_FAST or onnx_runtime.tower_on_disk(spec):
+        return None
+    return onnx_runtime.export_note(spec)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -133,17 +161,46 @@ def resolve_precision(key: str | ModelSpec, precision: str,
                       device: str | torch.device | None = None) -> str:
     """The precision model ``key`` really runs in for ``precision`` on ``device``.
 
-    "auto" is "int8" on a CPU for a model whose measured int8 cosine
-    (``ModelSpec.int8_worst_cos``) reaches ``core.config.FAST_PATH_MIN_COSINE``, and "fp32"
-    otherwise (unmeasured models, other devices); every other precision is returned as given.
+    "auto" on a CPU is the first of ``core.config.AUTO_CPU_PRECISIONS`` (fastest first: "bf16",
+    "onnx-int8", "int8") that runs here (`precision_runs_here`) and whose measured worst cosine
+    to fp32 (``ModelSpec.worst_cos``) reaches ``core.config.FAST_PATH_MIN_COSINE``; "fp32" when
+    none does (unmeasured models) and on every other device. Every other precision is returned
+    as given.
     """
     if precision != "auto":
         return precision
-    measured = get_spec(key).int8_worst_cos
-    if resolve_device(device).type == "cpu" and measured is not None \
-            and measured >= FAST_PATH_MIN_COSINE:
-        return "int8"
+    if resolve_device(device).type != "cpu":
+        return "fp32"
+    spec = get_spec(key)
+    for candidate in AUTO_CPU_PRECISIONS:
+        measured = spec.worst_cos(candidate)
+        if measured is not None and measured >= FAST_PATH_MIN_COSINE \
+                and precision_runs_here(candidate, "cpu"):
+            return candidate
     return "fp32"
+
+
+def precision_runs_here(precision: str, device: str | torch.device | None = None) -> bool:
+    """Whether ``precision`` can run on ``device`` in this process: the device table
+    (`PRECISIONS`), plus a CPU with native bf16 for "bf16" on a CPU (bf16 autocast without it
+    was 0.6x fp32, benchmarks/README.md) and onnxruntime + onnx installed for "onnx-int8"."""
+    dev = resolve_device(device)
+    if dev.type not in PRECISIONS.get(precision, ()):
+        return False
+    if precision == "bf16" and dev.type == "cpu":
+        return cpu_has_fast_bf16()
+    if precision == ONNX_INT8:
+        return onnx_runtime.available()
+    return True
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16): where bf16 on a CPU
+    is fast. Asks torch's CPU capability probes (private names, hence the guard: False when this
+    torch lacks them); the answer cannot change in a process, so it is cached."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def _with_precision(encoder: Encoder, precision: str) -> Encoder:

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from core.config import ONNX_EXPORT_SECONDS
+
 PRECISION = "onnx-int8"
 # Pinned in requirements.txt; onnxscript is what torch's dynamo exporter writes ONNX with.
 PIP_COMMAND = "pip install onnxruntime==1.32.0 onnx==1.23.2 onnxscript==0.7.2"
@@ -51,6 +53,16 @@ def require_onnxruntime():
             f"({exc}); install them with `{PIP_COMMAND}`, or pick precision 'fp32' or 'int8'."
         ) from exc
     return onnxruntime
+
+
+def available() -> bool:
+    """Whether onnxruntime and onnx import here (what precision "onnx-int8" needs). Not cached:
+    an import that failed once is retried, and tests hide the modules."""
+    try:
+        require_onnxruntime()
+    except ImportError:
+        return False
+    return True
 
 
 class GlobalImageForward(torch.nn.Module):
@@ -118,6 +130,20 @@ def onnx_path(spec) -> Path:
 
     folder = f"{model_key(spec, PRECISION)}-ort{ort.__version__}"
     return default_cache_dir() / "onnx" / folder / FILE_NAME
+
+
+def tower_on_disk(spec) -> bool:
+    """Whether the int8 tower of ``spec`` is already on disk (False without onnxruntime)."""
+    try:
+        return onnx_path(spec).is_file()
+    except ImportError:
+        return False
+
+
+def export_note(spec) -> str:
+    """What a user is told while the tower of ``spec`` is exported for the first time."""
+    return (f"preparing the int8 ONNX model of {spec.display_name} "
+            f"(one time, ~{ONNX_EXPORT_SECONDS} s)")
 
 
 def build_int8_tower(encoder, path: str | os.PathLike) -> float:

@@ -36,6 +36,9 @@ DINOV2_BASE_CONFIG = {
 
 def _twin(key: str, new_key: str, arch_config: dict | None = None) -> ModelSpec:
     # Same preprocessing, token layout and output size as the real entry; only weights differ.
+    # The measured worst cosines (int8_worst_cos, onnx_int8_worst_cos) carry over unchanged:
+    # they were measured on these very twins (benchmarks/README.md, random weights), so
+    # precision "auto" resolves the same for a twin as for its real entry.
     real = get_spec(key)
     extra = {"pretrained": None} if real.library == "open_clip" else {}
     return replace(real, key=new_key, display_name=f"{real.display_name} (real size, random)",

@@ -29,6 +29,9 @@ SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
 
 _KINDS = ("vlm", "vfm")
+# The ModelSpec field recording each fast path's measured worst cosine to fp32.
+WORST_COS_FIELDS = {"int8": "int8_worst_cos", "onnx-int8": "onnx_int8_worst_cos",
+                    "bf16": "bf16_worst_cos"}
 _LIBRARIES = ("open_clip", "transformers")
 
 
@@ -66,10 +69,15 @@ class ModelSpec:
     # Explicit architecture for random-init entries: open_clip CLIP kwargs (embed_dim, vision_cfg,
     # text_cfg) or transformers config kwargs including "model_type". Excluded from the hash.
     arch_config: Mapping | None = field(default=None, hash=False)
-    # Worst cosine of int8 (dynamic Linear) image features to fp32 on natural images, measured by
-    # benchmarks/encode.py --fast-paths (None: not measured). Precision "auto" uses int8 only
-    # where it reaches core.config.FAST_PATH_MIN_COSINE. Not part of the cache identity.
+    # Worst cosine to the fp32 image features on natural images of each fast path (None: not
+    # measured): int8 (torch dynamic quantisation of the Linear layers) and onnx-int8 (ONNX
+    # Runtime, per-channel int8 weights), measured by benchmarks/encode.py --fast-paths; bf16
+    # (CPU autocast). Precision "auto" runs a path only where its cosine reaches
+    # core.config.FAST_PATH_MIN_COSINE (`core.models.load.resolve_precision`). Measurements, not
+    # identity: the cache keys ignore them (`identity`).
     int8_worst_cos: float | None = None
+    onnx_int8_worst_cos: float | None = None
+    bf16_worst_cos: float | None = None
     # Images per forward on the scale-out path (core.pipeline.distributed: one GPU actor per
     # model); sized for a GPU with >= 24 GB at fp32. Not part of the identity: batching does not
     # change the features (core.models.encoders runs a batch of one as two for that).
@@ -112,6 +120,12 @@ class ModelSpec:
         if problems:
             raise ValueError(f"ModelSpec '{self.key}': " + "; ".join(problems) + ".")
 
+    def worst_cos(self, precision: str) -> float | None:
+        """The measured worst cosine to fp32 of ``precision`` ("int8", "onnx-int8", "bf16");
+        None where it was not measured (and for every other precision)."""
+        name = WORST_COS_FIELDS.get(precision)
+        return None if name is None else getattr(self, name)
+
     @property
     def grid_size(self) -> tuple[int, int] | None:
         """(h, w) of the patch grid at ``image_size``, None without patches."""
@@ -122,26 +136,24 @@ class ModelSpec:
     def identity(self) -> dict:
         """The fields that decide the features (for cache keys): weights + preprocessing."""
         out = asdict(self)
-        for name in ("key", "display_name", "kind", "gated", "hidden", "int8_worst_cos",
+        for name in ("key", "display_name", "kind", "gated", "hidden", *WORST_COS_FIELDS.values(),
                      "batch_size"):
             out.pop(name)
         out["arch_config"] = copy.deepcopy(dict(self.arch_config)) if self.arch_config else None
         return out
 
 
-def _clip(key, name, arch, repo, *, size, patch, dim, dense=True, int8_worst_cos=None,
-          batch=256):
+def _clip(key, name, arch, repo, *, size, patch, dim, dense=True, batch=256, **worst_cos):
     return ModelSpec(
         key=key, display_name=name, kind="vlm", library="open_clip", model_id=arch,
         pretrained="openai", hf_repo=repo, image_size=size, mean=CLIP_MEAN, std=CLIP_STD,
         interpolation="bicubic", resize_size=size, patch_size=patch,
         n_prefix_tokens=1 if patch else 0, output_dim=dim, quick_gelu=True, dense=dense,
-        int8_worst_cos=int8_worst_cos, batch_size=batch,
+        batch_size=batch, **worst_cos,
     )
 
 
-def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False, int8_worst_cos=None,
-          batch=256):
+def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False, batch=256, **worst_cos):
     # DINOv2 and DINOv3 alike: their repositories' classification eval transform (short side 256,
     # bicubic, center crop 224), which is also the papers' center-crop-224 protocol. (The
     # transformers DINOv3 processor squashes to 224 x 224 bilinear instead; it distorts the aspect
@@ -150,18 +162,19 @@ def _dino(key, name, repo, *, patch, dim, n_prefix, gated=False, int8_worst_cos=
         key=key, display_name=name, kind="vfm", library="transformers", model_id=repo,
         pretrained=None, hf_repo=repo, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         interpolation="bicubic", resize_size=256, patch_size=patch, n_prefix_tokens=n_prefix,
-        output_dim=dim, gated=gated, int8_worst_cos=int8_worst_cos, batch_size=batch,
+        output_dim=dim, gated=gated, batch_size=batch, **worst_cos,
     )
 
 
 _BUILTIN = [
     _clip("clip-vit-b32", "CLIP ViT-B/32 (OpenAI)", "ViT-B-32",
           "timm/vit_base_patch32_clip_224.openai", size=224, patch=32, dim=512),
-    # int8_worst_cos: measured on the real-size architecture with random weights
-    # (benchmarks/README.md, "Real-size CPU fast paths"), not on the released weights.
+    # *_worst_cos: measured on the real-size architectures with random weights
+    # (core.models.realsize; benchmarks/README.md, "Real-size CPU fast paths": int8 from its
+    # first table, onnx-int8 from "Through the product path"), not on the released weights.
     _clip("clip-vit-b16", "CLIP ViT-B/16 (OpenAI)", "ViT-B-16",
           "timm/vit_base_patch16_clip_224.openai", size=224, patch=16, dim=512,
-          int8_worst_cos=0.9999),
+          int8_worst_cos=0.9999, onnx_int8_worst_cos=0.99985),
     _clip("clip-vit-l14", "CLIP ViT-L/14 (OpenAI)", "ViT-L-14",
           "timm/vit_large_patch14_clip_224.openai", size=224, patch=14, dim=768, batch=128),
     _clip("clip-rn50", "CLIP ResNet-50 (OpenAI)", "RN50", "timm/resnet50_clip.openai",
@@ -176,7 +189,7 @@ _BUILTIN = [
     _dino("dinov2-small", "DINOv2 ViT-S/14", "facebook/dinov2-small",
           patch=14, dim=384, n_prefix=1),
     _dino("dinov2-base", "DINOv2 ViT-B/14", "facebook/dinov2-base",
-          patch=14, dim=768, n_prefix=1, int8_worst_cos=0.9973),
+          patch=14, dim=768, n_prefix=1, int8_worst_cos=0.9973, onnx_int8_worst_cos=0.99917),
     _dino("dinov2-large", "DINOv2 ViT-L/14", "facebook/dinov2-large",
           patch=14, dim=1024, n_prefix=1, batch=128),
     _dino("dinov2-giant", "DINOv2 ViT-g/14", "facebook/dinov2-giant",

@@ -113,6 +113,8 @@ def _json_text(extraction, results, rows, solver: MethodSettings | None) -> str:
         "vlms": list(settings.vlms),  # every model, the primary one first
         "vfms": list(settings.vfms),
         "lazsl_recipe": settings.lazsl_recipe,  # the rule that wrote LaZSL's sentences
+        "precision": settings.precision,  # as asked ("auto": resolved per model, below)
+        "precisions": dict(extraction.precisions),  # registry key -> precision its features had
         "templates": list(settings.templates),
         "classes": list(extraction.class_names),
         "solver_settings": _solver_record(solver, results),
@@ -138,7 +140,8 @@ def predictions_csv(extraction, results: dict[str, MethodResult],
 
 def predictions_json(extraction, results: dict[str, MethodResult],
                      solver: MethodSettings | None = None) -> str:
-    """JSON text: models (every VLM and VFM), templates, classes, the solver settings that
+    """JSON text: models (every VLM and VFM), the precision asked and the one each model ran in,
+    templates, classes, the solver settings that
     produced the results (when given; recipes included), per-method accuracy, timings and the
     features behind it (``sources``), skipped files, and per-image top-k."""
     return _json_text(extraction, results, prediction_rows(extraction, results), solver)

@@ -41,7 +41,7 @@ from core.methods.zeroshot import (
 from core.models.load import check_precision, resolve_device
 from core.pipeline.cache import FeatureCache
 from core.pipeline.features import FeatureRequest, LazyEncoder, cached_features, text_hashes
-from core.pipeline.progress import WorkProgress
+from core.pipeline.progress import NotedProgress, WorkProgress
 
 Progress = Callable[[int, int, str], None]
 
@@ -113,6 +113,9 @@ class Extraction:
         Non-fatal notes for the user (labels outside the class list, ...).
     stats : dict
         Cache hits / misses, forward passes, seconds.
+    precisions : dict registry key -> str
+        The precision each model's features were computed in (``settings.precision``, "auto"
+        resolved per model by ``core.models.resolve_precision``), VLMs first.
     """
 
     features: FeatureSet
@@ -125,6 +128,7 @@ class Extraction:
     attribute_index: Tensor | None = None
     warnings: tuple[str, ...] = ()
     stats: dict = field(default_factory=dict)
+    precisions: dict = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -184,11 +188,13 @@ def _crop_boxes_from_sizes(items: Sequence[ImageItem], n_crops: int, scale) -> T
     ).to(torch.float32)
 
 
-def _load_models(settings: ExtractSettings) -> tuple[list[LazyEncoder], list[LazyEncoder]]:
+def _load_models(settings: ExtractSettings, on_setup: Callable[[str], None] | None = None
+                 ) -> tuple[list[LazyEncoder], list[LazyEncoder]]:
     """Every VLM and every VFM (one :class:`LazyEncoder` per distinct key, shared).
 
-    Nothing is loaded yet (see :class:`LazyEncoder`). Raises ValueError for an unknown key, a
-    vision-only model given as a VLM, extra VFMs without a first one, or a model named twice.
+    Nothing is loaded yet (see :class:`LazyEncoder`, which calls ``on_setup`` before a slow
+    one-time preparation). Raises ValueError for an unknown key, a vision-only model given as a
+    VLM, extra VFMs without a first one, or a model named twice.
     """
     check_precision(settings.precision, resolve_device(settings.device))  # before any cache hit
     if settings.extra_vfms and settings.vfm is None:
@@ -202,7 +208,8 @@ def _load_models(settings: ExtractSettings) -> tuple[list[LazyEncoder], list[Laz
 
     def encoder(key: str) -> LazyEncoder:
         if key not in encoders:
-            encoders[key] = LazyEncoder(key, settings.device, precision=settings.precision)
+            encoders[key] = LazyEncoder(key, settings.device, precision=settings.precision,
+                                        on_setup=on_setup)
         return encoders[key]
 
     vlms = [encoder(key) for key in settings.vlms]
@@ -410,8 +417,9 @@ def extract(
     if len(class_names) < 2:
         raise ValueError(f"classes: expected at least 2 classes, got {len(class_names)}.")
     start = time.perf_counter()
-    report = progress or (lambda done, total, desc: None)
-    vlms, vfms = _load_models(settings)
+    # A model's one-time preparation (the int8 ONNX export, ~40 s) is said in the progress line.
+    report = NotedProgress(progress or (lambda done, total, desc: None))
+    vlms, vfms = _load_models(settings, on_setup=report.note)
     vlm = vlms[0]
     items = list(image_set.items)
     if not items:
@@ -476,4 +484,5 @@ def extract(
         attribute_index=attribute_index,
         warnings=tuple(image_set.warnings) + tuple(warnings),
         stats=stats,
+        precisions={m.spec.key: m.precision for m in [*vlms, *vfms]},
     )

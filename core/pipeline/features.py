@@ -26,24 +26,34 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from core.models import get_spec, load_encoder, resolve_device, resolve_precision
+from core.models import get_spec, load_encoder, one_time_setup, resolve_device, resolve_precision
 from core.pipeline.cache import FeatureCache, feature_shape, kind_key, model_key
 
 
 class LazyEncoder:
-    """Loads the model on first use, so fully cached runs never touch the weights."""
+    """Loads the model on first use, so fully cached runs never touch the weights.
 
-    def __init__(self, key: str, device: str | None, *, precision: str = "fp32"):
+    ``on_setup(note)``, optional: called just before a load that has slow one-time work to do
+    first (``core.models.one_time_setup``: the int8 ONNX export of "onnx-int8"), with the words
+    for a progress line, so a caller can say why nothing moves for a while.
+    """
+
+    def __init__(self, key: str, device: str | None, *, precision: str = "fp32",
+                 on_setup: Callable[[str], None] | None = None):
         self.spec = get_spec(key)
         self._device = device
         # "auto" is resolved now: the cache key (before any load) needs the real precision.
         self.precision = resolve_precision(self.spec, precision, resolve_device(device))
+        self._on_setup = on_setup
         self._encoder = None
         self._baseline = 0
 
     @property
     def encoder(self):
         if self._encoder is None:
+            note = one_time_setup(self.spec, self.precision, self._device)
+            if note is not None and self._on_setup is not None:
+                self._on_setup(note)
             self._encoder = load_encoder(self.spec.key, device=self._device,
                                          precision=self.precision)
             # Loaded models are shared by every call in the process: count from here.

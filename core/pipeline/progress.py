@@ -74,6 +74,23 @@ class WorkProgress:
         self.total = max(self.done, self.total - int(units))
 
 
+class NotedProgress:
+    """``report(done, total, desc)`` that remembers the last counts, so that :meth:`note` can
+    say what is happening between two reports (a model's one-time preparation) without moving
+    the bar back."""
+
+    def __init__(self, report: Progress):
+        self._report = report
+        self.last = (0, 1)
+
+    def __call__(self, done: int, total: int, desc: str) -> None:
+        self.last = (done, total)
+        self._report(done, total, desc)
+
+    def note(self, desc: str) -> None:
+        self._report(*self.last, desc)
+
+
 class LineProgress:
     """``progress(done, total, desc)`` as one line of a terminal stream (default: ``sys.stderr``
     as it is at each call), rewritten in place (``\r``) and ended when ``done`` reaches
