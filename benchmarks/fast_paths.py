@@ -96,7 +96,8 @@ def _openvino_models(encoder, example: torch.Tensor, names: set[str], threads: i
     ``ov.convert_model`` traces the same global forward as the ORT export (dynamic batch).
     "fp32" and "bf16" compile it with that INFERENCE_PRECISION_HINT (bf16 is OpenVINO's own
     default on AMX CPUs, so fp32 must be asked for); "int8 weights" is nncf's weights-only int8
-    (``compress_weights``, INT8_ASYM: weights stored in int8, matmuls in f32); "int8" is nncf's
+    (``compress_weights``, INT8_ASYM, per channel; the CPU plugin's DYNAMIC_QUANTIZATION_GROUP_SIZE
+    defaults to 32, so those layers also quantise activations at run time); "int8" is nncf's
     static post-training quantisation (``quantize``, transformer preset: int8 activations and
     weights, VNNI / AMX int8 kernels), calibrated on 32 generated images disjoint from the
     cosine set. The int8 models compile with the f32 hint, so only int8 differs from "fp32".
