@@ -101,10 +101,10 @@ def _openvino_models(encoder, example: torch.Tensor, names: set[str], threads: i
     static post-training quantisation (``quantize``, transformer preset: int8 activations and
     weights, VNNI / AMX int8 kernels), calibrated on 32 generated images disjoint from the
     cosine set. The int8 models compile with the f32 hint, so only int8 differs from "fp32".
-    PERFORMANCE_HINT LATENCY: one stream with all ``threads``, which is what a single
-    synchronous batch call uses (THROUGHPUT splits the threads into streams that one call
-    cannot fill). Empty, with one printed line, when openvino (or nncf, for the int8 ones) is
-    missing.
+    PERFORMANCE_HINT LATENCY: one stream with all ``threads``, the thread count the torch and
+    ORT candidates get (THROUGHPUT, streams of one thread, was faster only under load, where
+    one thread straggles less: benchmarks/README.md). Empty, with one printed line, when
+    openvino (or nncf, for the int8 ones) is missing.
     """
     try:
         import openvino as ov
