@@ -21,6 +21,7 @@ Weights are random (timing does not depend on them): a real-size architecture th
     python benchmarks/encode.py --model clip-vit-b32 --n-images 128 --batch-size 32
     python benchmarks/encode.py --fast-paths --batch-size 16 --repeats 3   # CPU candidates
     python benchmarks/encode.py --fast-paths --threads 2 --candidates "int8 dynamic,onnx"
+    python benchmarks/encode.py --fast-paths --threads 2 --candidates openvino
 """
 
 from __future__ import annotations
@@ -147,11 +148,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--fast-paths", action="store_true",
                         help="instead: fp32 eager vs int8 / channels-last / torch.compile / ONNX "
-                             "Runtime (fp32, int8) at --threads (default 2 and 1), interleaved, "
-                             "with worst cosine to fp32 on natural images")
+                             "Runtime (fp32, int8) / OpenVINO at --threads (default 2 and 1), "
+                             "interleaved, with worst cosine to fp32 on natural images")
     parser.add_argument("--candidates",
                         default="int8 dynamic,fp32 channels-last,torch.compile,onnx",
-                        help="--fast-paths candidates, a comma list")
+                        help="--fast-paths candidates, a comma list; also 'openvino' (all of "
+                             "'openvino fp32', 'openvino bf16', 'openvino int8 weights', "
+                             "'openvino int8'; needs the optional openvino and nncf)")
     parser.add_argument("--onnx-dir", default=None,
                         help="--fast-paths: where ONNX exports are kept between runs "
                              "(default: a temporary folder)")

@@ -26,10 +26,12 @@ from core.models import load_encoder
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 
-def natural_images(n_generated: int = 24, seed: int = 0) -> list[Image.Image]:
-    """The example images plus generated photo-like ones (gradients, blurred shapes, texture)."""
+def natural_images(n_generated: int = 24, seed: int = 0, *,
+                   examples: bool = True) -> list[Image.Image]:
+    """The example images (unless ``examples=False``) plus generated photo-like ones
+    (gradients, blurred shapes, texture)."""
     out = []
-    for archive in sorted(EXAMPLES.glob("*.zip")):
+    for archive in sorted(EXAMPLES.glob("*.zip")) if examples else []:
         with zipfile.ZipFile(archive) as z:
             for name in sorted(z.namelist()):
                 if name.lower().endswith((".jpg", ".jpeg", ".png")):
@@ -88,12 +90,82 @@ def _onnx_sessions(encoder, example, folder: Path, threads: int) -> dict:
     return found
 
 
+def _openvino_models(encoder, example: torch.Tensor, names: set[str], threads: int) -> dict:
+    """OpenVINO CPU models of the image tower, those of ``names`` (`OPENVINO_NAMES`).
+
+    ``ov.convert_model`` traces the same global forward as the ORT export (dynamic batch).
+    "fp32" and "bf16" compile it with that INFERENCE_PRECISION_HINT (bf16 is OpenVINO's own
+    default on AMX CPUs, so fp32 must be asked for); "int8 weights" is nncf's weights-only int8
+    (``compress_weights``, INT8_ASYM, per channel; the CPU plugin's DYNAMIC_QUANTIZATION_GROUP_SIZE
+    defaults to 32, so those layers also quantise activations at run time); "int8" is nncf's
+    static post-training quantisation (``quantize``, transformer preset: int8 activations and
+    weights, VNNI / AMX int8 kernels), calibrated on 32 generated images disjoint from the
+    cosine set. The int8 models compile with the f32 hint, so only int8 differs from "fp32".
+    PERFORMANCE_HINT LATENCY: one stream with all ``threads``, the thread count the torch and
+    ORT candidates get (THROUGHPUT, streams of one thread, was faster only under load, where
+    one thread straggles less: benchmarks/README.md). Empty, with one printed line, when
+    openvino (or nncf, for the int8 ones) is missing.
+    """
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        print(f"OpenVINO candidates skipped: {exc} (pip install openvino)")
+        return {}
+    start = time.perf_counter()
+    model = ov.convert_model(onnx_runtime.GlobalImageForward(encoder).eval(),
+                             example_input=example)
+    side = example.shape[-1]
+    model.reshape([-1, 3, side, side])  # static image size, dynamic batch
+    version = ov.__version__.split("-")[0]
+    print(f"OpenVINO {version} convert_model: {time.perf_counter() - start:.1f} s", flush=True)
+    models = {"openvino fp32": (model, "f32"), "openvino bf16": (model, "bf16")}
+    if names & {"openvino int8", "openvino int8 weights"}:
+        try:
+            import nncf
+        except ImportError as exc:
+            print(f"OpenVINO int8 candidates skipped: {exc} (pip install nncf)")
+        else:
+            if "openvino int8 weights" in names:
+                start = time.perf_counter()
+                models["openvino int8 weights"] = (nncf.compress_weights(model.clone()), "f32")
+                print(f"nncf {nncf.__version__} compress_weights: "
+                      f"{time.perf_counter() - start:.1f} s", flush=True)
+            if "openvino int8" in names:
+                calibration = torch.stack([encoder.preprocess(im) for im in natural_images(
+                    32, seed=1, examples=False)])  # (32, 3, S, S), not in the cosine set
+                start = time.perf_counter()
+                quantised = nncf.quantize(
+                    model.clone(), nncf.Dataset([c[None].numpy() for c in calibration]),
+                    model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+                models["openvino int8"] = (quantised, "f32")
+                print(f"nncf {nncf.__version__} quantize (32 calibration images): "
+                      f"{time.perf_counter() - start:.1f} s", flush=True)
+    core = ov.Core()
+    found = {}
+    for name in (n for n in models if n in names):
+        model, precision = models[name]
+        compiled = core.compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY"})
+
+        def forward(x, c=compiled):
+            features = torch.from_numpy(c(x.detach().float().contiguous().numpy())[0])
+            return torch.nn.functional.normalize(features, dim=-1)
+
+        found[name] = forward
+    return found
+
+
+OPENVINO_NAMES = ("openvino fp32", "openvino bf16", "openvino int8 weights", "openvino int8")
+
+
 def candidates(key: str, example: torch.Tensor, *, names: set[str] | None = None,
                onnx_folder: Path | None = None, threads: int = 2) -> dict:
     """name -> forward(pixels (B, 3, S, S)) -> (B, d), L2-normalised features.
 
     ``names`` picks among "fp32 eager" (always), "int8 dynamic", "fp32 channels-last",
-    "torch.compile" and "onnx" (the ORT sessions, exported to ``onnx_folder``).
+    "torch.compile", "onnx" (the ORT sessions, exported to ``onnx_folder``), the
+    `OPENVINO_NAMES` and "openvino" (all of them).
     """
     names = set(names or {"int8 dynamic", "fp32 channels-last", "torch.compile", "onnx"})
     fp32 = load_encoder(key, device="cpu")
@@ -120,6 +192,9 @@ def candidates(key: str, example: torch.Tensor, *, names: set[str] | None = None
         found["torch.compile"] = run_compiled
     if "onnx" in names and onnx_folder is not None:
         found.update(_onnx_sessions(fp32, example, onnx_folder, threads))
+    wanted_ov = set(OPENVINO_NAMES) if "openvino" in names else names & set(OPENVINO_NAMES)
+    if wanted_ov:
+        found.update(_openvino_models(fp32, example, wanted_ov, threads))
     return found
 
 
