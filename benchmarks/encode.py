@@ -21,6 +21,7 @@ Weights are random (timing does not depend on them): a real-size architecture th
     python benchmarks/encode.py --model clip-vit-b32 --n-images 128 --batch-size 32
     python benchmarks/encode.py --fast-paths --batch-size 16 --repeats 3   # CPU candidates
     python benchmarks/encode.py --fast-paths --threads 2 --candidates "int8 dynamic,onnx"
+    python benchmarks/encode.py --fast-paths --threads 2 --batch-size 16 --candidates bf16
 """
 
 from __future__ import annotations
@@ -146,11 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--fast-paths", action="store_true",
-                        help="instead: fp32 eager vs int8 / channels-last / torch.compile / ONNX "
-                             "Runtime (fp32, int8) at --threads (default 2 and 1), interleaved, "
+                        help="instead: fp32 eager vs int8 / bf16 / channels-last / torch.compile / "
+                             "ONNX Runtime (fp32, int8) at --threads (default 2 and 1), interleaved, "
                              "with worst cosine to fp32 on natural images")
     parser.add_argument("--candidates",
-                        default="int8 dynamic,fp32 channels-last,torch.compile,onnx",
+                        default="int8 dynamic,bf16,fp32 channels-last,torch.compile,onnx",
                         help="--fast-paths candidates, a comma list")
     parser.add_argument("--onnx-dir", default=None,
                         help="--fast-paths: where ONNX exports are kept between runs "

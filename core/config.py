@@ -63,7 +63,8 @@ LAZSL_CROP_SCALE = (0.6, 0.9)  # crop side as a fraction of the short edge, U(al
 # ----------------------------------------------------------------------------- runs
 
 BATCH_SIZE = 32  # images per model forward
-# core.models.load_encoder's precisions (int8: CPU only; bf16 / fp16: CUDA only; "auto": per
+# core.models.load_encoder's precisions (int8: CPU only; fp16: CUDA only; bf16: CUDA, and CPUs,
+# where it is fast only with AMX or AVX-512 BF16, core.models.load.cpu_has_fast_bf16; "auto": per
 # model, int8 on a CPU where its measured cosine passes FAST_PATH_MIN_COSINE, else fp32;
 # "onnx-int8": CPU only, global image features in ONNX Runtime with per-channel int8 weights,
 # optional onnxruntime + onnx, benchmarks/README.md)
