@@ -130,8 +130,8 @@ def bench_cache(key: str, n_images: int) -> dict:
 
 def _print_rows(rows: list[dict]) -> None:
     for row in rows:
-        print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in row.items()), flush=True)
+        print(", ".join(f"{k}={v:.{6 if 'cos' in k else 4}f}" if isinstance(v, float)
+                        else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -101,11 +101,12 @@ def test_bf16_attention_runs_outside_autocast_in_bf16(monkeypatch):
     twin = bf16_twin(attn)[0]
     assert type(attn[0]) is torch.nn.MultiheadAttention
     assert attn[0].in_proj_weight.dtype == torch.float32  # the original is untouched
-    seen = []  # (autocast on?, query dtype, query is key is value) inside the base forward
+    seen = []  # (autocast on?, query dtype, query is key is value, mask dtype) in the base forward
     base = torch.nn.MultiheadAttention.forward
 
     def spy(self, query, key, value, *args, **kwargs):
-        seen.append((torch.is_autocast_enabled("cpu"), query.dtype, query is key is value))
+        seen.append((torch.is_autocast_enabled("cpu"), query.dtype, query is key is value,
+                     kwargs["attn_mask"].dtype))
         return base(self, query, key, value, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.MultiheadAttention, "forward", spy)
@@ -114,9 +115,14 @@ def test_bf16_attention_runs_outside_autocast_in_bf16(monkeypatch):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = twin(x, x, x, need_weights=False, attn_mask=mask)[0]
         ref = attn[0](x, x, x, need_weights=False, attn_mask=mask)[0]
-    assert seen[0] == (False, torch.bfloat16, True)  # the twin: fast-path conditions
-    assert seen[1] == (True, torch.float32, True)  # plain autocast: no fast path
-    assert out.dtype == torch.bfloat16
+        soft = twin(x, x, x, need_weights=False, attn_mask=mask.clamp(min=-5.0))[0]
+    # The twin meets the fast path's conditions (no autocast, bf16, self-attention, and the
+    # 0 / -inf mask as the equal boolean one: the fast path refuses float masks); plain autocast
+    # does not. A mask with other values stays additive (floats).
+    assert seen[0] == (False, torch.bfloat16, True, torch.bool)
+    assert seen[1] == (True, torch.float32, True, torch.float32)
+    assert seen[2] == (False, torch.bfloat16, True, torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and not torch.allclose(out, soft)
     assert _cos(torch.nn.functional.normalize(out.float(), dim=-1),
                 torch.nn.functional.normalize(ref.float(), dim=-1)).min() > BF16_COS
 

@@ -10,7 +10,8 @@ The twin built here fixes that and the per-call weight casts:
 - every ``nn.Linear`` and convolution holds bf16 weights (autocast would cast them on every call:
   its weight cache only serves tensors that require grad), so under autocast they run as is;
 - every ``nn.MultiheadAttention`` holds bf16 weights and runs *outside* autocast (`Bf16Attention`):
-  its inputs (and a float mask) are cast to bf16 once, so the native fast path applies;
+  its inputs are cast to bf16 once and a 0 / -inf float mask (CLIP's causal text mask) becomes
+  the equal boolean one, so the native fast path applies (it refuses float masks);
 - everything else (LayerNorm, softmax, GELU, residual sums, the final projection parameter) stays
   as autocast decides, as on CUDA: the residual stream stays float32.
 
@@ -34,7 +35,8 @@ class Bf16Attention(nn.MultiheadAttention):
     """``nn.MultiheadAttention`` with bf16 weights that runs outside autocast (its fast path).
 
     Same call as ``nn.MultiheadAttention.forward``; query / key / value (B, L, E) or (L, B, E)
-    and a float ``attn_mask`` are cast to the weights' dtype, keeping ``query is key is value``
+    are cast to the weights' dtype, a float ``attn_mask`` (L, L) to a boolean one when it holds
+    only 0 and -inf (else to the weights' dtype), keeping ``query is key is value``
     (the fast path needs it for self-attention). Outputs are in the weights' dtype.
     """
 
@@ -46,7 +48,11 @@ class Bf16Attention(nn.MultiheadAttention):
             k = q if key is query else key.to(dtype)
             v = k if value is key else (q if value is query else value.to(dtype))
             if attn_mask is not None and attn_mask.is_floating_point():
-                attn_mask = attn_mask.to(dtype)
+                # The fast path refuses float masks; a 0 / -inf one (CLIP's causal text mask)
+                # is the same as a boolean one (True: may not attend).
+                blocked = torch.isneginf(attn_mask)
+                exact = bool(((attn_mask == 0) | blocked).all())
+                attn_mask = blocked if exact else attn_mask.to(dtype)
             return super().forward(q, k, v, *args, attn_mask=attn_mask, **kwargs)
 
 
