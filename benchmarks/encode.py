@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--fast-paths", action="store_true",
                         help="instead: fp32 eager vs int8 / bf16 / channels-last / torch.compile / "
-                             "ONNX Runtime (fp32, int8) at --threads (default 2 and 1), interleaved, "
-                             "with worst cosine to fp32 on natural images")
+                             "ONNX Runtime (fp32, int8) at --threads (default 2 and 1), "
+                             "interleaved, with worst cosine to fp32 on natural images")
     parser.add_argument("--candidates",
                         default="int8 dynamic,bf16,fp32 channels-last,torch.compile,onnx",
                         help="--fast-paths candidates, a comma list")

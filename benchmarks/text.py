@@ -9,9 +9,9 @@ batches of prompts sorted by length, so each batch is cut near its own prompts' 
 same in int8 and in bf16 (`core.models.bf16_cpu`). The full 80,000 is extrapolated from the
 sample, and said so. Class prototypes (the mean of a class's 80 template features, renormalised:
 ``ensemble_text_features``) are compared in fp32 and bf16 on ``--proto-classes`` classes spread
-evenly over the 1,000 (all 1,000 take ~16 min in fp32 on 2 cores). Then the pipeline's cached text path
-(``core.pipeline.extraction``) runs twice on ``--cache-classes`` classes x 80 templates in a fresh
-cache: the second run must hit the cache with zero forward passes.
+evenly over the 1,000 (all 1,000 take ~16 min in fp32 on 2 cores). Then the pipeline's cached
+text path (``core.pipeline.extraction``) runs twice on ``--cache-classes`` classes x 80
+templates in a fresh cache: the second run must hit the cache with zero forward passes.
 
     python benchmarks/text.py --sample 1024 --repeats 2 --cache-classes 20
     python benchmarks/text.py --skip-full-context --proto-classes 50 --cache-classes 0

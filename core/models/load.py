@@ -91,7 +91,8 @@ def load_encoder(
     quantised to int8, `torch.ao.quantization.quantize_dynamic`; opt-in: its speed and cosine
     to fp32 are measured by ``benchmarks/encode.py --fast-paths``), "bf16" (autocast; on a CPU
     over a twin with bf16 matmul weights, `core.models.bf16_cpu`, fast where
-    `cpu_has_fast_bf16`), "fp16" (CUDA autocast), "auto" (per model, see `resolve_precision`; the encoder returned says which),
+    `cpu_has_fast_bf16`), "fp16" (CUDA autocast), "auto" (per model, see `resolve_precision`;
+    the encoder returned says which),
     "onnx-int8" (CPU: global image features through ONNX Runtime with per-channel int8 weights,
     exported once and kept on disk; patches, dense features and text stay torch fp32; see
     `core.models.onnx_runtime`).
