@@ -22,6 +22,7 @@ Weights are random (timing does not depend on them): a real-size architecture th
     python benchmarks/encode.py --fast-paths --batch-size 16 --repeats 3   # CPU candidates
     python benchmarks/encode.py --fast-paths --threads 2 --candidates "int8 dynamic,onnx"
     python benchmarks/encode.py --fast-paths --threads 2 --candidates openvino
+    python benchmarks/encode.py --fast-paths --threads 2 --batch-size 16 --candidates bf16
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ def bench_cache(key: str, n_images: int) -> dict:
 
 def _print_rows(rows: list[dict]) -> None:
     for row in rows:
-        print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in row.items()), flush=True)
+        print(", ".join(f"{k}={v:.{6 if 'cos' in k else 4}f}" if isinstance(v, float)
+                        else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,11 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--fast-paths", action="store_true",
-                        help="instead: fp32 eager vs int8 / channels-last / torch.compile / ONNX "
-                             "Runtime (fp32, int8) / OpenVINO at --threads (default 2 and 1), "
+                        help="instead: fp32 eager vs int8 / bf16 / channels-last / torch.compile / "
+                             "ONNX Runtime (fp32, int8) / OpenVINO at --threads (default 2 and 1), "
                              "interleaved, with worst cosine to fp32 on natural images")
     parser.add_argument("--candidates",
-                        default="int8 dynamic,fp32 channels-last,torch.compile,onnx",
+                        default="int8 dynamic,bf16,fp32 channels-last,torch.compile,onnx",
                         help="--fast-paths candidates, a comma list; also 'openvino' (all of "
                              "'openvino fp32', 'openvino bf16', 'openvino int8 weights', "
                              "'openvino int8'; needs the optional openvino and nncf)")

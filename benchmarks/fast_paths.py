@@ -163,16 +163,20 @@ def candidates(key: str, example: torch.Tensor, *, names: set[str] | None = None
                onnx_folder: Path | None = None, threads: int = 2) -> dict:
     """name -> forward(pixels (B, 3, S, S)) -> (B, d), L2-normalised features.
 
-    ``names`` picks among "fp32 eager" (always), "int8 dynamic", "fp32 channels-last",
-    "torch.compile", "onnx" (the ORT sessions, exported to ``onnx_folder``), the
-    `OPENVINO_NAMES` and "openvino" (all of them).
+    ``names`` picks among "fp32 eager" (always), "int8 dynamic", "bf16" (precision "bf16": autocast
+    over a bf16-weight twin, `core.models.bf16_cpu`), "fp32 channels-last", "torch.compile",
+    "onnx" (the ORT sessions, exported to ``onnx_folder``), the `OPENVINO_NAMES` and "openvino"
+    (all of them).
     """
-    names = set(names or {"int8 dynamic", "fp32 channels-last", "torch.compile", "onnx"})
+    names = set(names or {"int8 dynamic", "bf16", "fp32 channels-last", "torch.compile", "onnx"})
     fp32 = load_encoder(key, device="cpu")
     found = {"fp32 eager": lambda x: fp32.encode_pixels(x, batch_size=len(x))}
     if "int8 dynamic" in names:
         int8 = load_encoder(key, device="cpu", precision="int8")
         found["int8 dynamic"] = lambda x: int8.encode_pixels(x, batch_size=len(x))
+    if "bf16" in names:
+        bf16 = load_encoder(key, device="cpu", precision="bf16")
+        found["bf16"] = lambda x: bf16.encode_pixels(x, batch_size=len(x))
     if "fp32 channels-last" in names:
         # channels-last only changes the patch-embedding conv's input layout (one layer of a ViT).
         found["fp32 channels-last"] = lambda x: fp32.encode_pixels(
@@ -227,6 +231,7 @@ def bench_fast_paths(key: str, *, batch_size: int, repeats: int, threads: list[i
     cosines = {name: (torch.cat([found[name](pixels[i:i + batch_size])  # batches: ORT memory
                                  for i in range(0, len(pixels), batch_size)]) * reference).sum(-1)
                for name in found}
+    patch_cos = _patch_cosines(key, images, batch_size) if "bf16" in found else None
     rows = []
     for name, t in runs:
         cos = cosines[name]
@@ -236,4 +241,19 @@ def bench_fast_paths(key: str, *, batch_size: int, repeats: int, threads: list[i
                      "speedup_best": min(base) / min(times[(name, t)]),
                      "worst_cos": float(cos.min()), "mean_cos": float(cos.mean()),
                      "n_images": len(images), "load": float(np.mean(loads))})
+        if name == "bf16" and patch_cos is not None:
+            rows[-1].update(patch_worst_cos=float(patch_cos.min()),
+                            patch_mean_cos=float(patch_cos.mean()))
     return rows
+
+
+def _patch_cosines(key: str, images: list, batch_size: int) -> torch.Tensor | None:
+    """Cosine of each bf16 patch feature to fp32 (DINO patch tokens, MaskCLIP dense), (N, h, w)."""
+    fp32 = load_encoder(key, device="cpu")
+    try:
+        fp32._require_patches()
+    except ValueError:
+        return None
+    bf16 = load_encoder(key, device="cpu", precision="bf16")
+    return (fp32.encode_patches(images, batch_size=batch_size)
+            * bf16.encode_patches(images, batch_size=batch_size)).sum(-1)

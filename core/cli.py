@@ -44,10 +44,12 @@ def _add_shared_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=config.BATCH_SIZE)
     p.add_argument("--precision", default=config.PRECISION, choices=config.PRECISIONS,
                    help="fp32 (exact, default); auto (CPU: per model the fastest path whose "
-                   "measured features keep a cosine >= 0.999 to fp32, e.g. onnx-int8 for CLIP "
-                   "ViT-B/16 and DINOv2-B with onnxruntime installed, fp32 for unmeasured "
-                   "models); int8 (CPU, every model, 1.4-2x faster); onnx-int8 (CPU, ONNX "
-                   "Runtime, one-time export); bf16 / fp16 (CUDA)")
+                   "measured features keep a cosine >= 0.999 to fp32: bf16 on CPUs with AMX or "
+                   "AVX-512 BF16, else onnx-int8 with onnxruntime installed, else int8, fp32 for "
+                   "unmeasured models); int8 (CPU, every model, 1.4-2x faster); onnx-int8 (CPU, "
+                   "ONNX Runtime, one-time export); bf16 (CUDA, and CPUs with AMX or AVX-512 "
+                   "BF16, several times faster at cosine >= 0.9999 to fp32; slow on other CPUs); "
+                   "fp16 (CUDA)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default $FUSIONLAB_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     _add_solver_args(p)

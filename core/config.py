@@ -64,7 +64,8 @@ LAZSL_CROP_SCALE = (0.6, 0.9)  # crop side as a fraction of the short edge, U(al
 # ----------------------------------------------------------------------------- runs
 
 BATCH_SIZE = 32  # images per model forward
-# core.models.load_encoder's precisions (int8: CPU only; bf16 / fp16: CUDA only; "auto": per
+# core.models.load_encoder's precisions (int8: CPU only; fp16: CUDA only; bf16: CUDA, and CPUs,
+# where it is fast only with AMX or AVX-512 BF16, core.models.load.cpu_has_fast_bf16; "auto": per
 # model, the fastest of AUTO_CPU_PRECISIONS on a CPU whose measured cosine passes
 # FAST_PATH_MIN_COSINE, else fp32;
 # "onnx-int8": CPU only, global image features in ONNX Runtime with per-channel int8 weights,
@@ -75,8 +76,8 @@ PRECISIONS = ("fp32", "auto", "int8", "bf16", "fp16", "onnx-int8")
 # registry (ModelSpec.int8_worst_cos, onnx_int8_worst_cos, bf16_worst_cos).
 FAST_PATH_MIN_COSINE = 0.999
 # The CPU paths "auto" tries per model, fastest first (core.models.resolve_precision): bf16 where
-# the CPU computes bf16 natively (AMX; no model has a recorded bf16 cosine yet, so "auto" does
-# not pick it yet), ONNX Runtime int8 where onnxruntime is installed (real size on 2 cores:
+# the CPU computes bf16 natively (AMX or AVX-512 BF16: CLIP ViT-B/16 and DINOv2-B 2.3-3x, text
+# ~3.5x, worst cosine >= 0.99992), ONNX Runtime int8 where onnxruntime is installed (real size on 2 cores:
 # CLIP ViT-B/16 3.46x, DINOv2-B 2.22x best / best), torch int8 (CLIP ViT-B/16 1.4x);
 # benchmarks/README.md, "Real-size CPU fast paths".
 AUTO_CPU_PRECISIONS = ("bf16", "onnx-int8", "int8")

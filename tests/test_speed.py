@@ -64,7 +64,7 @@ def test_precision_is_validated_against_the_device():
     with pytest.raises(ValueError, match="expected one of"):
         load_encoder(TINY["clip_vit"], device="cpu", precision="int4")
     with pytest.raises(ValueError, match="runs on cuda"):
-        load_encoder(TINY["clip_vit"], device="cpu", precision="bf16")
+        load_encoder(TINY["clip_vit"], device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="runs on cpu"):
         extract(None, ["a", "b"], ExtractSettings(vlm=TINY["clip_vit"], device="cuda",
                                                   precision="int8"))

@@ -7,8 +7,9 @@ and `TransformersEncoder` add the forward passes. Text goes in as finished sente
 Build them with `core.models.load.load_encoder`, which also checks the weights.
 
 Every ``encode_*`` method runs under ``torch.inference_mode()`` in the encoder's ``precision``
-("fp32": exact; "int8": Linear layers dynamically quantised, CPU; "bf16" / "fp16": autocast, CUDA;
-see `core.models.load.load_encoder`), in batches, and returns float32 CPU tensors, L2-normalised
+("fp32": exact; "int8": Linear layers dynamically quantised, CPU; "bf16" / "fp16": autocast, CUDA,
+and "bf16" on a CPU over a twin with bf16 matmul weights, `core.models.bf16_cpu`; see
+`core.models.load.load_encoder`), in batches, and returns float32 CPU tensors, L2-normalised
 along the last dimension, that are ordinary tensors (usable later in autograd, e.g. by GPUA's
 refinement). Images are prepared by `core.models.preprocess` on a few threads while the model runs
 (pass a lazy, thread-safe sequence whose ``__getitem__`` decodes a file to overlap decoding too).

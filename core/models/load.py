@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 import pickle
 import threading
@@ -28,6 +29,7 @@ from safetensors import SafetensorError
 
 import core.models.onnx_runtime as onnx_runtime
 from core.config import AUTO_CPU_PRECISIONS, FAST_PATH_MIN_COSINE
+from core.models.bf16_cpu import bf16_twin
 from core.models.encoders import Encoder, OpenClipEncoder, TransformersEncoder
 from core.models.hub import (
     INCOMPLETE,
@@ -50,14 +52,18 @@ __all__ = [
     "one_time_setup",
 ]
 
+logger = logging.getLogger(__name__)
+
 # Encoder precisions and the devices they run on. "fp32" is exact and the default; "int8"
-# (Linear layers dynamically quantised) is the fast CPU path, see benchmarks/README.md; the half
-# precisions autocast on CUDA (on this project's 2-core CPU bf16 autocast was 0.6x fp32). "auto"
-# is one of the others, chosen per model by `resolve_precision`.
+# (Linear layers dynamically quantised) is a fast CPU path, see benchmarks/README.md; the half
+# precisions autocast on CUDA. "bf16" also runs on a CPU: autocast over a twin with bf16 matmul
+# weights (`core.models.bf16_cpu`), fast only where the CPU has bf16 matrix instructions
+# (`cpu_has_fast_bf16`: AMX or AVX-512 BF16; without them it was 0.6x fp32 on a 2-core CPU).
+# "auto" is one of the others, chosen per model by `resolve_precision`.
 # "onnx-int8" runs the global image forward in ONNX Runtime with per-channel int8 weights
 # (`core.models.onnx_runtime`; needs the optional onnxruntime and onnx).
 PRECISIONS = {"fp32": ("cpu", "cuda", "mps"), "auto": ("cpu", "cuda", "mps"), "int8": ("cpu",),
-              "bf16": ("cuda",), "fp16": ("cuda",), "onnx-int8": ("cpu",)}
+              "bf16": ("cpu", "cuda"), "fp16": ("cuda",), "onnx-int8": ("cpu",)}
 
 _LOADED: dict[tuple[ModelSpec, str], Encoder] = {}  # shared read-only models, never user data
 _LOADED_FAST: dict[tuple[ModelSpec, str, str], Encoder] = {}  # their non-fp32 twins
@@ -89,8 +95,10 @@ def load_encoder(
 
     ``precision``: "fp32" (exact, default), "int8" (CPU: every ``nn.Linear`` dynamically
     quantised to int8, `torch.ao.quantization.quantize_dynamic`; opt-in: its speed and cosine
-    to fp32 are measured by ``benchmarks/encode.py --fast-paths``), "bf16" or "fp16" (CUDA
-    autocast), "auto" (per model, see `resolve_precision`; the encoder returned says which),
+    to fp32 are measured by ``benchmarks/encode.py --fast-paths``), "bf16" (autocast; on a CPU
+    over a twin with bf16 matmul weights, `core.models.bf16_cpu`, fast where
+    `cpu_has_fast_bf16`), "fp16" (CUDA autocast), "auto" (per model, see `resolve_precision`;
+    the encoder returned says which),
     "onnx-int8" (CPU: global image features through ONNX Runtime with per-channel int8 weights,
     exported once and kept on disk; patches, dense features and text stay torch fp32; see
     `core.models.onnx_runtime`).
@@ -157,6 +165,18 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has bf16 matrix instructions (AMX tiles or AVX-512 BF16), per torch.
+
+    There bf16 matmuls run several times faster than fp32 (benchmarks/README.md); without them
+    bf16 is emulated and slower than fp32. Probed once per process.
+    """
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None),
+              getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(probe is not None and bool(probe()) for probe in probes)
+
+
 def resolve_precision(key: str | ModelSpec, precision: str,
                       device: str | torch.device | None = None) -> str:
     """The precision model ``key`` really runs in for ``precision`` on ``device``.
@@ -194,15 +214,6 @@ def precision_runs_here(precision: str, device: str | torch.device | None = None
     return True
 
 
-@functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16): where bf16 on a CPU
-    is fast. Asks torch's CPU capability probes (private names, hence the guard: False when this
-    torch lacks them); the answer cannot change in a process, so it is cached."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
 def _with_precision(encoder: Encoder, precision: str) -> Encoder:
     """A twin of the fp32 ``encoder`` (same preprocessing and tokenizer) in ``precision``."""
     twin = copy.copy(encoder)  # shallow: shares spec, tokenizer; gets its own model and counter
@@ -224,11 +235,24 @@ def _with_precision(encoder: Encoder, precision: str) -> Encoder:
             twin.model = torch.ao.quantization.quantize_dynamic(
                 encoder.model, names, dtype=torch.qint8
             )
+    elif precision == "bf16" and encoder.device.type == "cpu":
+        # CUDA autocasts the fp32 model itself; on a CPU that is slow for open_clip's attention,
+        # so autocast runs over a bf16 twin (see core.models.bf16_cpu).
+        if not cpu_has_fast_bf16():
+            _warn_slow_bf16()
+        twin.model = bf16_twin(encoder.model)
     elif precision == ONNX_INT8:
         # Only the global forward is swapped (an instance attribute shadows the method); the
         # twin shares the exact fp32 model for patches, dense features and text.
         twin._forward_global = onnx_int8_forward(encoder)
     return twin
+
+
+@functools.cache  # once per process
+def _warn_slow_bf16() -> None:
+    logger.warning(
+        "precision 'bf16' on a CPU without AMX or AVX-512 BF16: bf16 matmuls are emulated there "
+        "and slower than fp32; pick 'fp32' (exact) or 'int8' on this machine.")
 
 
 def download_models(keys: list[str]) -> list[str]:

@@ -36,7 +36,7 @@ DINOV2_BASE_CONFIG = {
 
 def _twin(key: str, new_key: str, arch_config: dict | None = None) -> ModelSpec:
     # Same preprocessing, token layout and output size as the real entry; only weights differ.
-    # The measured worst cosines (int8_worst_cos, onnx_int8_worst_cos) carry over unchanged:
+    # The measured worst cosines (int8_, onnx_int8_, bf16_worst_cos) carry over unchanged:
     # they were measured on these very twins (benchmarks/README.md, random weights), so
     # precision "auto" resolves the same for a twin as for its real entry.
     real = get_spec(key)

@@ -61,7 +61,8 @@ class ExtractSettings:
               pass ``core.config.LAZSL_CROPS``, or the paper's ``LAZSL_CROPS_PAPER``).
     crop_scale : LaZSL crop side range as fractions of the short side.
     attributes : optional ``{class: [descriptor, ...]}``; classes without any use their name.
-    precision : "fp32" (exact), "int8" (CPU dynamic quantisation) or "bf16" / "fp16" (CUDA); see
+    precision : "fp32" (exact), "int8" (CPU dynamic quantisation), "bf16" (CUDA, or a CPU:
+          fast with AMX / AVX-512 BF16) or "fp16" (CUDA); see
           ``core.models.load_encoder``. Part of the cache key.
     extra_vlms, extra_vfms : further models for OTFusion, which fuses any number of each (e.g.
           SigLIP beside CLIP; DINOv3 beside DINOv2); the baseline, GPUA and LaZSL use the first.
