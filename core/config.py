@@ -77,8 +77,8 @@ PRECISIONS = ("fp32", "auto", "int8", "bf16", "fp16", "onnx-int8")
 FAST_PATH_MIN_COSINE = 0.999
 # The CPU paths "auto" tries per model, fastest first (core.models.resolve_precision): bf16 where
 # the CPU computes bf16 natively (AMX or AVX-512 BF16: CLIP ViT-B/16 and DINOv2-B 2.3-3x, text
-# ~3.5x, worst cosine >= 0.99992), ONNX Runtime int8 where onnxruntime is installed (real size on 2 cores:
-# CLIP ViT-B/16 3.46x, DINOv2-B 2.22x best / best), torch int8 (CLIP ViT-B/16 1.4x);
+# ~3.5x, worst cosine >= 0.99992), ONNX Runtime int8 where onnxruntime is installed (real size
+# on 2 cores: CLIP ViT-B/16 3.46x, DINOv2-B 2.22x best / best), torch int8 (CLIP ViT-B/16 1.4x);
 # benchmarks/README.md, "Real-size CPU fast paths".
 AUTO_CPU_PRECISIONS = ("bf16", "onnx-int8", "int8")
 # What the app and progress lines say the one-time ONNX export + int8 quantisation of a model
