@@ -16,8 +16,8 @@ from core.models import get_spec, precision_runs_here, resolve_device
 
 # The options, in the order the radio lists them, each with what was measured of it (speed-ups
 # and worst cosines to fp32 at real size on the project's 2-core CPU, benchmarks/README.md,
-# "Real-size CPU fast paths"; random weights; bf16 on a CPU: measured on an AMX CPU by the bf16
-# CPU work). bf16 has one label per device type.
+# "Real-size CPU fast paths"; random weights; bf16 on a CPU: measured on an AMX CPU, "bf16 on a
+# CPU with AMX"). bf16 has one label per device type.
 LABELS = {
     "fp32": "fp32 (exact)",
     "auto": (f"auto: per model the fastest path at cosine ≥ {FAST_PATH_MIN_COSINE:g} to fp32, "
@@ -25,7 +25,8 @@ LABELS = {
     "int8": "int8 (torch): CLIP B/16 1.4x at cosine 0.9999, DINOv2-B 1.6x at 0.997",
     "onnx-int8": ("onnx-int8 (ONNX Runtime): CLIP B/16 3.5x at cosine 0.9998, DINOv2-B 2.2x "
                   f"at 0.9992; one-time export ~{ONNX_EXPORT_SECONDS} s per model"),
-    "bf16": {"cpu": "bf16 (CPU with native bf16, AMX): DINOv2-B 4.5x at cosine 0.99996",
+    "bf16": {"cpu": ("bf16 (CPU with native bf16): CLIP B/16 2.8x, DINOv2-B 3.0x, text 3.5x at "
+                     "cosine 0.9999"),
              "cuda": "bf16 (GPU autocast; not measured here)"},
 }
 

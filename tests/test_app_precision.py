@@ -87,10 +87,15 @@ def test_real_entries_record_their_measured_cosines_and_resolve_per_machine(mach
     real = realsize_models()
     assert get_spec(real["clip"]).onnx_int8_worst_cos == 0.99985  # measured on these twins
     assert get_spec(real["dinov2"]).onnx_int8_worst_cos == 0.99917
-    machine(fast_bf16=True, ort=True)
+    assert (clip.bf16_worst_cos, dino.bf16_worst_cos) == (0.99992, 0.99996)
+    assert get_spec(real["dinov2"]).bf16_worst_cos == 0.99996
+    machine(fast_bf16=True, ort=True)  # an AMX CPU: bf16, the fastest measured path
+    for key in ("clip-vit-b16", "dinov2-base", real["clip"], real["dinov2"]):
+        assert resolve_precision(key, "auto", "cpu") == "bf16"
+    assert resolve_precision("dinov2-large", "auto", "cpu") == "fp32"  # not measured
+    machine(fast_bf16=False, ort=True)  # no native bf16: ONNX Runtime int8
     for key in ("clip-vit-b16", "dinov2-base", real["clip"], real["dinov2"]):
         assert resolve_precision(key, "auto", "cpu") == "onnx-int8"
-    assert resolve_precision("dinov2-large", "auto", "cpu") == "fp32"  # not measured
     machine(fast_bf16=False, ort=False)  # no onnxruntime: torch int8 where it passes
     assert resolve_precision("clip-vit-b16", "auto", "cpu") == "int8"
     assert resolve_precision("dinov2-base", "auto", "cpu") == "fp32"  # int8 0.9973 < 0.999
