@@ -21,7 +21,8 @@ Environment switches (all off by default):
   wiring; their predictions are meaningless). ``build_app(extra_models=[key, ...])`` does the same
   for chosen keys.
 - ``FUSIONLAB_DEV_API=1``: add the undocumented ``/load_synthetic`` endpoint that fills the
-  session with synthetic features (``benchmarks/app_latency.py``).
+  session with synthetic features, and ``/ping`` that answers at once (the round trip's floor),
+  for ``benchmarks/app_latency.py``.
 - ``FUSIONLAB_CACHE_DIR`` / ``FUSIONLAB_FEATURE_CACHE=0``: where the feature cache lives / off;
   ``FUSIONLAB_CACHE_MAX_BYTES``: its size cap (``core.pipeline.cache``).
 - ``FUSIONLAB_MAX_FILE_SIZE``: upload limit per file (default 200mb);
@@ -226,6 +227,7 @@ def build_app(extra_models: Sequence[str] | None = None, *, dev_api: bool | None
                 c["syn_k"] = gr.Number(100, precision=0)
                 c["syn_seed"] = gr.Number(0, precision=0)
                 c["syn_button"] = gr.Button("load synthetic")
+                c["ping"] = gr.Button("ping")
         _wire(demo, c, dev_api, store)
     demo.queue(default_concurrency_limit=2)
     demo.session_store = store
@@ -661,6 +663,9 @@ def _wire(demo: gr.Blocks, c, dev_api: bool, store: SessionStore) -> None:
                                c["filter_mode"]], _out(c, flow.RunOutputs._fields),
                               api_name="load_synthetic", api_visibility="undocumented",
                               concurrency_id="models")
+        # The floor of a round trip (queue, events, the client): the same path with no work.
+        c["ping"].click(lambda: None, None, None, api_name="ping",
+                        api_visibility="undocumented")
 
 
 # The playground's parameters whose component is not "play_<name>".

@@ -127,7 +127,7 @@ def test_playground_endpoint_and_hidden_dev_api(app):
                           seed=0, projection="pca", lam=0.8, api_name="/playground")[-1]
     assert "OTFusion" in note and "gap" in note
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert "/load_synthetic" not in endpoints  # only with FUSIONLAB_DEV_API=1
+    assert "/load_synthetic" not in endpoints and "/ping" not in endpoints  # dev API only
 
 
 def test_models_and_recipes_through_the_api(app, upload):
