@@ -4,13 +4,15 @@
 user's UMAP map and GPUA fit cost what later ones do (``benchmarks/warmup.py`` measures first vs
 second, with and without it). Four one-off costs:
 
-- the int8 ONNX models of the app's default VLM and VFM, where the app's default precision
-  ("auto" on a CPU) runs them in "onnx-int8": exported and quantised once (~40 s per model at
-  real size) and kept on disk (``core.models.onnx_runtime``). Only for models whose weights are
-  already in the local cache: a warm-up never downloads (models without them are skipped
-  silently; the first Run then downloads and exports). A Run that needs the same model meanwhile
-  waits for this export (``core.models.load_encoder`` builds each model once) and its progress
-  says so. At exit, the export in progress is finished first (up to ~40 s);
+- the app's default VLM and VFM, loaded in the app's default precision ("auto" on a CPU): the
+  models built from their weights, the precision's twin (bf16 weights, int8 layers) and, where
+  "auto" runs a model in "onnx-int8", its int8 ONNX model exported and quantised once (~40 s per
+  model at real size) and kept on disk (``core.models.onnx_runtime``). Only on a CPU (on a GPU a
+  Run loads the models onto it) and only for models whose weights are already in the local
+  cache: a warm-up never downloads (models without them are skipped silently; the first Run then
+  downloads and loads them). A Run that needs the same model meanwhile waits for it
+  (``core.models.load_encoder`` builds each model once) and its progress says so. At exit, the
+  load or export in progress is finished first (up to ~40 s);
 - torch's optimiser: the first ``torch.optim`` optimiser of a process imports ``torch._dynamo``
   (GPUA's THS refinement runs AdamW);
 - the first GPUA fit's own first calls (autograd, the linear-algebra kernels of the Procrustes
@@ -65,30 +67,34 @@ def warm_umap() -> None:
     project_2d(x.astype(np.float32), method="umap")
 
 
-def warm_onnx(models: Sequence[str]) -> list[str]:
-    """Prepare the int8 ONNX model of each of ``models`` (registry keys) that the app's default
-    precision runs in "onnx-int8" and that is not on disk yet, where the model's weights are
-    already cached (never a download); returns the keys prepared."""
-    from core.models import load_encoder, one_time_setup
+def warm_models(models: Sequence[str]) -> list[str]:
+    """Load each of ``models`` (registry keys: the app's default VLM and VFM) in the app's
+    default precision, its one-time setup included (the onnx-int8 export), where its weights are
+    already cached (never a download) and the app runs on a CPU; returns the keys loaded."""
+    import torch
+
+    from core.models import load_encoder
     from demo.inputs import missing_weights
     from demo.precision import app_precision
 
-    precision, prepared = app_precision(), []
+    if torch.cuda.is_available():  # a Run loads the models onto the GPU, in its own slot
+        return []
+    precision, loaded = app_precision(), []
     for key in models:
         if _STOP.is_set():
             break
-        if one_time_setup(key, precision) is None or missing_weights([key]):
+        if missing_weights([key]):
             continue
-        load_encoder(key, precision=precision)  # exports once, under the loader's lock
-        prepared.append(key)
-    return prepared
+        load_encoder(key, precision=precision)  # once per process, under the loader's lock
+        loaded.append(key)
+    return loaded
 
 
-def warm_up(parts=("onnx", "gpua", "umap"), models: Sequence[str] = ()) -> dict[str, float]:
-    """Run the warm-ups named in ``parts`` ("onnx": the int8 ONNX models of ``models``, the
-    app's default VLM and VFM; "gpua"; "umap"); returns the seconds each took. A failure is
-    logged, never raised: a warm-up only saves time."""
-    steps = {"onnx": lambda: warm_onnx(models), "gpua": warm_gpua, "umap": warm_umap}
+def warm_up(parts=("models", "gpua", "umap"), models: Sequence[str] = ()) -> dict[str, float]:
+    """Run the warm-ups named in ``parts`` ("models": ``models``, the app's default VLM and VFM,
+    see `warm_models`; "gpua"; "umap"); returns the seconds each took. A failure is logged,
+    never raised: a warm-up only saves time."""
+    steps = {"models": lambda: warm_models(models), "gpua": warm_gpua, "umap": warm_umap}
     seconds = {}
     for part in parts:
         if _STOP.is_set():

@@ -278,22 +278,20 @@ def test_a_second_loader_waits_for_the_export_and_other_models_load_meanwhile(or
 # ----------------------------------------------------------------------------- warm-up
 
 
-def test_warm_up_prepares_only_cached_models_that_need_it(monkeypatch, tmp_path):
+def test_warm_up_loads_only_cached_models_on_a_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(onnx_runtime, "available", lambda: True)
-    monkeypatch.setattr(onnx_runtime, "tower_on_disk", lambda spec: False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))  # no weights cached
     loads = []
     monkeypatch.setattr("core.models.load_encoder",
                         lambda key, **kw: loads.append((key, kw.get("precision"))))
     ready = _twin("clip_vit", "ort-warm", onnx_int8_worst_cos=ABOVE)  # random init: no weights
-    # clip-vit-b16 needs an export but its weights are not cached: skipped (never a download);
-    # the tiny DINOv2 has nothing to prepare (fp32 under auto).
-    assert warmup.warm_onnx(["clip-vit-b16", TINY["dinov2"], ready]) == [ready]
-    assert loads == [(ready, "auto")]
-    assert warmup.warm_onnx([]) == []
-    seconds = warmup.warm_up(parts=("onnx",), models=["clip-vit-b16"])
-    assert list(seconds) == ["onnx"] and loads == [(ready, "auto")]  # skipped silently
-    # On a GPU "auto" is fp32: nothing to prepare.
+    # clip-vit-b16's weights are not cached: skipped (never a download); the others are loaded
+    # in the app's default precision (their one-time setup, e.g. an onnx-int8 export, with them).
+    assert warmup.warm_models(["clip-vit-b16", TINY["dinov2"], ready]) == [TINY["dinov2"], ready]
+    assert loads == [(TINY["dinov2"], "auto"), (ready, "auto")]
+    assert warmup.warm_models([]) == []
+    seconds = warmup.warm_up(parts=("models",), models=["clip-vit-b16"])
+    assert list(seconds) == ["models"] and len(loads) == 2  # skipped silently
+    # On a GPU a Run loads the models onto it: nothing is loaded at start.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert warmup.warm_onnx([ready]) == []
+    assert warmup.warm_models([ready]) == []
