@@ -8,7 +8,9 @@ cache. Each path reports when each method's result became visible, in seconds af
   it prints as each stage's methods are solved;
 - ``app``: the app launched in a child process, ``/run`` submitted through gradio_client, timed
   by the outputs the Run streams (CLIP zero-shot first, then the fused methods, then LaZSL);
-  then ``--slider-moves`` lambda changes through ``/resolve`` (median and max).
+  then ``--slider-moves`` lambda changes through ``/resolve`` (median and max), through
+  gradio_client (``slider_*``) and, alternating with it on the same session, through the
+  browser's protocol (``slider_protocol_*``, ``benchmarks.app_process.ProtocolClient``).
 
 Targets (2-core CPU): CLIP zero-shot <= 15 s, OTFusion and GPUA <= 30 s, LaZSL never blocks them,
 slider round trip <= 0.4 s median.
@@ -33,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.app_process import free_port, start_app, stop_app  # noqa: E402
+from benchmarks.app_process import ProtocolClient, free_port, start_app, stop_app  # noqa: E402
 from benchmarks.fast_paths import natural_images  # noqa: E402
 
 CLASSES = "sky, tree, car, house, dog, cat, person, boat, flower, mountain"
@@ -145,16 +147,24 @@ def time_app(paths: list[Path], args, env: dict) -> dict[str, float]:
                     seen[name] = now
         job.result()
         seen["done"] = time.perf_counter() - start
-        moves = []
+        # The same session through the browser's protocol too (benchmarks.app_process), the
+        # two clients alternating: gradio_client's own polling adds ~150 ms a call.
+        browser = ProtocolClient(f"http://127.0.0.1:{port}/")
+        browser.session_hash = client.session_hash
+        moves = {"slider": [], "slider_protocol": []}
         for i in range(args.slider_moves + 1):
-            t0 = time.perf_counter()
-            client.predict(lam=0.3 + 0.1 * (i % 12), eps=0.01, n_iter=10, compare="otfusion",
-                           filter_mode="all", page=1, api_name="/resolve")
-            if i:  # the first move warms the handler's code paths
-                moves.append(time.perf_counter() - t0)
-        if moves:
-            seen["slider_median"] = statistics.median(moves)
-            seen["slider_max"] = max(moves)
+            for name, caller in (("slider", client), ("slider_protocol", browser)):
+                t0 = time.perf_counter()
+                caller.predict(lam=round(0.3 + 0.05 * i + (0.01 if caller is browser else 0), 2),
+                               eps=0.01, n_iter=10, compare="otfusion", filter_mode="all",
+                               page=1, api_name="/resolve")
+                if i:  # the first move warms the handler's code paths
+                    moves[name].append(time.perf_counter() - t0)
+        browser.close()
+        for name, times in moves.items():
+            if times:
+                seen[f"{name}_median"] = statistics.median(times)
+                seen[f"{name}_max"] = max(times)
         return seen
     finally:
         stop_app(proc)
