@@ -170,7 +170,7 @@ def cpu_has_fast_bf16() -> bool:
     """True when this CPU has bf16 matrix instructions (AMX tiles or AVX-512 BF16), per torch.
 
     There bf16 matmuls run several times faster than fp32 (benchmarks/README.md); without them
-    bf16 is emulated and slower than fp32. Probed once per process.
+    bf16 has no native instructions and runs slower than fp32. Probed once per process.
     """
     probes = (getattr(torch.cpu, "_is_amx_tile_supported", None),
               getattr(torch.cpu, "_is_avx512_bf16_supported", None))
@@ -251,8 +251,9 @@ def _with_precision(encoder: Encoder, precision: str) -> Encoder:
 @functools.cache  # once per process
 def _warn_slow_bf16() -> None:
     logger.warning(
-        "precision 'bf16' on a CPU without AMX or AVX-512 BF16: bf16 matmuls are emulated there "
-        "and slower than fp32; pick 'fp32' (exact) or 'int8' on this machine.")
+        "precision 'bf16' on a CPU without AMX or AVX-512 BF16: bf16 matmuls have no native "
+        "instructions there and run slower than fp32; pick 'fp32' (exact) or 'int8' on this "
+        "machine.")
 
 
 def download_models(keys: list[str]) -> list[str]:
